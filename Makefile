@@ -1,0 +1,54 @@
+# e2em: `make run` starts a local cluster and a client; `make test` runs
+# every check CI runs. Both install what they need first (make deps).
+
+GO      ?= go
+BIN     := bin
+GOBIN   := $(shell $(GO) env GOPATH)/bin
+export PATH := $(GOBIN):$(PATH)
+
+# Unit tests run with the race detector; the end-to-end tests drive real
+# processes (built without it) and run on their own.
+E2E_PKGS  := ./internal/e2e/...
+UNIT_PKGS  = $(shell $(GO) list ./... | grep -v /internal/e2e)
+PROTOS    := coord/api/coord.proto coord/store/statepb/state.proto
+
+.PHONY: all deps build run test vet fmt-check unit e2e fuzz bench proto clean
+
+all: build
+
+deps:
+	@./.ci/deps.sh
+
+build:
+	$(GO) build -o $(BIN)/ ./coord ./lb ./bootstrap
+
+run: deps build
+	./$(BIN)/bootstrap
+
+test: deps fmt-check vet unit e2e fuzz
+
+fmt-check:
+	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
+	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -race -count=1 -timeout 10m $(UNIT_PKGS)
+
+e2e:
+	$(GO) test -count=1 -timeout 15m $(E2E_PKGS)
+
+fuzz:
+	@./.ci/fuzz.sh
+
+bench: deps build
+	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./internal/bench/...
+
+proto:
+	protoc -I . --go_out=. --go_opt=paths=source_relative \
+		--go-grpc_out=. --go-grpc_opt=paths=source_relative $(PROTOS)
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,57 @@
+package api
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/e2em/e2em/internal/pki"
+)
+
+// TokenKey is the metadata key carrying "Bearer <token>".
+const TokenKey = "authorization"
+
+// MaxMessageBytes bounds a gRPC message on both sides: a 1 MiB envelope plus
+// framing fits, anything much larger is refused before it is read.
+const MaxMessageBytes = 2 << 20
+
+// Dial connects to a coordinator or balancer at addr over TLS, trusting the
+// cluster CA in caFile. The server name checked is addr's host.
+func Dial(addr, caFile string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	cfg, err := pki.ClientConfig(caFile, "", "")
+	if err != nil {
+		return nil, err
+	}
+	return DialTLS(addr, cfg, opts...)
+}
+
+// DialTLS is Dial with a ready TLS configuration (e.g. with a client
+// certificate for coordinator-to-coordinator calls).
+func DialTLS(addr string, cfg *tls.Config, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	if cfg.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			return nil, fmt.Errorf("coordinator address %q: %w", addr, err)
+		}
+		cfg = cfg.Clone()
+		cfg.ServerName = host
+	}
+	all := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: false}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
+	}, opts...)
+	return grpc.NewClient(addr, all...)
+}
+
+// WithToken attaches a session token to outgoing calls made with ctx.
+func WithToken(ctx context.Context, token string) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, TokenKey, "Bearer "+token)
+}

@@ -1,0 +1,125 @@
+// Package relay owns the coordinator's libp2p host: a stable identity kept in
+// the data directory, TCP and QUIC listeners, the circuit relay v2 service
+// with limits sized for file transfer, and the AutoNAT service that tells
+// clients whether they are reachable.
+package relay
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// Config says where to listen and how much to relay.
+type Config struct {
+	Dir         string   // the key is kept in Dir/p2p.key
+	ListenAddrs []string // multiaddrs, e.g. /ip4/0.0.0.0/tcp/7301
+	// Announce replaces the listen addresses in what clients are told, for
+	// a coordinator behind a port forward.
+	Announce []string
+	// Per relayed connection: how long and how many bytes each way. The
+	// library's defaults (2 min, 128 KiB) would cut a file transfer.
+	MaxDuration time.Duration
+	MaxBytes    int64
+	// How many clients may hold a reservation, and circuits per client.
+	MaxReservations int
+	MaxCircuits     int
+}
+
+// DefaultConfig sizes the relay for file transfer.
+func DefaultConfig() Config {
+	return Config{
+		MaxDuration:     12 * time.Hour,
+		MaxBytes:        16 << 30,
+		MaxReservations: 1024,
+		MaxCircuits:     64,
+	}
+}
+
+// Start opens the host and its relay service.
+func Start(cfg Config) (host.Host, error) {
+	key, err := loadOrCreateKey(filepath.Join(cfg.Dir, "p2p.key"))
+	if err != nil {
+		return nil, err
+	}
+	res := relayv2.DefaultResources()
+	res.Limit = &relayv2.RelayLimit{Duration: cfg.MaxDuration, Data: cfg.MaxBytes}
+	res.MaxReservations = cfg.MaxReservations
+	res.MaxCircuits = cfg.MaxCircuits
+	res.BufferSize = 64 << 10
+	res.MaxReservationsPerIP = cfg.MaxReservations
+	res.MaxReservationsPerASN = cfg.MaxReservations
+	opts := []libp2p.Option{
+		libp2p.Identity(key),
+		libp2p.ListenAddrStrings(cfg.ListenAddrs...),
+		libp2p.EnableRelayService(relayv2.WithResources(res)),
+		libp2p.ForceReachabilityPublic(),
+		libp2p.EnableNATService(),
+		libp2p.EnableAutoNATv2(),
+	}
+	if len(cfg.Announce) > 0 {
+		announce := make([]ma.Multiaddr, 0, len(cfg.Announce))
+		for _, a := range cfg.Announce {
+			m, err := ma.NewMultiaddr(a)
+			if err != nil {
+				return nil, fmt.Errorf("announce address %q: %w", a, err)
+			}
+			announce = append(announce, m)
+		}
+		opts = append(opts, libp2p.AddrsFactory(func([]ma.Multiaddr) []ma.Multiaddr { return announce }))
+	}
+	h, err := libp2p.New(opts...)
+	if err != nil {
+		return nil, fmt.Errorf("start libp2p host: %w", err)
+	}
+	return h, nil
+}
+
+// Addrs are the host's addresses with its peer id appended, as clients dial
+// them to reserve a slot.
+func Addrs(h host.Host) []string {
+	var out []string
+	for _, a := range h.Addrs() {
+		out = append(out, a.String()+"/p2p/"+h.ID().String())
+	}
+	return out
+}
+
+func loadOrCreateKey(path string) (crypto.PrivKey, error) {
+	b, err := os.ReadFile(path)
+	if err == nil {
+		k, err := crypto.UnmarshalPrivateKey(b)
+		if err != nil {
+			return nil, fmt.Errorf("read libp2p key %s: %w", path, err)
+		}
+		return k, nil
+	}
+	if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	k, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	b, err = crypto.MarshalPrivateKey(k)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(path+".tmp", b, 0o600); err != nil {
+		return nil, err
+	}
+	return k, os.Rename(path+".tmp", path)
+}

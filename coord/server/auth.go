@@ -1,0 +1,219 @@
+package server
+
+import (
+	"bytes"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/crypto/argon2"
+
+	"github.com/e2em/e2em/coord/store/statepb"
+)
+
+// Argon2id parameters for new passwords (OWASP's second recommendation:
+// 19 MiB, 2 passes, 1 lane). Stored with each hash so they can change.
+const (
+	argonTime    = 2
+	argonMemory  = 19 * 1024
+	argonThreads = 1
+	argonKeyLen  = 32
+	saltLen      = 16
+)
+
+// Limits on what people type.
+const (
+	MaxNameLen     = 64
+	MaxRollLen     = 32
+	MinPasswordLen = 8
+	MaxPasswordLen = 1024
+)
+
+// HashPassword derives a new argon2id hash with a fresh salt.
+func HashPassword(password string) *statepb.PasswordHash {
+	salt := make([]byte, saltLen)
+	rand.Read(salt)
+	return &statepb.PasswordHash{
+		Time: argonTime, MemoryKib: argonMemory, Threads: argonThreads, Salt: salt,
+		Hash: argon2.IDKey([]byte(password), salt, argonTime, argonMemory, argonThreads, argonKeyLen),
+	}
+}
+
+// CheckPassword compares in constant time. A hash with absurd parameters (a
+// corrupt record) never matches rather than eating the machine.
+func CheckPassword(h *statepb.PasswordHash, password string) bool {
+	if h == nil || h.Time == 0 || h.Time > 16 || h.MemoryKib > 1<<20 || h.Threads == 0 || h.Threads > 16 || len(h.Hash) == 0 {
+		return false
+	}
+	got := argon2.IDKey([]byte(password), h.Salt, h.Time, h.MemoryKib, uint8(h.Threads), uint32(len(h.Hash)))
+	return subtle.ConstantTimeCompare(got, h.Hash) == 1
+}
+
+// dummyHash is checked against when the account does not exist, so a wrong
+// login id costs the same time as a wrong password.
+var dummyHash = HashPassword("e2em: no such account")
+
+// LoginID joins a username and roll number the way the classic commands
+// print it: "alice" and "101" make "alice101".
+func LoginID(username, roll string) string {
+	return strings.ToLower(username) + strings.ToLower(roll)
+}
+
+// ValidateUsername accepts 1–64 letters, digits, '.', '_' or '-'.
+func ValidateUsername(name string) error {
+	return validateName("username", name, func(r rune) bool {
+		return unicode.IsLetter(r) || unicode.IsDigit(r) || r == '.' || r == '_' || r == '-'
+	}, "letters, digits, '.', '_' and '-'")
+}
+
+// ValidateGroupName accepts 1–64 printable characters without spaces (the
+// classic commands separate arguments with spaces).
+func ValidateGroupName(name string) error {
+	return validateName("group name", name, func(r rune) bool {
+		return unicode.IsPrint(r) && !unicode.IsSpace(r)
+	}, "printable characters other than spaces")
+}
+
+func validateName(what, name string, allowed func(rune) bool, allowedText string) error {
+	if name == "" {
+		return fmt.Errorf("%s is empty", what)
+	}
+	if !utf8.ValidString(name) {
+		return fmt.Errorf("%s is not valid UTF-8 text", what)
+	}
+	if n := utf8.RuneCountInString(name); n > MaxNameLen {
+		return fmt.Errorf("%s is %d characters long; the limit is %d", what, n, MaxNameLen)
+	}
+	for _, r := range name {
+		switch {
+		case unicode.IsControl(r):
+			return fmt.Errorf("%s must not contain control characters", what)
+		case unicode.IsSpace(r):
+			return fmt.Errorf("%s must not contain spaces", what)
+		case !allowed(r):
+			return fmt.Errorf("%s may contain only %s, not %q", what, allowedText, r)
+		}
+	}
+	return nil
+}
+
+// ValidateRollNumber accepts 1–32 ASCII letters and digits.
+func ValidateRollNumber(roll string) error {
+	if roll == "" {
+		return errors.New("roll number is empty")
+	}
+	if len(roll) > MaxRollLen {
+		return fmt.Errorf("roll number is %d characters long; the limit is %d", len(roll), MaxRollLen)
+	}
+	for _, r := range roll {
+		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return fmt.Errorf("roll number may contain only letters and digits, not %q", r)
+		}
+	}
+	return nil
+}
+
+// ValidatePassword checks the length rules.
+func ValidatePassword(pw string) error {
+	switch {
+	case len(pw) < MinPasswordLen:
+		return fmt.Errorf("password is too short: use at least %d characters", MinPasswordLen)
+	case len(pw) > MaxPasswordLen:
+		return fmt.Errorf("password is too long: the limit is %d bytes", MaxPasswordLen)
+	}
+	return nil
+}
+
+// Session tokens are stateless so every coordinator can check them:
+//
+//	base64url(payload) "." base64url(HMAC-SHA256(token key, label || payload))
+//	payload = version(1) | cluster id(16) | session id(16) | expiry unix(8) | login id
+//
+// The token key and cluster id live in the replicated state; log-out adds the
+// session id to a replicated revocation list until the expiry.
+const (
+	tokenVersion  = 1
+	tokenLabel    = "e2em session token v1"
+	clusterIDLen  = 16
+	sessionIDLen  = 16
+	tokenFixedLen = 1 + clusterIDLen + sessionIDLen + 8
+	maxTokenLen   = 512
+)
+
+// Session is what a valid token says.
+type Session struct {
+	ClusterID []byte
+	ID        []byte
+	LoginID   string
+	Expires   time.Time
+}
+
+// Token errors, shown to people as they are.
+var (
+	ErrBadToken     = errors.New("your session is not valid here (forged, damaged or from another cluster); log in again")
+	ErrExpiredToken = errors.New("your session has expired; log in again")
+)
+
+// MintToken makes a token for a new session.
+func MintToken(key, clusterID []byte, login string, expires time.Time) (string, Session) {
+	s := Session{ClusterID: clusterID, ID: make([]byte, sessionIDLen), LoginID: login, Expires: expires}
+	rand.Read(s.ID)
+	payload := make([]byte, 0, tokenFixedLen+len(login))
+	payload = append(payload, tokenVersion)
+	payload = append(payload, clusterID...)
+	payload = append(payload, s.ID...)
+	payload = binary.BigEndian.AppendUint64(payload, uint64(expires.Unix()))
+	payload = append(payload, login...)
+	enc := base64.RawURLEncoding
+	return enc.EncodeToString(payload) + "." + enc.EncodeToString(tokenMAC(key, payload)), s
+}
+
+// ParseToken checks a token's MAC, cluster and expiry. It does not check
+// revocation (that needs the state).
+func ParseToken(key, clusterID []byte, token string, now time.Time) (Session, error) {
+	if len(token) > maxTokenLen {
+		return Session{}, ErrBadToken
+	}
+	p, m, found := strings.Cut(token, ".")
+	if !found {
+		return Session{}, ErrBadToken
+	}
+	enc := base64.RawURLEncoding.Strict()
+	payload, err1 := enc.DecodeString(p)
+	mac, err2 := enc.DecodeString(m)
+	if err1 != nil || err2 != nil || len(payload) < tokenFixedLen || payload[0] != tokenVersion {
+		return Session{}, ErrBadToken
+	}
+	if !hmac.Equal(mac, tokenMAC(key, payload)) {
+		return Session{}, ErrBadToken
+	}
+	s := Session{
+		ClusterID: payload[1 : 1+clusterIDLen],
+		ID:        payload[1+clusterIDLen : 1+clusterIDLen+sessionIDLen],
+		Expires:   time.Unix(int64(binary.BigEndian.Uint64(payload[tokenFixedLen-8:tokenFixedLen])), 0),
+		LoginID:   string(payload[tokenFixedLen:]),
+	}
+	if !bytes.Equal(s.ClusterID, clusterID) {
+		return Session{}, ErrBadToken
+	}
+	if !now.Before(s.Expires) {
+		return Session{}, ErrExpiredToken
+	}
+	return s, nil
+}
+
+func tokenMAC(key, payload []byte) []byte {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(tokenLabel))
+	h.Write(payload)
+	return h.Sum(nil)
+}

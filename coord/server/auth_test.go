@@ -1,0 +1,109 @@
+package server
+
+import (
+	"encoding/base64"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestTokenRoundTripAndRejections(t *testing.T) {
+	key, cluster := []byte(strings.Repeat("k", 32)), []byte(strings.Repeat("c", 16))
+	now := time.Now()
+	tok, sess := MintToken(key, cluster, "alice101", now.Add(time.Hour))
+	got, err := ParseToken(key, cluster, tok, now)
+	if err != nil || got.LoginID != "alice101" || string(got.ID) != string(sess.ID) {
+		t.Fatalf("valid token: %v %v", got, err)
+	}
+	if _, err := ParseToken(key, cluster, tok, now.Add(2*time.Hour)); err != ErrExpiredToken {
+		t.Fatalf("expired token: %v", err)
+	}
+	otherKey := []byte(strings.Repeat("x", 32))
+	if _, err := ParseToken(otherKey, cluster, tok, now); err != ErrBadToken {
+		t.Fatalf("token of another cluster's key: %v", err)
+	}
+	if _, err := ParseToken(key, []byte(strings.Repeat("d", 16)), tok, now); err != ErrBadToken {
+		t.Fatalf("token of another cluster id: %v", err)
+	}
+	forged := []byte(tok)
+	forged[3] ^= 1
+	if _, err := ParseToken(key, cluster, string(forged), now); err != ErrBadToken {
+		t.Fatalf("forged token: %v", err)
+	}
+	for _, bad := range []string{"", ".", "abc", tok + "x", strings.Repeat("a", 600)} {
+		if _, err := ParseToken(key, cluster, bad, now); err == nil {
+			t.Fatalf("%q accepted", bad)
+		}
+	}
+}
+
+func FuzzParseToken(f *testing.F) {
+	key, cluster := []byte(strings.Repeat("k", 32)), []byte(strings.Repeat("c", 16))
+	tok, _ := MintToken(key, cluster, "alice101", time.Unix(1<<40, 0))
+	f.Add(tok)
+	f.Add("")
+	f.Add("a.b")
+	f.Add("AQ.AQ")
+	f.Fuzz(func(t *testing.T, s string) {
+		sess, err := ParseToken(key, cluster, s, time.Unix(0, 0))
+		if err != nil {
+			return
+		}
+		// Only a token minted with the key verifies, and only in its one
+		// canonical spelling.
+		p, m, _ := strings.Cut(s, ".")
+		enc := base64.RawURLEncoding
+		payload, _ := enc.DecodeString(p)
+		mac, _ := enc.DecodeString(m)
+		if enc.EncodeToString(payload)+"."+enc.EncodeToString(mac) != s || sess.LoginID != "alice101" {
+			t.Fatalf("accepted %q as %v", s, sess)
+		}
+	})
+}
+
+func TestPasswordHashing(t *testing.T) {
+	h := HashPassword("correct horse")
+	if !CheckPassword(h, "correct horse") || CheckPassword(h, "wrong horse") {
+		t.Fatal("password check is wrong")
+	}
+	h2 := HashPassword("correct horse")
+	if string(h.Salt) == string(h2.Salt) || string(h.Hash) == string(h2.Hash) {
+		t.Fatal("salts must differ per hash")
+	}
+	h.MemoryKib = 1 << 30
+	if CheckPassword(h, "correct horse") {
+		t.Fatal("absurd parameters must not verify")
+	}
+}
+
+func TestValidation(t *testing.T) {
+	for _, bad := range []string{"", strings.Repeat("a", 65), "a\x00b", "a b", "tab\t", "a\u0085b", "x+y", "\xff"} {
+		if ValidateUsername(bad) == nil {
+			t.Errorf("username %q accepted", bad)
+		}
+	}
+	for _, good := range []string{"alice", "Élodie", "a.b-c_d", strings.Repeat("a", 64)} {
+		if err := ValidateUsername(good); err != nil {
+			t.Errorf("username %q refused: %v", good, err)
+		}
+	}
+	for _, bad := range []string{"", "12-3", "१२", strings.Repeat("1", 33), "1 2"} {
+		if ValidateRollNumber(bad) == nil {
+			t.Errorf("roll number %q accepted", bad)
+		}
+	}
+	for _, bad := range []string{"", "a b", "bell\a", strings.Repeat("g", 65)} {
+		if ValidateGroupName(bad) == nil {
+			t.Errorf("group name %q accepted", bad)
+		}
+	}
+	if ValidateGroupName("study-group#1") != nil {
+		t.Error("ordinary group name refused")
+	}
+	if ValidatePassword("short") == nil || ValidatePassword(strings.Repeat("p", 1025)) == nil || ValidatePassword("longenough") != nil {
+		t.Error("password length rules")
+	}
+	if LoginID("Alice", "101") != "alice101" {
+		t.Error("login id must join lower-cased username and roll number")
+	}
+}

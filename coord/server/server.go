@@ -1,0 +1,495 @@
+// Package server owns the coordinator's gRPC face: it validates every call,
+// authenticates sessions, limits log-in attempts and mailbox use, and turns
+// calls into store commands (writes) or barrier-protected reads. It never
+// touches badger or Raft itself; it talks to the store through Store.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"strings"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	p2ppeer "github.com/libp2p/go-libp2p/core/peer"
+	ma "github.com/multiformats/go-multiaddr"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/coord/store"
+	"github.com/e2em/e2em/coord/store/statepb"
+)
+
+// Store is what the API layer needs from the replicated state.
+type Store interface {
+	Apply(ctx context.Context, cmd *statepb.Command) (*statepb.Result, error)
+	ReadBarrier(ctx context.Context) error
+	FSM() *store.FSM
+	ApplyOnLeader(ctx context.Context, data []byte) (uint64, *statepb.Result, error)
+	LeaderReadIndex(ctx context.Context) (uint64, error)
+	Join(ctx context.Context, id, raftAddr, apiAddr string, nonvoter bool) error
+	Leave(ctx context.Context, id string) error
+	LeaderAPI() (string, error)
+	IsLeader() bool
+	Status() store.Status
+}
+
+// Config holds the limits the server enforces.
+type Config struct {
+	SessionTTL       time.Duration // how long a log-in lasts
+	MaxLoginFailures int           // failed log-ins per minute, per account and per address
+	MailMaxBytes     int           // largest envelope
+	MailboxMaxCount  uint32        // envelopes waiting per recipient
+	MailboxMaxBytes  uint64        // bytes waiting per recipient
+	Logger           *slog.Logger
+}
+
+// DefaultConfig is what the issue asks for.
+func DefaultConfig() Config {
+	return Config{
+		SessionTTL:       24 * time.Hour,
+		MaxLoginFailures: 10,
+		MailMaxBytes:     1 << 20,
+		MailboxMaxCount:  1000,
+		MailboxMaxBytes:  64 << 20,
+	}
+}
+
+// Server implements the Coordinator and Cluster gRPC services.
+type Server struct {
+	api.UnimplementedCoordinatorServer
+	api.UnimplementedClusterServer
+	cfg   Config
+	store Store
+	hub   *Hub
+	log   *slog.Logger
+	fwd   *Forwarder
+	// hashing bounds concurrent argon2id runs, each ~19 MiB and a core.
+	hashing chan struct{}
+}
+
+// New makes a server over st. The hub receives the store's events.
+func New(cfg Config, st Store, hub *Hub, fwd *Forwarder) *Server {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	return &Server{cfg: cfg, store: st, hub: hub, fwd: fwd, log: cfg.Logger, hashing: make(chan struct{}, runtime.NumCPU())}
+}
+
+func (s *Server) argon(ctx context.Context, f func()) error {
+	select {
+	case s.hashing <- struct{}{}:
+	case <-ctx.Done():
+		return status.Error(codes.Unavailable, "the coordinator is busy; try again")
+	}
+	defer func() { <-s.hashing }()
+	f()
+	return nil
+}
+
+// apply runs a command and turns a refusing Result into a status error.
+func (s *Server) apply(ctx context.Context, cmd *statepb.Command) (*statepb.Result, error) {
+	res, err := s.store.Apply(ctx, cmd)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	if res.Code != 0 {
+		return nil, status.Error(codes.Code(res.Code), res.Message)
+	}
+	return res, nil
+}
+
+func (s *Server) barrier(ctx context.Context) error {
+	if err := s.store.ReadBarrier(ctx); err != nil {
+		return storeErr(err)
+	}
+	return nil
+}
+
+func storeErr(err error) error {
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return status.Error(codes.DeadlineExceeded, "the cluster did not answer in time; try again")
+	}
+	return status.Errorf(codes.Unavailable, "the cluster cannot take this call right now: %v", err)
+}
+
+func invalid(err error) error { return status.Error(codes.InvalidArgument, err.Error()) }
+
+// SignUp creates an account after checking every field.
+func (s *Server) SignUp(ctx context.Context, req *api.SignUpRequest) (*api.SignUpResponse, error) {
+	if err := ValidateUsername(req.Username); err != nil {
+		return nil, invalid(err)
+	}
+	if err := ValidateRollNumber(req.RollNumber); err != nil {
+		return nil, invalid(err)
+	}
+	if err := ValidatePassword(req.Password); err != nil {
+		return nil, invalid(err)
+	}
+	login := LoginID(req.Username, req.RollNumber)
+	var hash *statepb.PasswordHash
+	if err := s.argon(ctx, func() { hash = HashPassword(req.Password) }); err != nil {
+		return nil, err
+	}
+	acct := &statepb.Account{LoginId: login, Username: req.Username, RollNumber: req.RollNumber, Password: hash}
+	res, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_CreateAccount{CreateAccount: &statepb.CreateAccount{Account: acct}}})
+	if err != nil {
+		return nil, err
+	}
+	s.log.Info("account created", "login_id", res.LoginId)
+	return &api.SignUpResponse{LoginId: res.LoginId}, nil
+}
+
+// LogIn checks the password and issues a token every coordinator accepts.
+func (s *Server) LogIn(ctx context.Context, req *api.LogInRequest) (*api.LogInResponse, error) {
+	login := strings.ToLower(req.LoginId)
+	if login == "" || len(login) > MaxNameLen+MaxRollLen || len(req.Password) > MaxPasswordLen {
+		return nil, status.Error(codes.Unauthenticated, "wrong login id or password")
+	}
+	addr := observedAddr(ctx)
+	ip := hostOf(addr)
+	fsm := s.store.FSM()
+	now := time.Now()
+	byAcct, byAddr, err := fsm.RecentFailures(login, ip, now.UnixNano())
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	if wait, limited := s.loginLimited(byAcct, now); limited {
+		return nil, status.Errorf(codes.ResourceExhausted, "too many failed log-ins for %s; try again in %d seconds", login, wait)
+	}
+	if wait, limited := s.loginLimited(byAddr, now); limited {
+		return nil, status.Errorf(codes.ResourceExhausted, "too many failed log-ins from your address; try again in %d seconds", wait)
+	}
+	acct, err := fsm.Account(login)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
+		return nil, storeErr(err)
+	}
+	var good bool
+	if err := s.argon(ctx, func() {
+		if acct.GetPassword() == nil {
+			CheckPassword(dummyHash, req.Password)
+			return
+		}
+		good = CheckPassword(acct.Password, req.Password)
+	}); err != nil {
+		return nil, err
+	}
+	if !good {
+		loginFailures.Inc()
+		s.log.Info("failed log-in", "login_id", login, "addr", addr)
+		fail := &statepb.LoginFailed{LoginId: login, Address: ip}
+		if _, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_LoginFailed{LoginFailed: fail}}); err != nil {
+			return nil, err
+		}
+		return nil, status.Error(codes.Unauthenticated, "wrong login id or password")
+	}
+	info, err := fsm.ClusterInfo()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, "the cluster is still starting; try again")
+	}
+	token, sess := MintToken(info.TokenKey, info.ClusterId, login, now.Add(s.cfg.SessionTTL))
+	return &api.LogInResponse{Token: token, LoginId: login, ExpiresUnix: sess.Expires.Unix(), ObservedAddr: addr}, nil
+}
+
+// loginLimited says whether failures fill the window, and how many seconds
+// until the oldest of them leaves it.
+func (s *Server) loginLimited(failures []int64, now time.Time) (int, bool) {
+	if len(failures) < s.cfg.MaxLoginFailures {
+		return 0, false
+	}
+	oldest := failures[len(failures)-s.cfg.MaxLoginFailures]
+	wait := time.Until(time.Unix(0, oldest).Add(time.Minute))
+	return int(wait.Seconds()) + 1, true
+}
+
+// LogOut revokes the caller's session everywhere.
+func (s *Server) LogOut(ctx context.Context, _ *api.LogOutRequest) (*api.LogOutResponse, error) {
+	sess := sessionFrom(ctx)
+	rev := &statepb.RevokeSession{SessionId: sess.ID, ExpiresUnixNano: sess.Expires.UnixNano()}
+	if _, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_RevokeSession{RevokeSession: rev}}); err != nil {
+		return nil, err
+	}
+	return &api.LogOutResponse{}, nil
+}
+
+// PublishKeys stores the caller's directory entry after checking that the
+// identity key is signed by the libp2p key that the peer id names.
+func (s *Server) PublishKeys(ctx context.Context, req *api.PublishKeysRequest) (*api.PublishKeysResponse, error) {
+	login := sessionFrom(ctx).LoginID
+	k := req.GetKeys()
+	if k == nil {
+		return nil, status.Error(codes.InvalidArgument, "no keys given")
+	}
+	if err := verifyKeys(login, k); err != nil {
+		return nil, invalid(err)
+	}
+	acct, err := s.store.FSM().Account(login)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	entry := &api.Keys{
+		LoginId: login, Username: acct.Username, RollNumber: acct.RollNumber,
+		PeerId: k.PeerId, Libp2PPublicKey: k.Libp2PPublicKey, IdentityKey: k.IdentityKey,
+		IdentitySignature: k.IdentitySignature, Addrs: k.Addrs, RelayAddrs: k.RelayAddrs,
+	}
+	if _, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_PublishKeys{PublishKeys: entry}}); err != nil {
+		return nil, err
+	}
+	return &api.PublishKeysResponse{ObservedAddr: observedAddr(ctx)}, nil
+}
+
+const (
+	maxAddrs   = 32
+	maxAddrLen = 512
+)
+
+func verifyKeys(login string, k *api.Keys) error {
+	if len(k.IdentityKey) != 32 {
+		return fmt.Errorf("identity key must be 32 bytes (X25519), not %d", len(k.IdentityKey))
+	}
+	pub, err := crypto.UnmarshalPublicKey(k.Libp2PPublicKey)
+	if err != nil {
+		return fmt.Errorf("libp2p public key: %w", err)
+	}
+	if pub.Type() != crypto.Ed25519 {
+		return errors.New("libp2p key must be Ed25519")
+	}
+	id, err := p2ppeer.Decode(k.PeerId)
+	if err != nil {
+		return fmt.Errorf("peer id: %w", err)
+	}
+	if !id.MatchesPublicKey(pub) {
+		return errors.New("peer id does not match the libp2p public key")
+	}
+	okSig, err := pub.Verify(api.IdentitySigningPayload(login, k.IdentityKey), k.IdentitySignature)
+	if err != nil || !okSig {
+		return errors.New("identity key signature does not verify")
+	}
+	if len(k.Addrs) > maxAddrs || len(k.RelayAddrs) > maxAddrs {
+		return fmt.Errorf("at most %d addresses of each kind", maxAddrs)
+	}
+	for _, a := range append(append([]string{}, k.Addrs...), k.RelayAddrs...) {
+		if len(a) > maxAddrLen {
+			return fmt.Errorf("address longer than %d bytes", maxAddrLen)
+		}
+		if _, err := ma.NewMultiaddr(a); err != nil {
+			return fmt.Errorf("address %q: %w", a, err)
+		}
+	}
+	return nil
+}
+
+// LookUp finds accounts by login id, username or roll number.
+func (s *Server) LookUp(ctx context.Context, req *api.LookUpRequest) (*api.LookUpResponse, error) {
+	q := strings.TrimSpace(req.Query)
+	if q == "" || len(q) > MaxNameLen+MaxRollLen {
+		return nil, status.Error(codes.InvalidArgument, "give a login id, a username or a roll number")
+	}
+	if err := s.barrier(ctx); err != nil {
+		return nil, err
+	}
+	fsm := s.store.FSM()
+	logins, err := fsm.FindAccounts(q)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	resp := &api.LookUpResponse{}
+	for _, l := range logins {
+		k, err := fsm.Keys(l)
+		if errors.Is(err, store.ErrNotFound) {
+			acct, err := fsm.Account(l)
+			if err != nil {
+				return nil, storeErr(err)
+			}
+			k = &api.Keys{LoginId: l, Username: acct.Username, RollNumber: acct.RollNumber}
+		} else if err != nil {
+			return nil, storeErr(err)
+		}
+		resp.Matches = append(resp.Matches, k)
+	}
+	return resp, nil
+}
+
+func (s *Server) groupOp(ctx context.Context, kind statepb.GroupOp_Kind, name string) (*api.GroupResponse, error) {
+	if err := ValidateGroupName(name); err != nil {
+		return nil, invalid(err)
+	}
+	op := &statepb.GroupOp{Kind: kind, Name: name, LoginId: sessionFrom(ctx).LoginID}
+	res, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_Group{Group: op}})
+	if err != nil {
+		return nil, err
+	}
+	return &api.GroupResponse{Name: res.Name}, nil
+}
+
+// CreateGroup makes a group with the caller as its first member.
+func (s *Server) CreateGroup(ctx context.Context, req *api.GroupRequest) (*api.GroupResponse, error) {
+	return s.groupOp(ctx, statepb.GroupOp_CREATE, req.Name)
+}
+
+// JoinGroup adds the caller to an existing group.
+func (s *Server) JoinGroup(ctx context.Context, req *api.GroupRequest) (*api.GroupResponse, error) {
+	return s.groupOp(ctx, statepb.GroupOp_JOIN, req.Name)
+}
+
+// LeaveGroup removes the caller from a group.
+func (s *Server) LeaveGroup(ctx context.Context, req *api.GroupRequest) (*api.GroupResponse, error) {
+	return s.groupOp(ctx, statepb.GroupOp_LEAVE, req.Name)
+}
+
+// ListGroups lists every group with its member count.
+func (s *Server) ListGroups(ctx context.Context, _ *api.ListGroupsRequest) (*api.ListGroupsResponse, error) {
+	if err := s.barrier(ctx); err != nil {
+		return nil, err
+	}
+	groups, err := s.store.FSM().Groups()
+	return groupList(groups, err)
+}
+
+// MyGroups lists the caller's groups.
+func (s *Server) MyGroups(ctx context.Context, _ *api.ListGroupsRequest) (*api.ListGroupsResponse, error) {
+	if err := s.barrier(ctx); err != nil {
+		return nil, err
+	}
+	groups, err := s.store.FSM().MyGroups(sessionFrom(ctx).LoginID)
+	return groupList(groups, err)
+}
+
+func groupList(groups []*statepb.Group, err error) (*api.ListGroupsResponse, error) {
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	resp := &api.ListGroupsResponse{}
+	for _, g := range groups {
+		resp.Groups = append(resp.Groups, &api.GroupInfo{Name: g.Name, Members: g.Members})
+	}
+	return resp, nil
+}
+
+// Members lists a group's members.
+func (s *Server) Members(ctx context.Context, req *api.GroupRequest) (*api.MembersResponse, error) {
+	if err := ValidateGroupName(req.Name); err != nil {
+		return nil, invalid(err)
+	}
+	if err := s.barrier(ctx); err != nil {
+		return nil, err
+	}
+	g, members, err := s.store.FSM().Members(req.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, status.Errorf(codes.NotFound, "there is no group %q", req.Name)
+	}
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	return &api.MembersResponse{Name: g.Name, LoginIds: members}, nil
+}
+
+// PutMail leaves an envelope for an offline account.
+func (s *Server) PutMail(ctx context.Context, req *api.PutMailRequest) (*api.PutMailResponse, error) {
+	if len(req.Envelope) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "the envelope is empty")
+	}
+	if len(req.Envelope) > s.cfg.MailMaxBytes {
+		return nil, status.Errorf(codes.InvalidArgument, "the envelope is %d bytes; the limit is %d", len(req.Envelope), s.cfg.MailMaxBytes)
+	}
+	to := strings.ToLower(req.To)
+	if to == "" || len(to) > MaxNameLen+MaxRollLen {
+		return nil, status.Error(codes.InvalidArgument, "give the recipient's login id")
+	}
+	put := &statepb.PutMail{
+		From: sessionFrom(ctx).LoginID, To: to, Envelope: req.Envelope,
+		MaxCount: s.cfg.MailboxMaxCount, MaxBytes: s.cfg.MailboxMaxBytes,
+	}
+	res, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_PutMail{PutMail: put}})
+	if err != nil {
+		return nil, err
+	}
+	return &api.PutMailResponse{Seq: res.Seq}, nil
+}
+
+// FetchMail returns the caller's waiting envelopes in order.
+func (s *Server) FetchMail(ctx context.Context, req *api.FetchMailRequest) (*api.FetchMailResponse, error) {
+	limit := int(req.Limit)
+	if limit <= 0 || limit > 100 {
+		limit = 100
+	}
+	if err := s.barrier(ctx); err != nil {
+		return nil, err
+	}
+	mail, err := s.store.FSM().Mail(sessionFrom(ctx).LoginID, req.AfterSeq, limit)
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	return &api.FetchMailResponse{Mail: mail}, nil
+}
+
+// AckMail deletes delivered envelopes.
+func (s *Server) AckMail(ctx context.Context, req *api.AckMailRequest) (*api.AckMailResponse, error) {
+	ack := &statepb.AckMail{LoginId: sessionFrom(ctx).LoginID, UpToSeq: req.UpToSeq}
+	if _, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_AckMail{AckMail: ack}}); err != nil {
+		return nil, err
+	}
+	return &api.AckMailResponse{}, nil
+}
+
+// Events streams the caller's events until it goes away.
+func (s *Server) Events(req *api.EventsRequest, stream api.Coordinator_EventsServer) error {
+	if len(req.Watch) > 10000 {
+		return status.Error(codes.InvalidArgument, "watch at most 10000 accounts")
+	}
+	sub := s.hub.Subscribe(sessionFrom(stream.Context()).LoginID, req.Watch)
+	defer s.hub.Unsubscribe(sub)
+	for {
+		select {
+		case <-stream.Context().Done():
+			return nil
+		case ev, ok := <-sub.C:
+			if !ok {
+				return status.Error(codes.Unavailable, "the event stream fell behind; reconnect and fetch your mail")
+			}
+			if err := stream.Send(ev); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Relays lists the coordinators' relay addresses.
+func (s *Server) Relays(ctx context.Context, _ *api.RelaysRequest) (*api.RelaysResponse, error) {
+	nodes, err := s.store.FSM().Nodes()
+	if err != nil {
+		return nil, storeErr(err)
+	}
+	resp := &api.RelaysResponse{}
+	for _, n := range nodes {
+		if n.PeerId != "" && len(n.RelayAddrs) > 0 {
+			resp.Relays = append(resp.Relays, &api.Relay{CoordinatorId: n.Id, PeerId: n.PeerId, Addrs: n.RelayAddrs})
+		}
+	}
+	return resp, nil
+}
+
+// observedAddr is the caller's address as this coordinator sees it (the
+// original client's, when a balancer sent a PROXY protocol header).
+func observedAddr(ctx context.Context) string {
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		return p.Addr.String()
+	}
+	return ""
+}
+
+func hostOf(addr string) string {
+	if h, _, err := net.SplitHostPort(addr); err == nil {
+		return h
+	}
+	return addr
+}

@@ -1,0 +1,545 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"github.com/hashicorp/raft"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/coord/store/statepb"
+)
+
+// Key layout in badger. Names are case-folded where the issue says they are
+// case-insensitive; login ids are always lower case.
+const (
+	keyApplied  = "meta/applied"   // uint64: last Raft index applied
+	keyCluster  = "meta/cluster"   // statepb.InitCluster
+	prefAccount = "acct/"          // acct/<login> → Account
+	prefUser    = "user/"          // user/<username> → login
+	prefRoll    = "roll/"          // roll/<roll>/<login> → ""
+	prefKeys    = "keys/"          // keys/<login> → api.Keys
+	prefGroup   = "grp/"           // grp/<folded name> → Group
+	prefGMember = "gmem/"          // gmem/<folded name>/<login> → ""
+	prefMyGroup = "mygrp/"         // mygrp/<login>/<folded name> → ""
+	prefMailbox = "mbox/"          // mbox/<login> → MailBox
+	prefMail    = "mail/"          // mail/<login>/<seq BE> → api.Mail
+	prefFailAcc = "fail/acct/"     // → Failures
+	prefFailIP  = "fail/addr/"     // → Failures
+	prefRevoked = "rev/"           // rev/<session id> → expiry BE
+	prefNode    = "node/"          // node/<id> → Node
+	prefRequest = "req/"           // req/<request id> → AppliedRequest
+	prefReqTime = "reqt/"          // reqt/<time BE>/<request id> → ""
+	prefRevTime = "revt/"          // revt/<time BE>/<session id> → ""
+	failWindow  = time.Minute      // failed log-ins are counted over this window
+	requestTTL  = 10 * time.Minute // a retried command is recognised this long
+	pruneBatch  = 64               // expired entries removed per applied command
+)
+
+// Event is a change the state machine applied that connected clients may
+// want to hear about. Exactly one field is set.
+type Event struct {
+	Mail  *MailEvent
+	Group *GroupEvent
+	Keys  *api.Keys
+}
+
+// MailEvent says new mail is waiting for To.
+type MailEvent struct {
+	To   string
+	Seq  uint64
+	From string
+}
+
+// GroupEvent says LoginID created, joined or left the group Name.
+type GroupEvent struct {
+	Name    string
+	LoginID string
+	Change  string
+}
+
+// applyOutcome is what ApplyBatch hands back to the Raft future.
+type applyOutcome struct {
+	result *statepb.Result
+	err    error
+}
+
+// FSM is the coordinator state machine: it applies committed commands to
+// badger. Reads go straight to badger; writes only through Apply.
+type FSM struct {
+	db      *badger.DB
+	log     *slog.Logger
+	publish func(Event)
+	// onApplied, if set, hears the applied index after each commit.
+	onApplied func(uint64)
+}
+
+// NewFSM wraps an open badger database. publish, if not nil, is called after
+// each batch commits with the events it produced, in order.
+func NewFSM(db *badger.DB, log *slog.Logger, publish func(Event)) *FSM {
+	if publish == nil {
+		publish = func(Event) {}
+	}
+	return &FSM{db: db, log: log, publish: publish}
+}
+
+// Apply implements raft.FSM for single entries.
+func (f *FSM) Apply(l *raft.Log) interface{} {
+	return f.ApplyBatch([]*raft.Log{l})[0]
+}
+
+// ApplyBatch implements raft.BatchingFSM: one badger transaction for a whole
+// batch of committed entries, which is what lets writes scale with load. A
+// batch too big for one transaction is applied an entry at a time.
+func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	out, events, err := f.applyInTxn(logs)
+	if errors.Is(err, badger.ErrTxnTooBig) && len(logs) > 1 {
+		out, events = make([]interface{}, 0, len(logs)), nil
+		for _, l := range logs {
+			o, evs, err := f.applyInTxn([]*raft.Log{l})
+			if err != nil {
+				panic(fmt.Sprintf("apply raft index %d: %v", l.Index, err))
+			}
+			out = append(out, o[0])
+			events = append(events, evs...)
+		}
+		err = nil
+	}
+	if err != nil {
+		// The disk failed under us; a replica that cannot apply must stop.
+		panic(fmt.Sprintf("apply raft entries: %v", err))
+	}
+	for _, e := range events {
+		f.publish(e)
+	}
+	if f.onApplied != nil {
+		f.onApplied(logs[len(logs)-1].Index)
+	}
+	return out
+}
+
+func (f *FSM) applyInTxn(logs []*raft.Log) ([]interface{}, []Event, error) {
+	txn := f.db.NewTransaction(true)
+	defer txn.Discard()
+	applied, err := readApplied(txn)
+	if err != nil {
+		return nil, nil, err
+	}
+	out := make([]interface{}, len(logs))
+	var events []Event
+	for i, l := range logs {
+		if l.Index <= applied {
+			// Replayed after a restart: badger already holds its effect.
+			out[i] = &applyOutcome{result: ok()}
+			continue
+		}
+		res, evs, err := f.applyOne(txn, l)
+		if err != nil {
+			return nil, nil, err
+		}
+		out[i] = &applyOutcome{result: res}
+		events = append(events, evs...)
+		applied = l.Index
+	}
+	if err := txn.Set([]byte(keyApplied), u64(applied)); err != nil {
+		return nil, nil, err
+	}
+	return out, events, txn.Commit()
+}
+
+func (f *FSM) applyOne(txn *badger.Txn, l *raft.Log) (*statepb.Result, []Event, error) {
+	if l.Type != raft.LogCommand {
+		return &statepb.Result{}, nil, nil
+	}
+	var cmd statepb.Command
+	if err := proto.Unmarshal(l.Data, &cmd); err != nil {
+		// A corrupt entry cannot be applied by anyone; answer it and go on.
+		return fail(codes.Internal, "corrupt command at index %d", l.Index), nil, nil
+	}
+	now := cmd.GetTimeUnixNano()
+	if len(cmd.RequestId) > 0 {
+		var seen statepb.AppliedRequest
+		found, err := getProto(txn, prefRequest+string(cmd.RequestId), &seen)
+		if err != nil {
+			return nil, nil, err
+		}
+		if found {
+			return seen.Result, nil, nil
+		}
+	}
+	res, evs, err := f.dispatch(txn, &cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(cmd.RequestId) > 0 {
+		rec := &statepb.AppliedRequest{Result: res, TimeUnixNano: now}
+		if err := setProto(txn, prefRequest+string(cmd.RequestId), rec); err != nil {
+			return nil, nil, err
+		}
+		if err := txn.Set([]byte(prefReqTime+string(u64(uint64(now)))+"/"+string(cmd.RequestId)), nil); err != nil {
+			return nil, nil, err
+		}
+	}
+	if err := f.prune(txn, now); err != nil {
+		return nil, nil, err
+	}
+	return res, evs, nil
+}
+
+func (f *FSM) dispatch(txn *badger.Txn, cmd *statepb.Command) (*statepb.Result, []Event, error) {
+	now := cmd.GetTimeUnixNano()
+	switch op := cmd.Op.(type) {
+	case *statepb.Command_InitCluster:
+		return f.initCluster(txn, op.InitCluster)
+	case *statepb.Command_CreateAccount:
+		return f.createAccount(txn, op.CreateAccount.GetAccount(), now)
+	case *statepb.Command_RevokeSession:
+		return f.revokeSession(txn, op.RevokeSession)
+	case *statepb.Command_LoginFailed:
+		return f.loginFailed(txn, op.LoginFailed, now)
+	case *statepb.Command_PublishKeys:
+		return f.publishKeys(txn, op.PublishKeys, now)
+	case *statepb.Command_Group:
+		return f.group(txn, op.Group, now)
+	case *statepb.Command_PutMail:
+		return f.putMail(txn, op.PutMail, now)
+	case *statepb.Command_AckMail:
+		return f.ackMail(txn, op.AckMail)
+	case *statepb.Command_RegisterNode:
+		return ok(), nil, setProto(txn, prefNode+op.RegisterNode.GetId(), op.RegisterNode)
+	case *statepb.Command_RemoveNode:
+		return ok(), nil, txn.Delete([]byte(prefNode + op.RemoveNode.GetId()))
+	default:
+		return fail(codes.InvalidArgument, "unknown command"), nil, nil
+	}
+}
+
+func (f *FSM) initCluster(txn *badger.Txn, c *statepb.InitCluster) (*statepb.Result, []Event, error) {
+	var have statepb.InitCluster
+	found, err := getProto(txn, keyCluster, &have)
+	if err != nil || found {
+		return fail(codes.AlreadyExists, "cluster already initialised"), nil, err
+	}
+	if len(c.GetClusterId()) == 0 || len(c.GetTokenKey()) < 32 {
+		return fail(codes.InvalidArgument, "cluster id and a 32-byte token key are required"), nil, nil
+	}
+	return ok(), nil, setProto(txn, keyCluster, c)
+}
+
+func (f *FSM) createAccount(txn *badger.Txn, a *statepb.Account, now int64) (*statepb.Result, []Event, error) {
+	if a == nil || a.LoginId == "" || a.Username == "" || a.RollNumber == "" || a.Password == nil {
+		return fail(codes.InvalidArgument, "incomplete account"), nil, nil
+	}
+	user := prefUser + strings.ToLower(a.Username)
+	if exists, err := has(txn, user); err != nil || exists {
+		return fail(codes.AlreadyExists, "username %q is taken", a.Username), nil, err
+	}
+	if exists, err := has(txn, prefAccount+a.LoginId); err != nil || exists {
+		return fail(codes.AlreadyExists, "login id %q is taken", a.LoginId), nil, err
+	}
+	a.CreatedUnixNano = now
+	if err := setProto(txn, prefAccount+a.LoginId, a); err != nil {
+		return nil, nil, err
+	}
+	if err := txn.Set([]byte(user), []byte(a.LoginId)); err != nil {
+		return nil, nil, err
+	}
+	if err := txn.Set([]byte(prefRoll+strings.ToLower(a.RollNumber)+"/"+a.LoginId), nil); err != nil {
+		return nil, nil, err
+	}
+	return &statepb.Result{LoginId: a.LoginId}, nil, nil
+}
+
+func (f *FSM) revokeSession(txn *badger.Txn, r *statepb.RevokeSession) (*statepb.Result, []Event, error) {
+	if len(r.GetSessionId()) == 0 {
+		return fail(codes.InvalidArgument, "no session"), nil, nil
+	}
+	exp := u64(uint64(r.GetExpiresUnixNano()))
+	if err := txn.Set([]byte(prefRevoked+string(r.SessionId)), exp); err != nil {
+		return nil, nil, err
+	}
+	return ok(), nil, txn.Set([]byte(prefRevTime+string(exp)+"/"+string(r.SessionId)), nil)
+}
+
+func (f *FSM) loginFailed(txn *badger.Txn, l *statepb.LoginFailed, now int64) (*statepb.Result, []Event, error) {
+	for _, key := range []string{prefFailAcc + l.GetLoginId(), prefFailIP + l.GetAddress()} {
+		if strings.HasSuffix(key, "/") {
+			continue
+		}
+		var fl statepb.Failures
+		if _, err := getProto(txn, key, &fl); err != nil {
+			return nil, nil, err
+		}
+		fl.UnixNano = append(recentFailures(fl.UnixNano, now), now)
+		if err := setProto(txn, key, &fl); err != nil {
+			return nil, nil, err
+		}
+	}
+	return ok(), nil, nil
+}
+
+// recentFailures keeps the failure times inside the counting window.
+func recentFailures(times []int64, now int64) []int64 {
+	cut := now - int64(failWindow)
+	kept := times[:0]
+	for _, t := range times {
+		if t > cut {
+			kept = append(kept, t)
+		}
+	}
+	return kept
+}
+
+func (f *FSM) publishKeys(txn *badger.Txn, k *api.Keys, now int64) (*statepb.Result, []Event, error) {
+	if exists, err := has(txn, prefAccount+k.GetLoginId()); err != nil || !exists {
+		return fail(codes.NotFound, "no account %q", k.GetLoginId()), nil, err
+	}
+	k.UpdatedUnix = now / int64(time.Second)
+	if err := setProto(txn, prefKeys+k.LoginId, k); err != nil {
+		return nil, nil, err
+	}
+	return ok(), []Event{{Keys: k}}, nil
+}
+
+func (f *FSM) group(txn *badger.Txn, g *statepb.GroupOp, now int64) (*statepb.Result, []Event, error) {
+	folded := FoldGroupName(g.GetName())
+	if folded == "" || g.GetLoginId() == "" {
+		return fail(codes.InvalidArgument, "group name and member are required"), nil, nil
+	}
+	var rec statepb.Group
+	found, err := getProto(txn, prefGroup+folded, &rec)
+	if err != nil {
+		return nil, nil, err
+	}
+	member := prefGMember + folded + "/" + g.LoginId
+	mine := prefMyGroup + g.LoginId + "/" + folded
+	isMember, err := has(txn, member)
+	if err != nil {
+		return nil, nil, err
+	}
+	var change string
+	switch g.GetKind() {
+	case statepb.GroupOp_CREATE:
+		if found {
+			return fail(codes.AlreadyExists, "group %q already exists", rec.Name), nil, nil
+		}
+		rec = statepb.Group{Name: g.Name, CreatedBy: g.LoginId, CreatedUnixNano: now}
+		change = "created"
+		fallthrough
+	case statepb.GroupOp_JOIN:
+		if change == "" {
+			if !found {
+				return fail(codes.NotFound, "there is no group %q", g.Name), nil, nil
+			}
+			if isMember {
+				return fail(codes.AlreadyExists, "you are already a member of %q", rec.Name), nil, nil
+			}
+			change = "joined"
+		}
+		rec.Members++
+		if err := txn.Set([]byte(member), nil); err != nil {
+			return nil, nil, err
+		}
+		if err := txn.Set([]byte(mine), nil); err != nil {
+			return nil, nil, err
+		}
+	case statepb.GroupOp_LEAVE:
+		if !found {
+			return fail(codes.NotFound, "there is no group %q", g.Name), nil, nil
+		}
+		if !isMember {
+			return fail(codes.FailedPrecondition, "you are not a member of %q", rec.Name), nil, nil
+		}
+		rec.Members--
+		change = "left"
+		if err := txn.Delete([]byte(member)); err != nil {
+			return nil, nil, err
+		}
+		if err := txn.Delete([]byte(mine)); err != nil {
+			return nil, nil, err
+		}
+	default:
+		return fail(codes.InvalidArgument, "unknown group operation"), nil, nil
+	}
+	if err := setProto(txn, prefGroup+folded, &rec); err != nil {
+		return nil, nil, err
+	}
+	ev := Event{Group: &GroupEvent{Name: rec.Name, LoginID: g.LoginId, Change: change}}
+	return &statepb.Result{Name: rec.Name}, []Event{ev}, nil
+}
+
+func (f *FSM) putMail(txn *badger.Txn, m *statepb.PutMail, now int64) (*statepb.Result, []Event, error) {
+	if exists, err := has(txn, prefAccount+m.GetTo()); err != nil || !exists {
+		return fail(codes.NotFound, "no account %q", m.GetTo()), nil, err
+	}
+	var box statepb.MailBox
+	if _, err := getProto(txn, prefMailbox+m.To, &box); err != nil {
+		return nil, nil, err
+	}
+	size := uint64(len(m.Envelope))
+	if (m.MaxCount > 0 && box.Count+1 > m.MaxCount) || (m.MaxBytes > 0 && box.Bytes+size > m.MaxBytes) {
+		return fail(codes.ResourceExhausted, "the mailbox of %s is full (%d messages, %d bytes waiting)", m.To, box.Count, box.Bytes), nil, nil
+	}
+	box.NextSeq++
+	box.Count++
+	box.Bytes += size
+	mail := &api.Mail{Seq: box.NextSeq, From: m.From, Envelope: m.Envelope, ReceivedUnixNano: now}
+	if err := setProto(txn, mailKey(m.To, box.NextSeq), mail); err != nil {
+		return nil, nil, err
+	}
+	if err := setProto(txn, prefMailbox+m.To, &box); err != nil {
+		return nil, nil, err
+	}
+	ev := Event{Mail: &MailEvent{To: m.To, Seq: box.NextSeq, From: m.From}}
+	return &statepb.Result{Seq: box.NextSeq}, []Event{ev}, nil
+}
+
+func (f *FSM) ackMail(txn *badger.Txn, a *statepb.AckMail) (*statepb.Result, []Event, error) {
+	var box statepb.MailBox
+	if _, err := getProto(txn, prefMailbox+a.GetLoginId(), &box); err != nil {
+		return nil, nil, err
+	}
+	prefix := []byte(prefMail + a.GetLoginId() + "/")
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+	var doomed [][]byte
+	for it.Rewind(); it.Valid(); it.Next() {
+		key := it.Item().KeyCopy(nil)
+		if binary.BigEndian.Uint64(key[len(prefix):]) > a.UpToSeq {
+			break
+		}
+		var m api.Mail
+		if err := it.Item().Value(func(v []byte) error { return proto.Unmarshal(v, &m) }); err != nil {
+			it.Close()
+			return nil, nil, err
+		}
+		box.Count--
+		box.Bytes -= uint64(len(m.Envelope))
+		doomed = append(doomed, key)
+	}
+	it.Close()
+	for _, k := range doomed {
+		if err := txn.Delete(k); err != nil {
+			return nil, nil, err
+		}
+	}
+	if len(doomed) == 0 {
+		return ok(), nil, nil
+	}
+	return ok(), nil, setProto(txn, prefMailbox+a.LoginId, &box)
+}
+
+// prune removes retry records and revocations whose time has passed.
+func (f *FSM) prune(txn *badger.Txn, now int64) error {
+	if err := f.pruneIndex(txn, prefReqTime, prefRequest, now-int64(requestTTL)); err != nil {
+		return err
+	}
+	return f.pruneIndex(txn, prefRevTime, prefRevoked, now)
+}
+
+func (f *FSM) pruneIndex(txn *badger.Txn, index, target string, before int64) error {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(index)})
+	var doomed [][]byte
+	for it.Rewind(); it.Valid() && len(doomed) < pruneBatch; it.Next() {
+		key := it.Item().KeyCopy(nil)
+		rest := key[len(index):]
+		if len(rest) < 9 || int64(binary.BigEndian.Uint64(rest[:8])) > before {
+			break
+		}
+		doomed = append(doomed, key, []byte(target+string(rest[9:])))
+	}
+	it.Close()
+	for _, k := range doomed {
+		if err := txn.Delete(k); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Snapshot implements raft.FSM. The snapshot is a badger backup stream taken
+// when Persist runs; it may include entries applied after this call, which is
+// safe because the applied index travels inside it and replays skip them.
+func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	return &snapshot{db: f.db}, nil
+}
+
+// Restore implements raft.FSM: it replaces all state with the snapshot.
+func (f *FSM) Restore(r io.ReadCloser) error {
+	defer r.Close()
+	if err := f.db.DropAll(); err != nil {
+		return fmt.Errorf("restore snapshot: clear state: %w", err)
+	}
+	if err := f.db.Load(r, 256); err != nil {
+		return fmt.Errorf("restore snapshot: load: %w", err)
+	}
+	if idx, err := f.AppliedIndex(); err == nil && f.onApplied != nil {
+		f.onApplied(idx)
+	}
+	return nil
+}
+
+type snapshot struct{ db *badger.DB }
+
+func (s *snapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := s.db.Backup(sink, 0); err != nil {
+		sink.Cancel()
+		return fmt.Errorf("write snapshot: %w", err)
+	}
+	return sink.Close()
+}
+
+func (s *snapshot) Release() {}
+
+// FoldGroupName is the case-insensitive identity of a group name.
+func FoldGroupName(name string) string { return strings.ToLower(name) }
+
+func mailKey(login string, seq uint64) string {
+	return prefMail + login + "/" + string(u64(seq))
+}
+
+func ok() *statepb.Result { return &statepb.Result{} }
+
+func fail(c codes.Code, format string, args ...any) *statepb.Result {
+	return &statepb.Result{Code: uint32(c), Message: fmt.Sprintf(format, args...)}
+}
+
+func u64(v uint64) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], v)
+	return b[:]
+}
+
+func has(txn *badger.Txn, key string) (bool, error) {
+	_, err := txn.Get([]byte(key))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func getProto(txn *badger.Txn, key string, m proto.Message) (bool, error) {
+	item, err := txn.Get([]byte(key))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	return true, item.Value(func(v []byte) error { return proto.Unmarshal(v, m) })
+}
+
+func setProto(txn *badger.Txn, key string, m proto.Message) error {
+	b, err := proto.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return txn.Set([]byte(key), b)
+}

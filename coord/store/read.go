@@ -1,0 +1,259 @@
+package store
+
+import (
+	"encoding/binary"
+	"errors"
+	"sort"
+	"strings"
+
+	"github.com/dgraph-io/badger/v4"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/coord/store/statepb"
+)
+
+// ErrNotFound is returned by reads of a single record that does not exist.
+var ErrNotFound = errors.New("not found")
+
+// AppliedIndex is the last Raft index whose effect badger holds.
+func (f *FSM) AppliedIndex() (uint64, error) {
+	var idx uint64
+	err := f.db.View(func(txn *badger.Txn) error {
+		var err error
+		idx, err = readApplied(txn)
+		return err
+	})
+	return idx, err
+}
+
+func readApplied(txn *badger.Txn) (uint64, error) {
+	item, err := txn.Get([]byte(keyApplied))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	var idx uint64
+	err = item.Value(func(v []byte) error {
+		if len(v) != 8 {
+			return errors.New("corrupt applied index")
+		}
+		idx = binary.BigEndian.Uint64(v)
+		return nil
+	})
+	return idx, err
+}
+
+// ClusterInfo is the cluster identity and token key, once initialised.
+func (f *FSM) ClusterInfo() (*statepb.InitCluster, error) {
+	var c statepb.InitCluster
+	return &c, f.get(keyCluster, &c)
+}
+
+// Account returns one account by login id.
+func (f *FSM) Account(login string) (*statepb.Account, error) {
+	var a statepb.Account
+	return &a, f.get(prefAccount+login, &a)
+}
+
+// FindAccounts returns the login ids that query names: an exact login id, a
+// username, or a roll number (which may name several accounts).
+func (f *FSM) FindAccounts(query string) ([]string, error) {
+	q := strings.ToLower(query)
+	found := map[string]bool{}
+	err := f.db.View(func(txn *badger.Txn) error {
+		if ok, err := has(txn, prefAccount+q); err != nil {
+			return err
+		} else if ok {
+			found[q] = true
+		}
+		if item, err := txn.Get([]byte(prefUser + q)); err == nil {
+			login, err := item.ValueCopy(nil)
+			if err != nil {
+				return err
+			}
+			found[string(login)] = true
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		prefix := []byte(prefRoll + q + "/")
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			found[string(it.Item().Key()[len(prefix):])] = true
+		}
+		return nil
+	})
+	return sortedKeys(found), err
+}
+
+// Keys returns an account's directory entry; ErrNotFound if it has not
+// published keys yet.
+func (f *FSM) Keys(login string) (*api.Keys, error) {
+	var k api.Keys
+	return &k, f.get(prefKeys+login, &k)
+}
+
+// Groups lists every group in name order.
+func (f *FSM) Groups() ([]*statepb.Group, error) {
+	var out []*statepb.Group
+	err := f.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefGroup), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			g := &statepb.Group{}
+			if err := it.Item().Value(func(v []byte) error { return proto.Unmarshal(v, g) }); err != nil {
+				return err
+			}
+			out = append(out, g)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Group returns one group by name, case-insensitively.
+func (f *FSM) Group(name string) (*statepb.Group, error) {
+	var g statepb.Group
+	return &g, f.get(prefGroup+FoldGroupName(name), &g)
+}
+
+// MyGroups lists the groups login is a member of.
+func (f *FSM) MyGroups(login string) ([]*statepb.Group, error) {
+	var names []string
+	err := f.db.View(func(txn *badger.Txn) error {
+		prefix := []byte(prefMyGroup + login + "/")
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			names = append(names, string(it.Item().Key()[len(prefix):]))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]*statepb.Group, 0, len(names))
+	for _, n := range names {
+		g, err := f.Group(n)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	return out, nil
+}
+
+// Members lists a group's members' login ids; ErrNotFound for no group.
+func (f *FSM) Members(name string) (*statepb.Group, []string, error) {
+	g, err := f.Group(name)
+	if err != nil {
+		return nil, nil, err
+	}
+	var members []string
+	err = f.db.View(func(txn *badger.Txn) error {
+		prefix := []byte(prefGMember + FoldGroupName(name) + "/")
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			members = append(members, string(it.Item().Key()[len(prefix):]))
+		}
+		return nil
+	})
+	return g, members, err
+}
+
+// Mail returns up to limit envelopes for login with seq > after, in order.
+func (f *FSM) Mail(login string, after uint64, limit int) ([]*api.Mail, error) {
+	var out []*api.Mail
+	err := f.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefMail + login + "/"), PrefetchValues: true})
+		defer it.Close()
+		for it.Seek([]byte(mailKey(login, after+1))); it.Valid() && len(out) < limit; it.Next() {
+			m := &api.Mail{}
+			if err := it.Item().Value(func(v []byte) error { return proto.Unmarshal(v, m) }); err != nil {
+				return err
+			}
+			out = append(out, m)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Revoked reports whether a session was logged out.
+func (f *FSM) Revoked(sessionID []byte) (bool, error) {
+	var revoked bool
+	err := f.db.View(func(txn *badger.Txn) error {
+		var err error
+		revoked, err = has(txn, prefRevoked+string(sessionID))
+		return err
+	})
+	return revoked, err
+}
+
+// RecentFailures counts failed log-ins inside the window ending at now for
+// an account and for an address, and returns the oldest counted time of each.
+func (f *FSM) RecentFailures(login, addr string, now int64) (acct, fromAddr []int64, err error) {
+	read := func(key string) ([]int64, error) {
+		var fl statepb.Failures
+		if err := f.get(key, &fl); err != nil && !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+		return recentFailures(fl.UnixNano, now), nil
+	}
+	if acct, err = read(prefFailAcc + login); err != nil {
+		return nil, nil, err
+	}
+	fromAddr, err = read(prefFailIP + addr)
+	return acct, fromAddr, err
+}
+
+// Nodes lists the registered coordinators.
+func (f *FSM) Nodes() ([]*statepb.Node, error) {
+	var out []*statepb.Node
+	err := f.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefNode), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			n := &statepb.Node{}
+			if err := it.Item().Value(func(v []byte) error { return proto.Unmarshal(v, n) }); err != nil {
+				return err
+			}
+			out = append(out, n)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// MailboxSize is the number of envelopes and bytes waiting for login.
+func (f *FSM) MailboxSize(login string) (*statepb.MailBox, error) {
+	var b statepb.MailBox
+	err := f.get(prefMailbox+login, &b)
+	if errors.Is(err, ErrNotFound) {
+		err = nil
+	}
+	return &b, err
+}
+
+func (f *FSM) get(key string, m proto.Message) error {
+	return f.db.View(func(txn *badger.Txn) error {
+		found, err := getProto(txn, key, m)
+		if err == nil && !found {
+			return ErrNotFound
+		}
+		return err
+	})
+}
+
+func sortedKeys(m map[string]bool) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}

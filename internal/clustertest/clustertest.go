@@ -1,0 +1,382 @@
+// Package clustertest starts real e2em clusters for end-to-end tests and
+// benchmarks: it builds the coord, lb and bootstrap binaries once per test
+// binary, runs bootstrap on free ports in a temporary folder, and gives
+// typed access to the balancer, each coordinator and the processes.
+package clustertest
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/internal/pki"
+)
+
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// ModuleRoot is the repository root, found from this source file.
+func ModuleRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Binaries builds coord, lb and bootstrap (once per process) and returns
+// the folder holding them. extra names more main packages to build.
+func Binaries(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "e2em-bin-")
+		if buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-o", binDir+"/", "./coord", "./lb", "./bootstrap")
+		cmd.Dir = ModuleRoot()
+		var out bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Run(); err != nil {
+			buildErr = fmt.Errorf("build binaries: %v\n%s", err, out.String())
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+// Layout mirrors bootstrap's run.json.
+type Layout struct {
+	LB           string `json:"lb"`
+	LBMetrics    string `json:"lb_metrics"`
+	Coordinators []struct {
+		ID      string `json:"id"`
+		API     string `json:"api"`
+		Raft    string `json:"raft"`
+		P2P     int    `json:"p2p_port"`
+		Metrics string `json:"metrics"`
+	} `json:"coordinators"`
+	CA   string         `json:"ca"`
+	PIDs map[string]int `json:"pids"`
+}
+
+// Cluster is a running bootstrap.
+type Cluster struct {
+	t       testing.TB
+	Dir     string
+	Bin     string
+	Args    []string
+	Layout  Layout
+	cmd     *exec.Cmd
+	logFile *os.File
+	exited  chan struct{}
+	conns   sync.Map // addr → *grpc.ClientConn
+}
+
+// Options for Start.
+type Options struct {
+	N         int
+	Dir       string   // reuse a data folder (a restart); default a new temp dir
+	CoordArgs []string // extra coordinator flags
+	LBArgs    []string // extra balancer flags
+}
+
+// Start runs bootstrap and waits until every coordinator is healthy and the
+// balancer serves.
+func Start(t testing.TB, o Options) *Cluster {
+	t.Helper()
+	if o.N == 0 {
+		o.N = 3
+	}
+	if o.Dir == "" {
+		o.Dir = t.TempDir()
+	}
+	c := &Cluster{t: t, Dir: o.Dir, Bin: Binaries(t), exited: make(chan struct{})}
+	c.Args = []string{"-n", fmt.Sprint(o.N), "-data", o.Dir, "-base-port", "0", "-lb-port", "0", "-bin", c.Bin,
+		"-coord-args", strings.Join(o.CoordArgs, " "), "-lb-args", strings.Join(o.LBArgs, " ")}
+	var err error
+	c.logFile, err = os.OpenFile(filepath.Join(o.Dir, "bootstrap.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(o.Dir, "run.json"))
+	c.cmd = exec.Command(filepath.Join(c.Bin, "bootstrap"), c.Args...)
+	c.cmd.Stdout, c.cmd.Stderr = c.logFile, c.logFile
+	if err := c.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { c.cmd.Wait(); close(c.exited) }()
+	t.Cleanup(func() {
+		c.Stop()
+		if t.Failed() {
+			t.Logf("cluster log (last lines):\n%s", Tail(c.Log(), 60))
+		}
+	})
+	c.WaitReady(60 * time.Second)
+	return c
+}
+
+// WaitReady waits for run.json with every child, every coordinator SERVING,
+// and the balancer passing calls.
+func (c *Cluster) WaitReady(d time.Duration) {
+	c.t.Helper()
+	Eventually(c.t, d, func() error {
+		select {
+		case <-c.exited:
+			return fmt.Errorf("bootstrap exited; log:\n%s", c.Log())
+		default:
+		}
+		b, err := os.ReadFile(filepath.Join(c.Dir, "run.json"))
+		if err != nil {
+			return err
+		}
+		var l Layout
+		if err := json.Unmarshal(b, &l); err != nil {
+			return err
+		}
+		if len(l.PIDs) != len(l.Coordinators)+1 {
+			return fmt.Errorf("%d of %d children started", len(l.PIDs), len(l.Coordinators)+1)
+		}
+		c.Layout = l
+		for _, co := range l.Coordinators {
+			if err := c.healthy(co.API); err != nil {
+				return fmt.Errorf("%s: %w", co.ID, err)
+			}
+		}
+		if err := c.healthy(l.LB); err != nil {
+			return err
+		}
+		return c.balancerSeesAll()
+	})
+}
+
+// Backend is one row of the balancer's admin API.
+type Backend struct {
+	Addr    string `json:"addr"`
+	Healthy bool   `json:"healthy"`
+	Active  int64  `json:"active"`
+	Total   uint64 `json:"total"`
+}
+
+// Backends asks the balancer's admin API for its backends.
+func (c *Cluster) Backends() ([]Backend, error) {
+	resp, err := http.Get("http://" + c.Layout.LBMetrics + "/backends")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	var rows []Backend
+	return rows, json.NewDecoder(resp.Body).Decode(&rows)
+}
+
+func (c *Cluster) balancerSeesAll() error {
+	rows, err := c.Backends()
+	if err != nil {
+		return err
+	}
+	for _, r := range rows {
+		if !r.Healthy {
+			return fmt.Errorf("balancer holds %s down", r.Addr)
+		}
+	}
+	if len(rows) != len(c.Layout.Coordinators) {
+		return fmt.Errorf("balancer has %d backends", len(rows))
+	}
+	return nil
+}
+
+func (c *Cluster) healthy(addr string) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	resp, err := healthpb.NewHealthClient(c.Conn(addr)).Check(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		return err
+	}
+	if resp.Status != healthpb.HealthCheckResponse_SERVING {
+		return fmt.Errorf("health %v", resp.Status)
+	}
+	return nil
+}
+
+// CAFile is the cluster CA clients trust.
+func (c *Cluster) CAFile() string { return filepath.Join(c.Dir, "ca.pem") }
+
+// Conn is a shared client connection to addr (the balancer or a coordinator).
+func (c *Cluster) Conn(addr string) *grpc.ClientConn {
+	if v, ok := c.conns.Load(addr); ok {
+		return v.(*grpc.ClientConn)
+	}
+	conn, err := api.Dial(addr, c.CAFile())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if v, loaded := c.conns.LoadOrStore(addr, conn); loaded {
+		conn.Close()
+		return v.(*grpc.ClientConn)
+	}
+	return conn
+}
+
+// NewConn is a connection nobody else shares (its own TCP connection).
+func (c *Cluster) NewConn(addr string) *grpc.ClientConn {
+	conn, err := api.Dial(addr, c.CAFile())
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// LB is a Coordinator client through the balancer.
+func (c *Cluster) LB() api.CoordinatorClient { return api.NewCoordinatorClient(c.Conn(c.Layout.LB)) }
+
+// Coord is a Coordinator client straight to coordinator i (0-based).
+func (c *Cluster) Coord(i int) api.CoordinatorClient {
+	return api.NewCoordinatorClient(c.Conn(c.Layout.Coordinators[i].API))
+}
+
+// Admin is a Cluster client to coordinator i, with c1's certificate (only
+// coordinators may call it).
+func (c *Cluster) Admin(i int) api.ClusterClient {
+	cfg, err := pki.ClientConfig(c.CAFile(), filepath.Join(c.Dir, "c1", "tls", "cert.pem"), filepath.Join(c.Dir, "c1", "tls", "key.pem"))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	addr := c.Layout.Coordinators[i].API
+	key := "admin:" + addr
+	if v, ok := c.conns.Load(key); ok {
+		return api.NewClusterClient(v.(*grpc.ClientConn))
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(withServerName(cfg, addr))))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.conns.Store(key, conn)
+	return api.NewClusterClient(conn)
+}
+
+// Leader returns the index of the coordinator that leads now.
+func (c *Cluster) Leader() (int, error) {
+	for i := range c.Layout.Coordinators {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		st, err := c.Admin(i).Status(ctx, &api.StatusRequest{})
+		cancel()
+		if err != nil {
+			continue
+		}
+		for j, co := range c.Layout.Coordinators {
+			if co.ID == st.LeaderId {
+				return j, nil
+			}
+		}
+	}
+	return -1, fmt.Errorf("no coordinator knows a leader")
+}
+
+// Refresh rereads run.json (PIDs change when bootstrap restarts a child).
+func (c *Cluster) Refresh() {
+	b, err := os.ReadFile(filepath.Join(c.Dir, "run.json"))
+	if err == nil {
+		json.Unmarshal(b, &c.Layout)
+	}
+}
+
+// Signal sends sig to a child ("c1".."cN" or "lb").
+func (c *Cluster) Signal(child string, sig syscall.Signal) int {
+	c.Refresh()
+	pid := c.Layout.PIDs[child]
+	if pid == 0 {
+		c.t.Fatalf("no pid for %s", child)
+	}
+	if err := syscall.Kill(pid, sig); err != nil {
+		c.t.Fatalf("signal %s: %v", child, err)
+	}
+	return pid
+}
+
+// Stop ends bootstrap with SIGTERM (as Ctrl-C would) and waits.
+func (c *Cluster) Stop() {
+	select {
+	case <-c.exited:
+	default:
+		c.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-c.exited:
+		case <-time.After(30 * time.Second):
+			c.cmd.Process.Kill()
+			<-c.exited
+		}
+	}
+	c.conns.Range(func(k, v any) bool {
+		v.(*grpc.ClientConn).Close()
+		c.conns.Delete(k)
+		return true
+	})
+	c.logFile.Close()
+}
+
+// Exited is closed when bootstrap has exited.
+func (c *Cluster) Exited() <-chan struct{} { return c.exited }
+
+// Log is bootstrap's and its children's output so far.
+func (c *Cluster) Log() string {
+	b, _ := os.ReadFile(filepath.Join(c.Dir, "bootstrap.log"))
+	return string(b)
+}
+
+// Eventually retries f until it returns nil or d passes.
+func Eventually(t testing.TB, d time.Duration, f func() error) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	var err error
+	for {
+		if err = f(); err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not true within %v: %v", d, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func withServerName(cfg *tls.Config, addr string) *tls.Config {
+	cfg = cfg.Clone()
+	cfg.ServerName, _, _ = net.SplitHostPort(addr)
+	return cfg
+}
+
+func Tail(s string, lines int) string {
+	parts := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return strings.Join(parts, "\n")
+}
+
+// RemoveBinaries deletes the built binaries; TestMain calls it at the end.
+func RemoveBinaries() {
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+}

@@ -1,0 +1,252 @@
+// Package proxy owns the balancer's data path: accepting client
+// connections, enforcing the connection limit, dialing the backend the pool
+// picks (and another when a dial fails), optionally sending a PROXY protocol
+// v2 header, splicing bytes both ways without copying them through user
+// space where the kernel allows, closing idle connections, and draining on
+// shutdown. It never looks at the bytes.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	proxyproto "github.com/pires/go-proxyproto"
+
+	"github.com/e2em/e2em/lb/balance"
+)
+
+// Options tune a Server.
+type Options struct {
+	MaxConns    int64         // open client connections at once (0: no limit)
+	IdleTimeout time.Duration // close a connection with no bytes either way for this long
+	DialTimeout time.Duration
+	DialRetries int  // other backends tried after a failed dial
+	SendProxy   bool // send a PROXY protocol v2 header to the backend
+	Log         *slog.Logger
+}
+
+// Server proxies connections from its listeners to the pool's backends.
+type Server struct {
+	pool     *balance.Pool
+	opts     Options
+	active   atomic.Int64
+	Accepted atomic.Uint64
+	Rejected atomic.Uint64 // over the connection limit
+	NoRoute  atomic.Uint64 // no backend could take the connection
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	conns     map[net.Conn]struct{}
+	wg        sync.WaitGroup
+	closing   atomic.Bool
+}
+
+// New makes a server over pool.
+func New(pool *balance.Pool, opts Options) *Server {
+	if opts.DialTimeout <= 0 {
+		opts.DialTimeout = 2 * time.Second
+	}
+	if opts.Log == nil {
+		opts.Log = slog.Default()
+	}
+	return &Server{pool: pool, opts: opts, conns: map[net.Conn]struct{}{}}
+}
+
+// Active is the number of open client connections.
+func (s *Server) Active() int64 { return s.active.Load() }
+
+// Serve accepts on ln until it is closed.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	s.listeners = append(s.listeners, ln)
+	s.mu.Unlock()
+	var delay time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if s.closing.Load() || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) {
+				// Out of descriptors: back off instead of spinning.
+				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+				s.opts.Log.Warn("accept failed; backing off", "err", err, "delay", delay)
+				time.Sleep(delay)
+				continue
+			}
+			return err
+		}
+		delay = 0
+		if s.opts.MaxConns > 0 && s.active.Load() >= s.opts.MaxConns {
+			s.Rejected.Add(1)
+			c.Close()
+			continue
+		}
+		s.Accepted.Add(1)
+		s.active.Add(1)
+		s.track(c, true)
+		s.wg.Add(1)
+		go s.handle(c)
+	}
+}
+
+func (s *Server) track(c net.Conn, add bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		s.conns[c] = struct{}{}
+	} else {
+		delete(s.conns, c)
+	}
+}
+
+func (s *Server) handle(client net.Conn) {
+	defer s.wg.Done()
+	defer s.active.Add(-1)
+	defer s.track(client, false)
+	defer client.Close()
+	backend, upstream := s.dial(client)
+	if upstream == nil {
+		s.NoRoute.Add(1)
+		return
+	}
+	defer upstream.Close()
+	backend.Active.Add(1)
+	backend.Total.Add(1)
+	defer backend.Active.Add(-1)
+	s.track(upstream, true)
+	defer s.track(upstream, false)
+	splice(client, upstream, s.opts.IdleTimeout, &backend.BytesIn, &backend.BytesOut)
+}
+
+// dial connects to a backend, marking a backend that refuses as failed
+// (passive health) and trying another.
+func (s *Server) dial(client net.Conn) (*balance.Backend, net.Conn) {
+	var tried []*balance.Backend
+	for attempt := 0; attempt <= s.opts.DialRetries; attempt++ {
+		b, err := s.pool.Pick(tried)
+		if err != nil {
+			s.opts.Log.Warn("no backend for connection", "client", client.RemoteAddr().String(), "err", err)
+			return nil, nil
+		}
+		tried = append(tried, b)
+		d := net.Dialer{Timeout: s.opts.DialTimeout}
+		up, err := d.Dial("tcp", b.Addr)
+		if err != nil {
+			if s.pool.ReportFailure(b) {
+				s.opts.Log.Warn("backend down (dial failed)", "backend", b.Addr, "err", err)
+			}
+			continue
+		}
+		if s.opts.SendProxy {
+			hdr := proxyproto.HeaderProxyFromAddrs(2, client.RemoteAddr(), client.LocalAddr())
+			if _, err := hdr.WriteTo(up); err != nil {
+				up.Close()
+				s.pool.ReportFailure(b)
+				continue
+			}
+		}
+		return b, up
+	}
+	return nil, nil
+}
+
+// splice copies both ways until both sides finish or the connection idles.
+// Between two TCP sockets, (*net.TCPConn).ReadFrom moves the bytes with
+// splice(2), so they never enter user space. Each direction wakes at least
+// every tick to account bytes and check the shared idle clock.
+func splice(client, upstream net.Conn, idle time.Duration, in, out *atomic.Uint64) {
+	var last atomic.Int64
+	last.Store(time.Now().UnixNano())
+	tick := time.Second
+	if idle > 0 && idle/4 < tick {
+		tick = max(idle/4, 10*time.Millisecond)
+	}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	pipe := func(dst, src net.Conn, counter *atomic.Uint64) {
+		defer wg.Done()
+		for {
+			src.SetReadDeadline(time.Now().Add(tick))
+			n, err := copyChunk(dst, src)
+			if n > 0 {
+				counter.Add(uint64(n))
+				last.Store(time.Now().UnixNano())
+			}
+			if err == nil {
+				continue
+			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if idle > 0 && time.Since(time.Unix(0, last.Load())) >= idle {
+					client.Close()
+					upstream.Close()
+					return
+				}
+				continue
+			}
+			// EOF or error: pass the half-close on, let the other way finish.
+			if cw, ok := dst.(interface{ CloseWrite() error }); ok && (err == io.EOF || errors.Is(err, io.EOF)) {
+				cw.CloseWrite()
+			} else {
+				client.Close()
+				upstream.Close()
+			}
+			return
+		}
+	}
+	go pipe(upstream, client, in)
+	go pipe(client, upstream, out)
+	wg.Wait()
+}
+
+// copyChunk moves what arrives before the read deadline; io.EOF at the end.
+func copyChunk(dst, src net.Conn) (int64, error) {
+	lr := &io.LimitedReader{R: src, N: 1 << 40}
+	var n int64
+	var err error
+	if rf, ok := dst.(io.ReaderFrom); ok {
+		n, err = rf.ReadFrom(lr)
+	} else {
+		n, err = io.Copy(dst, lr)
+	}
+	if err == nil {
+		err = io.EOF // ReadFrom returns nil at the end of src
+	}
+	return n, err
+}
+
+// Drain stops accepting, lets open connections finish until ctx ends, then
+// closes what is left. It returns how many connections it cut.
+func (s *Server) Drain(ctx context.Context) int {
+	s.closing.Store(true)
+	s.mu.Lock()
+	for _, ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return 0
+	case <-ctx.Done():
+	}
+	s.mu.Lock()
+	cut := 0
+	for c := range s.conns {
+		c.Close()
+		cut++
+	}
+	s.mu.Unlock()
+	<-done
+	return cut / 2
+}
