@@ -95,6 +95,7 @@ func (s *Server) argon(ctx context.Context, f func()) error {
 
 // apply runs a command and turns a refusing Result into a status error.
 func (s *Server) apply(ctx context.Context, cmd *statepb.Command) (*statepb.Result, error) {
+	cmd.SessionId = sessionFrom(ctx).ID
 	res, err := s.store.Apply(ctx, cmd)
 	if err != nil {
 		return nil, storeErr(err)
@@ -105,9 +106,20 @@ func (s *Server) apply(ctx context.Context, cmd *statepb.Command) (*statepb.Resu
 	return res, nil
 }
 
+// barrier makes the reads that follow see every write acknowledged before
+// the call, then refuses a session that was logged out by then.
 func (s *Server) barrier(ctx context.Context) error {
 	if err := s.store.ReadBarrier(ctx); err != nil {
 		return storeErr(err)
+	}
+	if sess := sessionFrom(ctx); len(sess.ID) > 0 {
+		revoked, err := s.store.FSM().Revoked(sess.ID)
+		if err != nil {
+			return storeErr(err)
+		}
+		if revoked {
+			return status.Error(codes.Unauthenticated, store.LoggedOutMessage)
+		}
 	}
 	return nil
 }
@@ -157,6 +169,10 @@ func (s *Server) LogIn(ctx context.Context, req *api.LogInRequest) (*api.LogInRe
 	}
 	addr := observedAddr(ctx)
 	ip := hostOf(addr)
+	// See failures and accounts recorded through any coordinator.
+	if err := s.barrier(ctx); err != nil {
+		return nil, err
+	}
 	fsm := s.store.FSM()
 	now := time.Now()
 	byAcct, byAddr, err := fsm.RecentFailures(login, ip, now.UnixNano())
@@ -445,6 +461,9 @@ func (s *Server) AckMail(ctx context.Context, req *api.AckMailRequest) (*api.Ack
 func (s *Server) Events(req *api.EventsRequest, stream api.Coordinator_EventsServer) error {
 	if len(req.Watch) > 10000 {
 		return status.Error(codes.InvalidArgument, "watch at most 10000 accounts")
+	}
+	if err := s.barrier(stream.Context()); err != nil {
+		return err
 	}
 	sub := s.hub.Subscribe(sessionFrom(stream.Context()).LoginID, req.Watch)
 	defer s.hub.Unsubscribe(sub)

@@ -44,6 +44,9 @@ const (
 	pruneBatch  = 64               // expired entries removed per applied command
 )
 
+// LoggedOutMessage is the answer to a call made with a logged-out session.
+const LoggedOutMessage = "you logged out of this session; log in again"
+
 // Event is a change the state machine applied that connected clients may
 // want to hear about. Exactly one field is set.
 type Event struct {
@@ -175,7 +178,20 @@ func (f *FSM) applyOne(txn *badger.Txn, l *raft.Log) (*statepb.Result, []Event, 
 			return seen.Result, nil, nil
 		}
 	}
-	res, evs, err := f.dispatch(txn, &cmd)
+	var res *statepb.Result
+	var evs []Event
+	var err error
+	revoked := false
+	if len(cmd.SessionId) > 0 {
+		if revoked, err = has(txn, prefRevoked+string(cmd.SessionId)); err != nil {
+			return nil, nil, err
+		}
+	}
+	if revoked {
+		res = fail(codes.Unauthenticated, LoggedOutMessage)
+	} else {
+		res, evs, err = f.dispatch(txn, &cmd)
+	}
 	if err != nil {
 		return nil, nil, err
 	}

@@ -208,7 +208,14 @@ func (c *Cluster) balancerSeesAll() error {
 func (c *Cluster) healthy(addr string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	resp, err := healthpb.NewHealthClient(c.Conn(addr)).Check(ctx, &healthpb.HealthCheckRequest{})
+	// A connection of its own: through the balancer, a new connection is
+	// what shows that routing works, and it must not hold a drain open.
+	conn, err := api.Dial(addr, c.CAFile())
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
 	if err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -92,6 +93,7 @@ func (c *Checker) loop(ctx context.Context, b *Backend) {
 			return
 		}
 		defer conn.Close()
+		go c.watchConnection(ctx, b, conn)
 	}
 	t := time.NewTicker(c.Interval)
 	defer t.Stop()
@@ -102,6 +104,23 @@ func (c *Checker) loop(ctx context.Context, b *Backend) {
 			return
 		case <-t.C:
 		}
+	}
+}
+
+// watchConnection is passive health on the checker's own connection: when
+// an established connection to the backend breaks (the process died, the
+// host went away), the backend is marked failed at once instead of at the
+// next check.
+func (c *Checker) watchConnection(ctx context.Context, b *Backend, conn *grpc.ClientConn) {
+	state := conn.GetState()
+	for conn.WaitForStateChange(ctx, state) {
+		next := conn.GetState()
+		if state == connectivity.Ready && next != connectivity.Ready {
+			if c.Pool.ReportFailure(b) {
+				c.Log.Warn("backend down (connection lost)", "backend", b.Addr)
+			}
+		}
+		state = next
 	}
 }
 

@@ -86,6 +86,9 @@ type Command struct {
 	// Set by the proposing coordinator; the state machine uses it, never its
 	// own clock, so every replica computes the same state.
 	TimeUnixNano int64 `protobuf:"varint,2,opt,name=time_unix_nano,json=timeUnixNano,proto3" json:"time_unix_nano,omitempty"`
+	// The client session the command acts for, if any: a command of a
+	// session that was logged out is refused where it is applied.
+	SessionId []byte `protobuf:"bytes,3,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
 	// Types that are valid to be assigned to Op:
 	//
 	//	*Command_InitCluster
@@ -145,6 +148,13 @@ func (x *Command) GetTimeUnixNano() int64 {
 		return x.TimeUnixNano
 	}
 	return 0
+}
+
+func (x *Command) GetSessionId() []byte {
+	if x != nil {
+		return x.SessionId
+	}
+	return nil
 }
 
 func (x *Command) GetOp() isCommand_Op {
@@ -1276,11 +1286,13 @@ var File_coord_store_statepb_state_proto protoreflect.FileDescriptor
 
 const file_coord_store_statepb_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1fcoord/store/statepb/state.proto\x12\x13e2em.coord.state.v1\x1a\x15coord/api/coord.proto\"\xe8\x05\n" +
+	"\x1fcoord/store/statepb/state.proto\x12\x13e2em.coord.state.v1\x1a\x15coord/api/coord.proto\"\x87\x06\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\fR\trequestId\x12$\n" +
-	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12E\n" +
+	"\x0etime_unix_nano\x18\x02 \x01(\x03R\ftimeUnixNano\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x03 \x01(\fR\tsessionId\x12E\n" +
 	"\finit_cluster\x18\n" +
 	" \x01(\v2 .e2em.coord.state.v1.InitClusterH\x00R\vinitCluster\x12K\n" +
 	"\x0ecreate_account\x18\v \x01(\v2\".e2em.coord.state.v1.CreateAccountH\x00R\rcreateAccount\x12K\n" +
