@@ -44,7 +44,7 @@ fuzz:
 	@./.ci/fuzz.sh
 
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime 2s -timeout 30m ./internal/bench/...
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./internal/bench/...
 
 proto:
 	protoc -I . --go_out=. --go_opt=paths=source_relative \

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"strings"
@@ -144,7 +145,7 @@ func run(o *options, log *slog.Logger) error {
 
 	o.proxy.Log = log
 	srv := proxy.New(pool, o.proxy)
-	ln, err := net.Listen("tcp", o.listen)
+	ln, err := proxy.Listen(o.listen)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", o.listen, err)
 	}
@@ -162,6 +163,8 @@ func run(o *options, log *slog.Logger) error {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		mux.HandleFunc("/backends", adminBackends(pool, log))
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { serveErr <- ms.Serve(mln) }()
 		defer ms.Close()

@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -83,6 +84,11 @@ type FSM struct {
 	publish func(Event)
 	// onApplied, if set, hears the applied index after each commit.
 	onApplied func(uint64)
+	// batchTime is the latest command time in the batch being applied
+	// (only the Raft FSM goroutine touches it).
+	batchTime int64
+	// cluster caches the cluster identity (see ClusterInfo).
+	cluster atomic.Pointer[statepb.InitCluster]
 }
 
 // NewFSM wraps an open badger database. publish, if not nil, is called after
@@ -138,6 +144,7 @@ func (f *FSM) applyInTxn(logs []*raft.Log) ([]interface{}, []Event, error) {
 	}
 	out := make([]interface{}, len(logs))
 	var events []Event
+	f.batchTime = 0
 	for i, l := range logs {
 		if l.Index <= applied {
 			// Replayed after a restart: badger already holds its effect.
@@ -151,6 +158,14 @@ func (f *FSM) applyInTxn(logs []*raft.Log) ([]interface{}, []Event, error) {
 		out[i] = &applyOutcome{result: res}
 		events = append(events, evs...)
 		applied = l.Index
+	}
+	// Expired entries go once per batch: an iterator over a transaction
+	// with pending writes sorts them, so pruning per entry would cost the
+	// square of the batch size.
+	if f.batchTime > 0 {
+		if err := f.prune(txn, f.batchTime); err != nil {
+			return nil, nil, err
+		}
 	}
 	if err := txn.Set([]byte(keyApplied), u64(applied)); err != nil {
 		return nil, nil, err
@@ -204,8 +219,8 @@ func (f *FSM) applyOne(txn *badger.Txn, l *raft.Log) (*statepb.Result, []Event, 
 			return nil, nil, err
 		}
 	}
-	if err := f.prune(txn, now); err != nil {
-		return nil, nil, err
+	if now > f.batchTime {
+		f.batchTime = now
 	}
 	return res, evs, nil
 }
@@ -490,6 +505,7 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 // Restore implements raft.FSM: it replaces all state with the snapshot.
 func (f *FSM) Restore(r io.ReadCloser) error {
 	defer r.Close()
+	f.cluster.Store(nil)
 	if err := f.db.DropAll(); err != nil {
 		return fmt.Errorf("restore snapshot: clear state: %w", err)
 	}

@@ -47,9 +47,17 @@ func readApplied(txn *badger.Txn) (uint64, error) {
 }
 
 // ClusterInfo is the cluster identity and token key, once initialised.
+// It never changes once set, so it is kept in memory after the first read.
 func (f *FSM) ClusterInfo() (*statepb.InitCluster, error) {
+	if c := f.cluster.Load(); c != nil {
+		return c, nil
+	}
 	var c statepb.InitCluster
-	return &c, f.get(keyCluster, &c)
+	if err := f.get(keyCluster, &c); err != nil {
+		return nil, err
+	}
+	f.cluster.Store(&c)
+	return &c, nil
 }
 
 // Account returns one account by login id.

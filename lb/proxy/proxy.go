@@ -139,7 +139,7 @@ func (s *Server) dial(client net.Conn) (*balance.Backend, net.Conn) {
 			return nil, nil
 		}
 		tried = append(tried, b)
-		d := net.Dialer{Timeout: s.opts.DialTimeout}
+		d := net.Dialer{Timeout: s.opts.DialTimeout, KeepAlive: -1}
 		up, err := d.Dial("tcp", b.Addr)
 		if err != nil {
 			if s.pool.ReportFailure(b) {
@@ -161,9 +161,12 @@ func (s *Server) dial(client net.Conn) (*balance.Backend, net.Conn) {
 }
 
 // splice copies both ways until both sides finish or the connection idles.
-// Between two TCP sockets, (*net.TCPConn).ReadFrom moves the bytes with
-// splice(2), so they never enter user space. Each direction wakes at least
-// every tick to account bytes and check the shared idle clock.
+// Each direction starts with plain reads and writes through a small buffer,
+// the cheapest way to move the short messages of an RPC. Once a read fills
+// the buffer the direction is carrying bulk data and switches to
+// (*net.TCPConn).ReadFrom, which moves bytes between the two sockets with
+// splice(2) and never copies them through user space. Each direction wakes
+// at least every tick to account bytes and check the shared idle clock.
 func splice(client, upstream net.Conn, idle time.Duration, in, out *atomic.Uint64) {
 	var last atomic.Int64
 	last.Store(time.Now().UnixNano())
@@ -171,13 +174,38 @@ func splice(client, upstream net.Conn, idle time.Duration, in, out *atomic.Uint6
 	if idle > 0 && idle/4 < tick {
 		tick = max(idle/4, 10*time.Millisecond)
 	}
-	var wg sync.WaitGroup
-	wg.Add(2)
+	var ended atomic.Int32
+	closeBoth := func() {
+		client.Close()
+		upstream.Close()
+	}
 	pipe := func(dst, src net.Conn, counter *atomic.Uint64) {
-		defer wg.Done()
+		bufp := bufPool.Get().(*[]byte)
+		defer bufPool.Put(bufp)
+		buf := *bufp
+		bulk := false
+		var deadline time.Time
 		for {
-			src.SetReadDeadline(time.Now().Add(tick))
-			n, err := copyChunk(dst, src)
+			now := time.Now()
+			if deadline.Sub(now) < tick/2 {
+				deadline = now.Add(tick)
+				src.SetReadDeadline(deadline)
+			}
+			var n int64
+			var err error
+			if bulk {
+				n, err = copyChunk(dst, src)
+			} else {
+				var r int
+				r, err = src.Read(buf)
+				if r > 0 {
+					if _, werr := dst.Write(buf[:r]); werr != nil {
+						err = werr
+					}
+					bulk = r == len(buf)
+				}
+				n = int64(r)
+			}
 			if n > 0 {
 				counter.Add(uint64(n))
 				last.Store(time.Now().UnixNano())
@@ -187,26 +215,36 @@ func splice(client, upstream net.Conn, idle time.Duration, in, out *atomic.Uint6
 			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				if idle > 0 && time.Since(time.Unix(0, last.Load())) >= idle {
-					client.Close()
-					upstream.Close()
+					closeBoth()
 					return
 				}
+				deadline = time.Time{}
 				continue
 			}
-			// EOF or error: pass the half-close on, let the other way finish.
-			if cw, ok := dst.(interface{ CloseWrite() error }); ok && (err == io.EOF || errors.Is(err, io.EOF)) {
+			// The end of this direction: pass the half-close on and let the
+			// other direction finish; on an error, end both. When the other
+			// direction has already ended, both sockets are about to be
+			// closed (which sends the FIN), so the shutdown is skipped.
+			cw, ok := dst.(interface{ CloseWrite() error })
+			switch {
+			case !ok || !errors.Is(err, io.EOF):
+				closeBoth()
+			case ended.Add(1) < 2:
 				cw.CloseWrite()
-			} else {
-				client.Close()
-				upstream.Close()
 			}
 			return
 		}
 	}
-	go pipe(upstream, client, in)
-	go pipe(client, upstream, out)
-	wg.Wait()
+	done := make(chan struct{})
+	go func() {
+		pipe(upstream, client, in)
+		close(done)
+	}()
+	pipe(client, upstream, out)
+	<-done
 }
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
 
 // copyChunk moves what arrives before the read deadline; io.EOF at the end.
 func copyChunk(dst, src net.Conn) (int64, error) {
@@ -222,6 +260,14 @@ func copyChunk(dst, src net.Conn) (int64, error) {
 		err = io.EOF // ReadFrom returns nil at the end of src
 	}
 	return n, err
+}
+
+// Listen opens a listener for clients. TCP keep-alive probes are off: the
+// idle timeout ends dead connections, and the probes' setup costs three
+// system calls per connection.
+func Listen(addr string) (net.Listener, error) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	return lc.Listen(context.Background(), "tcp", addr)
 }
 
 // Drain stops accepting, lets open connections finish until ctx ends, then
