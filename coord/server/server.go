@@ -248,12 +248,10 @@ func (s *Server) PublishKeys(ctx context.Context, req *api.PublishKeysRequest) (
 	if err := verifyKeys(login, k); err != nil {
 		return nil, invalid(err)
 	}
-	acct, err := s.store.FSM().Account(login)
-	if err != nil {
-		return nil, storeErr(err)
-	}
+	// The state machine fills in the username and roll number from the
+	// account as it applies the entry.
 	entry := &api.Keys{
-		LoginId: login, Username: acct.Username, RollNumber: acct.RollNumber,
+		LoginId: login,
 		PeerId: k.PeerId, Libp2PPublicKey: k.Libp2PPublicKey, IdentityKey: k.IdentityKey,
 		IdentitySignature: k.IdentitySignature, Addrs: k.Addrs, RelayAddrs: k.RelayAddrs,
 	}

@@ -330,9 +330,11 @@ func recentFailures(times []int64, now int64) []int64 {
 }
 
 func (f *FSM) publishKeys(txn *badger.Txn, k *api.Keys, now int64) (*statepb.Result, []Event, error) {
-	if exists, err := has(txn, prefAccount+k.GetLoginId()); err != nil || !exists {
+	var acct statepb.Account
+	if found, err := getProto(txn, prefAccount+k.GetLoginId(), &acct); err != nil || !found {
 		return fail(codes.NotFound, "no account %q", k.GetLoginId()), nil, err
 	}
+	k.Username, k.RollNumber = acct.Username, acct.RollNumber
 	k.UpdatedUnix = now / int64(time.Second)
 	if err := setProto(txn, prefKeys+k.LoginId, k); err != nil {
 		return nil, nil, err
