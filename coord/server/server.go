@@ -252,7 +252,7 @@ func (s *Server) PublishKeys(ctx context.Context, req *api.PublishKeysRequest) (
 	// account as it applies the entry.
 	entry := &api.Keys{
 		LoginId: login,
-		PeerId: k.PeerId, Libp2PPublicKey: k.Libp2PPublicKey, IdentityKey: k.IdentityKey,
+		PeerId:  k.PeerId, Libp2PPublicKey: k.Libp2PPublicKey, IdentityKey: k.IdentityKey,
 		IdentitySignature: k.IdentitySignature, Addrs: k.Addrs, RelayAddrs: k.RelayAddrs,
 	}
 	if _, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_PublishKeys{PublishKeys: entry}}); err != nil {
