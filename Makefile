@@ -10,7 +10,7 @@ export PATH := $(GOBIN):$(PATH)
 # processes (built without it) and run on their own.
 E2E_PKGS  := ./internal/e2e/...
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v /internal/e2e)
-PROTOS    := coord/api/coord.proto coord/store/statepb/state.proto
+PROTOS    := coord/api/coord.proto coord/store/statepb/state.proto desktop/engine/wire/wire.proto
 
 .PHONY: all deps build run test vet fmt-check unit e2e fuzz bench proto clean
 

@@ -22,13 +22,13 @@ func TestGeneratedCodeIsFresh(t *testing.T) {
 	}
 	root := filepath.Join("..", "..")
 	out := t.TempDir()
-	protos := []string{"coord/api/coord.proto", "coord/store/statepb/state.proto"}
+	protos := []string{"coord/api/coord.proto", "coord/store/statepb/state.proto", "desktop/engine/wire/wire.proto"}
 	args := append([]string{"-I", root, "--go_out=" + out, "--go_opt=paths=source_relative",
 		"--go-grpc_out=" + out, "--go-grpc_opt=paths=source_relative"}, protos...)
 	if b, err := exec.Command("protoc", args...).CombinedOutput(); err != nil {
 		t.Fatalf("protoc: %v\n%s", err, b)
 	}
-	for _, f := range []string{"coord/api/coord.pb.go", "coord/api/coord_grpc.pb.go", "coord/store/statepb/state.pb.go"} {
+	for _, f := range []string{"coord/api/coord.pb.go", "coord/api/coord_grpc.pb.go", "coord/store/statepb/state.pb.go", "desktop/engine/wire/wire.pb.go"} {
 		fresh, err := os.ReadFile(filepath.Join(out, f))
 		if err != nil {
 			t.Fatal(err)

@@ -1,0 +1,461 @@
+// Package store owns a client's profile on disk: a badger database in the
+// profile folder holding the identity keys (encrypted under a key derived
+// from the password with argon2id), pinned contact keys, message history,
+// the outgoing queue and the mailbox cursor. One process at a time: badger's
+// directory lock refuses a second.
+package store
+
+import (
+	"crypto/aes"
+	"crypto/cipher"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+	"golang.org/x/crypto/argon2"
+)
+
+// Errors people see, in their words.
+var (
+	ErrInUse         = errors.New("this profile is open in another e2em process; close it first or use another -profile")
+	ErrWrongPassword = errors.New("wrong password for this profile")
+	ErrNoIdentity    = errors.New("this profile has no identity keys yet")
+	ErrNotFound      = errors.New("not found")
+)
+
+// Store is an open profile.
+type Store struct {
+	db  *badger.DB
+	dir string
+}
+
+// Open opens (or creates) the profile in dir.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create profile folder: %w", err)
+	}
+	opts := badger.DefaultOptions(dir).WithLogger(nil).WithNumVersionsToKeep(1).
+		WithMemTableSize(8 << 20).WithValueThreshold(1 << 10).WithSyncWrites(true)
+	db, err := badger.Open(opts)
+	if err != nil {
+		if strings.Contains(err.Error(), "Cannot acquire directory lock") || strings.Contains(err.Error(), "resource temporarily unavailable") {
+			return nil, ErrInUse
+		}
+		return nil, fmt.Errorf("open profile %s: %w", dir, err)
+	}
+	return &Store{db: db, dir: dir}, nil
+}
+
+// Close closes the profile.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Dir is the profile folder.
+func (s *Store) Dir() string { return s.dir }
+
+func (s *Store) put(key string, v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return s.db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(key), b) })
+}
+
+func (s *Store) get(key string, v any) error {
+	return s.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(key))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return ErrNotFound
+		}
+		if err != nil {
+			return err
+		}
+		return item.Value(func(b []byte) error { return decode(b, v) })
+	})
+}
+
+// decode reads a stored JSON record; a damaged one is an error, never a
+// panic or a half-filled value silently used.
+func decode(b []byte, v any) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return fmt.Errorf("damaged profile record: %w", err)
+	}
+	return nil
+}
+
+// Identity is a client's long-term secret keys.
+type Identity struct {
+	LoginID  string `json:"login_id"`
+	Libp2p   []byte `json:"libp2p"`   // marshalled libp2p Ed25519 private key
+	X25519   []byte `json:"x25519"`   // X25519 identity private key
+	Username string `json:"username"` // as the directory knows it
+}
+
+// sealedIdentity is how Identity sits on disk: AES-256-GCM under an
+// argon2id key from the password (at rest, not end to end: the 3DES
+// construction of DESIGN §5 is for what crosses the network).
+type sealedIdentity struct {
+	LoginID string `json:"login_id"`
+	Time    uint32 `json:"t"`
+	Memory  uint32 `json:"m"`
+	Threads uint8  `json:"p"`
+	Salt    []byte `json:"salt"`
+	Nonce   []byte `json:"nonce"`
+	Sealed  []byte `json:"sealed"`
+}
+
+const keyIdentity = "identity"
+
+// Owner is the login id the profile belongs to, or "" for a new profile.
+func (s *Store) Owner() (string, error) {
+	var si sealedIdentity
+	err := s.get(keyIdentity, &si)
+	if errors.Is(err, ErrNotFound) {
+		return "", nil
+	}
+	return si.LoginID, err
+}
+
+// SaveIdentity encrypts and stores the identity under password.
+func (s *Store) SaveIdentity(id *Identity, password string) error {
+	si := sealedIdentity{LoginID: id.LoginID, Time: 3, Memory: 64 * 1024, Threads: 2, Salt: make([]byte, 16), Nonce: make([]byte, 12)}
+	rand.Read(si.Salt)
+	rand.Read(si.Nonce)
+	aead, err := identityAEAD(password, &si)
+	if err != nil {
+		return err
+	}
+	plain, err := json.Marshal(id)
+	if err != nil {
+		return err
+	}
+	si.Sealed = aead.Seal(nil, si.Nonce, plain, []byte(id.LoginID))
+	clear(plain)
+	return s.put(keyIdentity, &si)
+}
+
+// LoadIdentity decrypts the identity; ErrWrongPassword if it cannot.
+func (s *Store) LoadIdentity(password string) (*Identity, error) {
+	var si sealedIdentity
+	if err := s.get(keyIdentity, &si); errors.Is(err, ErrNotFound) {
+		return nil, ErrNoIdentity
+	} else if err != nil {
+		return nil, err
+	}
+	if si.Time == 0 || si.Time > 16 || si.Memory > 1<<21 || si.Threads == 0 || len(si.Nonce) != 12 {
+		return nil, errors.New("damaged profile: identity parameters")
+	}
+	aead, err := identityAEAD(password, &si)
+	if err != nil {
+		return nil, err
+	}
+	plain, err := aead.Open(nil, si.Nonce, si.Sealed, []byte(si.LoginID))
+	if err != nil {
+		return nil, ErrWrongPassword
+	}
+	defer clear(plain)
+	var id Identity
+	if err := decode(plain, &id); err != nil {
+		return nil, err
+	}
+	return &id, nil
+}
+
+func identityAEAD(password string, si *sealedIdentity) (cipher.AEAD, error) {
+	key := argon2.IDKey([]byte(password), si.Salt, si.Time, si.Memory, si.Threads, 32)
+	defer clear(key)
+	block, err := aes.NewCipher(key)
+	if err != nil {
+		return nil, err
+	}
+	return cipher.NewGCM(block)
+}
+
+// Contact is someone whose identity key this profile pinned.
+type Contact struct {
+	LoginID  string    `json:"login_id"`
+	Identity []byte    `json:"identity"`
+	PeerID   string    `json:"peer_id"`
+	PinnedAt time.Time `json:"pinned_at"`
+	// PendingIdentity is a changed key the directory now gives; messages
+	// to the contact wait until the person accepts it (Trust).
+	PendingIdentity []byte `json:"pending_identity,omitempty"`
+	PendingPeerID   string `json:"pending_peer_id,omitempty"`
+}
+
+// Contact returns a pinned contact or ErrNotFound.
+func (s *Store) Contact(login string) (*Contact, error) {
+	var c Contact
+	if err := s.get("contact/"+login, &c); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// SaveContact pins or updates a contact.
+func (s *Store) SaveContact(c *Contact) error { return s.put("contact/"+c.LoginID, c) }
+
+// Message is one line of history.
+type Message struct {
+	ID        string    `json:"id"`
+	Peer      string    `json:"peer"`  // the other person (DM) or the sender (incoming group)
+	Group     string    `json:"group"` // set for group messages
+	From      string    `json:"from"`
+	Body      string    `json:"body"`
+	Sent      time.Time `json:"sent"`
+	Outgoing  bool      `json:"outgoing"`
+	State     string    `json:"state"` // queued, sent, delivered (outgoing); received
+	StoredSeq uint64    `json:"seq"`
+}
+
+// Delivery states of an outgoing message.
+const (
+	StateQueued    = "queued"
+	StateSent      = "sent"
+	StateDelivered = "delivered"
+	StateReceived  = "received"
+)
+
+// Conversation is the history key a message belongs to: the group for
+// group messages, the other person for direct ones.
+func (m *Message) Conversation() string {
+	if m.Group != "" {
+		return "#" + strings.ToLower(m.Group)
+	}
+	return "@" + m.Peer
+}
+
+// AddMessage stores a message once: false if its id (for this
+// conversation) is already there, which is how a message delivered twice
+// shows once.
+func (s *Store) AddMessage(m *Message) (bool, error) {
+	added := false
+	err := s.db.Update(func(txn *badger.Txn) error {
+		idKey := msgIDKey(m.Conversation(), m.ID)
+		if _, err := txn.Get(idKey); err == nil {
+			return nil
+		} else if !errors.Is(err, badger.ErrKeyNotFound) {
+			return err
+		}
+		seq, err := nextSeq(txn, "seq/history")
+		if err != nil {
+			return err
+		}
+		m.StoredSeq = seq
+		b, err := json.Marshal(m)
+		if err != nil {
+			return err
+		}
+		hk := historyKey(m.Conversation(), seq)
+		if err := txn.Set(hk, b); err != nil {
+			return err
+		}
+		added = true
+		return txn.Set(idKey, hk)
+	})
+	return added, err
+}
+
+// SetState changes the delivery state of a stored outgoing message. A state
+// never goes backwards (delivered stays delivered).
+func (s *Store) SetState(conversation, id, state string) (*Message, error) {
+	var out *Message
+	err := s.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(msgIDKey(conversation, id))
+		if err != nil {
+			return err
+		}
+		hk, err := item.ValueCopy(nil)
+		if err != nil {
+			return err
+		}
+		item, err = txn.Get(hk)
+		if err != nil {
+			return err
+		}
+		var m Message
+		if err := item.Value(func(b []byte) error { return decode(b, &m) }); err != nil {
+			return err
+		}
+		if rank(state) <= rank(m.State) {
+			out = &m
+			return nil
+		}
+		m.State = state
+		b, _ := json.Marshal(&m)
+		out = &m
+		return txn.Set(hk, b)
+	})
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, ErrNotFound
+	}
+	return out, err
+}
+
+func rank(state string) int {
+	switch state {
+	case StateQueued:
+		return 1
+	case StateSent:
+		return 2
+	case StateDelivered:
+		return 3
+	}
+	return 0
+}
+
+// History returns the last n messages of a conversation, oldest first.
+func (s *Store) History(conversation string, n int) ([]*Message, error) {
+	var out []*Message
+	err := s.db.View(func(txn *badger.Txn) error {
+		prefix := []byte("hist/" + conversation + "\x00")
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, Reverse: true, PrefetchValues: true})
+		defer it.Close()
+		for it.Seek(append(append([]byte{}, prefix...), 0xff)); it.Valid() && len(out) < n; it.Next() {
+			var m Message
+			if err := it.Item().Value(func(b []byte) error { return decode(b, &m) }); err != nil {
+				return err
+			}
+			out = append(out, &m)
+		}
+		return nil
+	})
+	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
+		out[i], out[j] = out[j], out[i]
+	}
+	return out, err
+}
+
+// Search finds messages whose text contains q (case-insensitively), in the
+// order they were stored.
+func (s *Store) Search(q string, limit int) ([]*Message, error) {
+	q = strings.ToLower(q)
+	var out []*Message
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("hist/"), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var m Message
+			if err := it.Item().Value(func(b []byte) error { return decode(b, &m) }); err != nil {
+				return err
+			}
+			if strings.Contains(strings.ToLower(m.Body), q) {
+				out = append(out, &m)
+			}
+		}
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].StoredSeq < out[j].StoredSeq })
+	if len(out) > limit {
+		out = out[len(out)-limit:]
+	}
+	return out, err
+}
+
+// Outgoing is a queued message not yet handed to the network for good.
+type Outgoing struct {
+	Seq     uint64 `json:"seq"`
+	ID      string `json:"id"`
+	To      string `json:"to"`
+	Group   string `json:"group,omitempty"`
+	Body    string `json:"body"`
+	SentAt  int64  `json:"sent_at"`
+	Payload []byte `json:"payload"` // the encoded wire.Payload
+}
+
+// Enqueue adds messages to the outgoing queue in one transaction, so a
+// crash leaves all of them or none.
+func (s *Store) Enqueue(msgs ...*Outgoing) error {
+	return s.db.Update(func(txn *badger.Txn) error {
+		for _, o := range msgs {
+			seq, err := nextSeq(txn, "seq/out")
+			if err != nil {
+				return err
+			}
+			o.Seq = seq
+			b, err := json.Marshal(o)
+			if err != nil {
+				return err
+			}
+			if err := txn.Set(seqKey("out/", seq), b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Queue lists queued messages in the order they were queued.
+func (s *Store) Queue() ([]*Outgoing, error) {
+	var out []*Outgoing
+	err := s.db.View(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte("out/"), PrefetchValues: true})
+		defer it.Close()
+		for it.Rewind(); it.Valid(); it.Next() {
+			var o Outgoing
+			if err := it.Item().Value(func(b []byte) error { return decode(b, &o) }); err != nil {
+				return err
+			}
+			out = append(out, &o)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Dequeue removes a message from the queue once the network took it.
+func (s *Store) Dequeue(seq uint64) error {
+	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(seqKey("out/", seq)) })
+}
+
+// MailCursor is the last mailbox sequence number this profile processed.
+func (s *Store) MailCursor() (uint64, error) {
+	var c uint64
+	err := s.get("mailcursor", &c)
+	if errors.Is(err, ErrNotFound) {
+		return 0, nil
+	}
+	return c, err
+}
+
+// SetMailCursor records mailbox progress.
+func (s *Store) SetMailCursor(seq uint64) error { return s.put("mailcursor", seq) }
+
+func nextSeq(txn *badger.Txn, key string) (uint64, error) {
+	var n uint64
+	item, err := txn.Get([]byte(key))
+	if err == nil {
+		err = item.Value(func(b []byte) error {
+			if len(b) != 8 {
+				return errors.New("damaged profile: counter")
+			}
+			n = binary.BigEndian.Uint64(b)
+			return nil
+		})
+		if err != nil {
+			return 0, err
+		}
+	} else if !errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, err
+	}
+	n++
+	return n, txn.Set([]byte(key), binary.BigEndian.AppendUint64(nil, n))
+}
+
+func seqKey(prefix string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte(prefix), seq)
+}
+
+// Keys end a conversation name with a zero byte, which names cannot hold,
+// so one conversation's prefix never covers another's.
+func historyKey(conv string, seq uint64) []byte {
+	return binary.BigEndian.AppendUint64([]byte("hist/"+conv+"\x00"), seq)
+}
+
+func msgIDKey(conv, id string) []byte { return []byte("msgid/" + conv + "\x00" + id) }

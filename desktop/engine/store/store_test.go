@@ -1,0 +1,118 @@
+package store
+
+import (
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func open(t *testing.T) *Store {
+	t.Helper()
+	s, err := Open(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestIdentityNeedsThePassword(t *testing.T) {
+	s := open(t)
+	id := &Identity{LoginID: "alice101", Libp2p: []byte("ed"), X25519: []byte("x")}
+	if err := s.SaveIdentity(id, "correct horse"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.LoadIdentity("wrong horse"); !errors.Is(err, ErrWrongPassword) {
+		t.Fatalf("wrong password: %v", err)
+	}
+	got, err := s.LoadIdentity("correct horse")
+	if err != nil || string(got.X25519) != "x" {
+		t.Fatalf("%v %v", got, err)
+	}
+	if owner, _ := s.Owner(); owner != "alice101" {
+		t.Fatalf("owner %q", owner)
+	}
+}
+
+func TestProfileInUseIsRefused(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := Open(dir); !errors.Is(err, ErrInUse) {
+		t.Fatalf("second open: %v", err)
+	}
+}
+
+func TestMessagesShowOnceAndKeepOrder(t *testing.T) {
+	s := open(t)
+	for i := 0; i < 3; i++ {
+		m := &Message{ID: fmt.Sprint("m", i), Peer: "bob102", Body: fmt.Sprint("hello ", i), Sent: time.Now(), State: StateReceived}
+		if added, err := s.AddMessage(m); err != nil || !added {
+			t.Fatal(added, err)
+		}
+	}
+	if added, _ := s.AddMessage(&Message{ID: "m1", Peer: "bob102", Body: "dup"}); added {
+		t.Fatal("a message delivered twice was stored twice")
+	}
+	s.AddMessage(&Message{ID: "g", Peer: "bob102", Group: "bob102/x", Body: "in a group"})
+	h, _ := s.History("@bob102", 10)
+	if len(h) != 3 || h[0].Body != "hello 0" || h[2].Body != "hello 2" {
+		t.Fatalf("history: %v", h)
+	}
+	last, _ := s.History("@bob102", 2)
+	if len(last) != 2 || last[1].Body != "hello 2" {
+		t.Fatalf("last two: %v", last)
+	}
+	found, _ := s.Search("HELLO 1", 10)
+	if len(found) != 1 || found[0].ID != "m1" {
+		t.Fatalf("search: %v", found)
+	}
+}
+
+func TestStateNeverGoesBack(t *testing.T) {
+	s := open(t)
+	m := &Message{ID: "x", Peer: "bob102", Outgoing: true, State: StateQueued}
+	s.AddMessage(m)
+	s.SetState(m.Conversation(), "x", StateDelivered)
+	got, _ := s.SetState(m.Conversation(), "x", StateSent)
+	if got.State != StateDelivered {
+		t.Fatalf("state went back to %s", got.State)
+	}
+}
+
+func TestQueueSurvivesReopen(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir)
+	s.Enqueue(&Outgoing{ID: "a", To: "bob102"}, &Outgoing{ID: "b", To: "bob102"})
+	q, _ := s.Queue()
+	s.Dequeue(q[0].Seq)
+	s.Close()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	q, _ = s.Queue()
+	if len(q) != 1 || q[0].ID != "b" {
+		t.Fatalf("queue after reopen: %v", q)
+	}
+}
+
+// FuzzDecode: a damaged profile record is an error, not a crash.
+func FuzzDecode(f *testing.F) {
+	f.Add([]byte(`{"id":"x","peer":"bob","body":"hi","seq":3}`))
+	f.Add([]byte(`{"login_id":"a","t":3,"m":65536,"p":2}`))
+	f.Add([]byte(`{`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var m Message
+		decode(b, &m)
+		var o Outgoing
+		decode(b, &o)
+		var si sealedIdentity
+		decode(b, &si)
+	})
+}
