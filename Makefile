@@ -21,6 +21,7 @@ deps:
 
 build:
 	$(GO) build -o $(BIN)/ ./coord ./lb ./bootstrap
+	$(GO) build -o $(BIN)/e2em-cli ./desktop/cli
 
 run: deps build
 	./$(BIN)/bootstrap

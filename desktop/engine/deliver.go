@@ -1,0 +1,299 @@
+package engine
+
+import (
+	"context"
+	"crypto/ecdh"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/desktop/engine/e2e"
+	"github.com/e2em/e2em/desktop/engine/p2p"
+	"github.com/e2em/e2em/desktop/engine/store"
+	"github.com/e2em/e2em/desktop/engine/wire"
+)
+
+// inflight remembers messages written to a session and not acknowledged
+// yet: after AckTimeout they go to the mailbox instead.
+type inflight struct {
+	mu   sync.Mutex
+	sent map[string]time.Time // "to/id" → when
+}
+
+func newInflight() *inflight { return &inflight{sent: map[string]time.Time{}} }
+
+func (f *inflight) key(to, id string) string { return to + "/" + id }
+
+func (f *inflight) mark(to, id string) {
+	f.mu.Lock()
+	f.sent[f.key(to, id)] = time.Now()
+	f.mu.Unlock()
+}
+
+func (f *inflight) since(to, id string) (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.sent[f.key(to, id)]
+	return t, ok
+}
+
+func (f *inflight) done(to, id string) {
+	f.mu.Lock()
+	delete(f.sent, f.key(to, id))
+	f.mu.Unlock()
+}
+
+func newID() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Send queues a direct message and starts delivering it. It returns once
+// the message is safely in the profile (closing the app now loses nothing).
+func (e *Engine) Send(ctx context.Context, to, text string) (string, error) {
+	s, err := e.current()
+	if err != nil {
+		return "", err
+	}
+	login, err := e.Resolve(ctx, to)
+	if err != nil {
+		return "", err
+	}
+	if login == s.login {
+		return "", errors.New("that is you; pick someone else")
+	}
+	return e.queueText(s, []string{login}, "", text)
+}
+
+// queueText stores one message for several recipients (a group send) and
+// queues one delivery per recipient, atomically.
+func (e *Engine) queueText(s *session, recipients []string, group, text string) (string, error) {
+	if len(text) > 60000 {
+		return "", errors.New("the message is too long (60,000 bytes at most)")
+	}
+	id := newID()
+	now := time.Now()
+	payload, err := proto.Marshal(&wire.Payload{Id: id, SentUnixNano: now.UnixNano(), From: s.login,
+		Kind: &wire.Payload_Text{Text: &wire.Text{Body: text, Group: group}}})
+	if err != nil {
+		return "", err
+	}
+	m := &store.Message{ID: id, Group: group, From: s.login, Body: text, Sent: now, Outgoing: true, State: store.StateQueued}
+	if group == "" {
+		m.Peer = recipients[0]
+	}
+	if _, err := e.store.AddMessage(m); err != nil {
+		return "", fmt.Errorf("save the message: %w", err)
+	}
+	var out []*store.Outgoing
+	for _, r := range recipients {
+		out = append(out, &store.Outgoing{ID: id, To: r, Group: group, Body: text, SentAt: now.UnixNano(), Payload: payload})
+	}
+	if err := e.store.Enqueue(out...); err != nil {
+		return "", fmt.Errorf("queue the message: %w", err)
+	}
+	e.kickQueue(s)
+	return id, nil
+}
+
+func (e *Engine) kickQueue(s *session) {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// deliverLoop sends the queue, in order per recipient, whenever something
+// is queued and every second for retries.
+func (e *Engine) deliverLoop(s *session) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	e.fetchMail(s)
+	for {
+		e.flush(s)
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.kick:
+		case <-tick.C:
+		}
+	}
+}
+
+// flush tries every queued message once; recipients in parallel, each
+// recipient's messages in order.
+func (e *Engine) flush(s *session) {
+	q, err := e.store.Queue()
+	if err != nil {
+		e.log.Error("read the outgoing queue", "err", err)
+		return
+	}
+	byTo := map[string][]*store.Outgoing{}
+	var order []string
+	for _, o := range q {
+		if _, ok := byTo[o.To]; !ok {
+			order = append(order, o.To)
+		}
+		byTo[o.To] = append(byTo[o.To], o)
+	}
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 16)
+	for _, to := range order {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(to string, msgs []*store.Outgoing) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			e.deliverTo(s, to, msgs)
+		}(to, byTo[to])
+	}
+	wg.Wait()
+}
+
+func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
+	t, err := e.target(s.ctx, s, to, false)
+	if err != nil {
+		// Report why a recipient's messages wait once, not every second.
+		if _, seen := s.waiting.LoadOrStore(to+"\x00"+err.Error(), true); !seen && s.ctx.Err() == nil {
+			e.emit(Event{Kind: EventWaiting, To: to, Text: err.Error()})
+		}
+		return
+	}
+	direct := true
+	for _, o := range msgs {
+		if s.ctx.Err() != nil {
+			return
+		}
+		if sent, ok := s.inflight.since(to, o.ID); ok {
+			if time.Since(sent) < e.cfg.AckTimeout {
+				continue // on its way; wait for the acknowledgement
+			}
+			direct = false // sent but never acknowledged: use the mailbox
+		}
+		if direct {
+			ctx, cancel := context.WithTimeout(s.ctx, e.cfg.DirectTimeout)
+			sess, err := s.msgr.Send(ctx, *t, o.Payload)
+			cancel()
+			if err == nil {
+				s.inflight.mark(to, o.ID)
+				via := ViaDirect
+				if sess.Relayed() {
+					via = ViaRelay
+				}
+				e.markSent(o, via)
+				continue
+			}
+			var rej *p2p.RejectedError
+			if errors.As(err, &rej) {
+				e.emit(Event{Kind: EventWaiting, To: to, Text: rej.Error()})
+			}
+			e.log.Info("direct delivery failed; using the mailbox", "to", to, "err", err)
+			e.forget(s, to)
+			direct = false // keep this recipient's order: the rest follow
+		}
+		if err := e.putMail(s, t, o.Payload); err != nil {
+			e.log.Warn("mailbox delivery failed; will retry", "to", to, "err", err)
+			return
+		}
+		s.inflight.done(to, o.ID)
+		if err := e.store.Dequeue(o.Seq); err != nil {
+			e.log.Error("dequeue", "err", err)
+		}
+		e.markSent(o, ViaMailbox)
+	}
+}
+
+func (e *Engine) markSent(o *store.Outgoing, via string) {
+	conv := "@" + o.To
+	if o.Group != "" {
+		conv = "#" + strings.ToLower(o.Group)
+	}
+	e.store.SetState(conv, o.ID, store.StateSent)
+	e.emit(Event{Kind: EventSent, To: o.To, ID: o.ID, Group: o.Group, Via: via})
+}
+
+// putMail seals a payload as a one-shot envelope for t and leaves it in
+// the cluster's mailbox.
+func (e *Engine) putMail(s *session, t *p2p.Target, payload []byte) error {
+	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return err
+	}
+	me := e2e.Party{LoginID: s.login, Identity: s.static.PublicKey().Bytes()}
+	them := e2e.Party{LoginID: t.LoginID, Identity: t.Identity}
+	keys, err := e2e.EnvelopeKeys(true, s.static, eph.PublicKey().Bytes(), eph, me, them)
+	if err != nil {
+		return err
+	}
+	rec, err := e2e.Seal(keys, 0, 0, payload, rand.Reader)
+	if err != nil {
+		return err
+	}
+	env, err := proto.Marshal(&wire.Envelope{Version: e2e.Version, From: s.login, To: t.LoginID, Ephemeral: eph.PublicKey().Bytes(), Record: rec})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := e.callCtx(s.ctx, s)
+	defer cancel()
+	if _, err := e.coord.PutMail(ctx, &api.PutMailRequest{To: t.LoginID, Envelope: env}); err != nil {
+		return e.friendly(err)
+	}
+	return nil
+}
+
+// acknowledged handles an Ack from a recipient.
+func (e *Engine) acknowledged(s *session, from string, ids []string) {
+	q, err := e.store.Queue()
+	if err != nil {
+		return
+	}
+	for _, id := range ids {
+		s.inflight.done(from, id)
+		for _, o := range q {
+			if o.ID == id && o.To == from {
+				e.store.Dequeue(o.Seq)
+			}
+		}
+		conv, err := e.store.ConversationOf(id)
+		if err != nil {
+			continue // not a message of ours (or long gone)
+		}
+		e.store.SetState(conv, id, store.StateDelivered)
+		e.emit(Event{Kind: EventDelivered, To: from, ID: id})
+	}
+}
+
+// sendAck tells the sender a message arrived: on the session it came on,
+// else directly, else through the mailbox.
+func (e *Engine) sendAck(s *session, to string, id string, on *p2p.Session) {
+	payload, err := proto.Marshal(&wire.Payload{Id: newID(), SentUnixNano: time.Now().UnixNano(), From: s.login,
+		Kind: &wire.Payload_Ack{Ack: &wire.Ack{Ids: []string{id}}}})
+	if err != nil {
+		return
+	}
+	if on != nil && on.Send(payload) == nil {
+		return
+	}
+	t, err := e.target(s.ctx, s, to, false)
+	if err != nil {
+		e.log.Info("cannot acknowledge", "to", to, "err", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, e.cfg.DirectTimeout)
+	_, err = s.msgr.Send(ctx, *t, payload)
+	cancel()
+	if err == nil {
+		return
+	}
+	if err := e.putMail(s, t, payload); err != nil {
+		e.log.Info("cannot acknowledge", "to", to, "err", err)
+	}
+}

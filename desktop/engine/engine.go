@@ -1,0 +1,187 @@
+// Package engine is the e2em client without a face: account, identity
+// keys, contacts and their pinned keys, conversations, groups and the
+// outgoing queue. It talks to the cluster only through coord/api and to
+// other people through desktop/engine/p2p, encrypts with
+// desktop/engine/e2e, keeps everything in desktop/engine/store, and reports
+// what happens as Events that the desktop app and the headless client
+// render. It imports no GUI.
+package engine
+
+import (
+	"context"
+	"crypto/ecdh"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/desktop/engine/p2p"
+	"github.com/e2em/e2em/desktop/engine/store"
+)
+
+// Config says where the profile and the cluster are.
+type Config struct {
+	Profile string // profile folder
+	LB      string // balancer (or coordinator) host:port
+	CAFile  string // cluster CA certificate
+	Port    int    // libp2p port; 0 picks any
+	Listen  string // IP for libp2p to listen on; default all
+	Log     *slog.Logger
+	// DirectTimeout is how long a direct or relayed delivery may take
+	// before the message goes to the mailbox instead.
+	DirectTimeout time.Duration
+	// AckTimeout is how long a message sent on a session may wait for the
+	// recipient's acknowledgement before it is sent again via the mailbox.
+	AckTimeout time.Duration
+}
+
+// Engine is one signed-in (or signing-in) client.
+type Engine struct {
+	cfg    Config
+	log    *slog.Logger
+	store  *store.Store
+	conn   *grpc.ClientConn
+	coord  api.CoordinatorClient
+	events chan Event
+
+	mu      sync.Mutex
+	session *session // nil until Login
+}
+
+// session is what exists while someone is logged in.
+type session struct {
+	login    string
+	token    string
+	static   *ecdh.PrivateKey
+	key      crypto.PrivKey
+	host     host.Host
+	relays   *p2p.Relays
+	msgr     *p2p.Messenger
+	cancel   context.CancelFunc
+	ctx      context.Context
+	kick     chan struct{}
+	inflight *inflight
+	targets  sync.Map // login → cachedTarget: directory entries in use
+	waiting  sync.Map // reasons already reported for held messages
+	mailMu   sync.Mutex
+	wg       sync.WaitGroup
+}
+
+// Errors the faces show as they are.
+var (
+	ErrNotLoggedIn = errors.New("you are not logged in; use Login <username+rollnumber> <password>")
+	ErrLoggedIn    = errors.New("you are already logged in; Logout first")
+)
+
+// New opens the profile and prepares a connection to the cluster (made on
+// first use, so starting offline works).
+func New(cfg Config) (*Engine, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.DirectTimeout == 0 {
+		cfg.DirectTimeout = 8 * time.Second
+	}
+	if cfg.AckTimeout == 0 {
+		cfg.AckTimeout = 15 * time.Second
+	}
+	st, err := store.Open(cfg.Profile)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := api.Dial(cfg.LB, cfg.CAFile)
+	if err != nil {
+		st.Close()
+		return nil, fmt.Errorf("cluster address %s: %w", cfg.LB, err)
+	}
+	return &Engine{cfg: cfg, log: cfg.Log, store: st, conn: conn, coord: api.NewCoordinatorClient(conn), events: make(chan Event, 1024)}, nil
+}
+
+// Events is where the engine reports what happens. Read it continuously.
+func (e *Engine) Events() <-chan Event { return e.events }
+
+func (e *Engine) emit(ev Event) {
+	if ev.Time.IsZero() {
+		ev.Time = time.Now()
+	}
+	select {
+	case e.events <- ev:
+	default:
+		e.log.Warn("event dropped: nobody is reading", "kind", ev.Kind)
+	}
+}
+
+// Close logs out locally and closes the profile.
+func (e *Engine) Close() error {
+	e.stopSession()
+	e.conn.Close()
+	return e.store.Close()
+}
+
+// LoginID is who is logged in, or "".
+func (e *Engine) LoginID() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.session == nil {
+		return ""
+	}
+	return e.session.login
+}
+
+func (e *Engine) current() (*session, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.session == nil {
+		return nil, ErrNotLoggedIn
+	}
+	return e.session, nil
+}
+
+// callCtx attaches the session token to a call with a deadline.
+func (e *Engine) callCtx(ctx context.Context, s *session) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	return api.WithToken(ctx, s.token), cancel
+}
+
+// friendly turns an RPC error into words for people.
+func (e *Engine) friendly(err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	switch st.Code() {
+	case codes.Unavailable:
+		if strings.Contains(st.Message(), "connection") || strings.Contains(st.Message(), "dial") || strings.Contains(st.Message(), "EOF") {
+			return fmt.Errorf("the e2em cluster at %s is unreachable; check that it runs (make run) and try again", e.cfg.LB)
+		}
+		return errors.New(st.Message())
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("the e2em cluster at %s did not answer in time; try again", e.cfg.LB)
+	case codes.Unauthenticated:
+		return errors.New(st.Message())
+	}
+	return errors.New(st.Message())
+}
+
+// SignUp creates an account and returns its login id.
+func (e *Engine) SignUp(ctx context.Context, username, roll, password string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	resp, err := e.coord.SignUp(ctx, &api.SignUpRequest{Username: username, RollNumber: roll, Password: password})
+	if err != nil {
+		return "", e.friendly(err)
+	}
+	return resp.LoginId, nil
+}

@@ -1,0 +1,51 @@
+package engine
+
+import "time"
+
+// EventKind names what happened.
+type EventKind string
+
+// The events the faces render.
+const (
+	// EventMessage: a message arrived (From, Group, Body, ID).
+	EventMessage EventKind = "message"
+	// EventDelivered: a recipient acknowledged a message (To, ID).
+	EventDelivered EventKind = "delivered"
+	// EventSent: a message left this machine, directly, through a relay
+	// or into the mailbox (To, ID, Via).
+	EventSent EventKind = "sent"
+	// EventKeyChanged: a contact's identity key is not the pinned one;
+	// messages to them wait until Trust (Contact).
+	EventKeyChanged EventKind = "key_changed"
+	// EventSecurity: something was refused for a security reason: a
+	// tampered, replayed or mis-keyed record (From, Text).
+	EventSecurity EventKind = "security"
+	// EventGroup: someone created, joined or left a group you are in
+	// (Group, From, Text = the change).
+	EventGroup EventKind = "group"
+	// EventWaiting: a queued message cannot go yet (To, Text = why).
+	EventWaiting EventKind = "waiting"
+	// EventStatus: something worth a line in the log of the session.
+	EventStatus EventKind = "status"
+)
+
+// Via says how a message left.
+const (
+	ViaDirect  = "direct"
+	ViaRelay   = "relay"
+	ViaMailbox = "mailbox"
+)
+
+// Event is one thing that happened.
+type Event struct {
+	Kind    EventKind `json:"type"`
+	Time    time.Time `json:"time"`
+	ID      string    `json:"id,omitempty"`
+	From    string    `json:"from,omitempty"`
+	To      string    `json:"to,omitempty"`
+	Group   string    `json:"group,omitempty"`
+	Body    string    `json:"body,omitempty"`
+	Contact string    `json:"contact,omitempty"`
+	Via     string    `json:"via,omitempty"`
+	Text    string    `json:"text,omitempty"`
+}

@@ -1,0 +1,178 @@
+package engine
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/desktop/engine/store"
+)
+
+// Group is a group's name and member count.
+type Group struct {
+	Name    string
+	Members int
+}
+
+func (e *Engine) groupCall(ctx context.Context, call func(context.Context) (*api.GroupResponse, error)) (string, error) {
+	s, err := e.current()
+	if err != nil {
+		return "", err
+	}
+	cctx, cancel := e.callCtx(ctx, s)
+	defer cancel()
+	resp, err := call(cctx)
+	if err != nil {
+		return "", e.friendly(err)
+	}
+	return resp.Name, nil
+}
+
+// CreateGroup makes a group with you in it.
+func (e *Engine) CreateGroup(ctx context.Context, name string) (string, error) {
+	return e.groupCall(ctx, func(c context.Context) (*api.GroupResponse, error) {
+		return e.coord.CreateGroup(c, &api.GroupRequest{Name: name})
+	})
+}
+
+// JoinGroup joins an existing group.
+func (e *Engine) JoinGroup(ctx context.Context, name string) (string, error) {
+	return e.groupCall(ctx, func(c context.Context) (*api.GroupResponse, error) {
+		return e.coord.JoinGroup(c, &api.GroupRequest{Name: name})
+	})
+}
+
+// LeaveGroup leaves a group.
+func (e *Engine) LeaveGroup(ctx context.Context, name string) (string, error) {
+	return e.groupCall(ctx, func(c context.Context) (*api.GroupResponse, error) {
+		return e.coord.LeaveGroup(c, &api.GroupRequest{Name: name})
+	})
+}
+
+func (e *Engine) listGroups(ctx context.Context, mine bool) ([]Group, error) {
+	s, err := e.current()
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := e.callCtx(ctx, s)
+	defer cancel()
+	var resp *api.ListGroupsResponse
+	if mine {
+		resp, err = e.coord.MyGroups(cctx, &api.ListGroupsRequest{})
+	} else {
+		resp, err = e.coord.ListGroups(cctx, &api.ListGroupsRequest{})
+	}
+	if err != nil {
+		return nil, e.friendly(err)
+	}
+	var out []Group
+	for _, g := range resp.Groups {
+		out = append(out, Group{Name: g.Name, Members: int(g.Members)})
+	}
+	return out, nil
+}
+
+// ListGroups lists every group with its member count.
+func (e *Engine) ListGroups(ctx context.Context) ([]Group, error) { return e.listGroups(ctx, false) }
+
+// MyGroups lists the groups you are in.
+func (e *Engine) MyGroups(ctx context.Context) ([]Group, error) { return e.listGroups(ctx, true) }
+
+// Members lists a group's members.
+func (e *Engine) Members(ctx context.Context, name string) (string, []string, error) {
+	s, err := e.current()
+	if err != nil {
+		return "", nil, err
+	}
+	cctx, cancel := e.callCtx(ctx, s)
+	defer cancel()
+	resp, err := e.coord.Members(cctx, &api.GroupRequest{Name: name})
+	if err != nil {
+		return "", nil, e.friendly(err)
+	}
+	return resp.Name, resp.LoginIds, nil
+}
+
+// SendGroup sends text to every member of every named group exactly once,
+// pairwise end to end. You must be in each group. The message is labelled
+// with the first named group the member is in.
+func (e *Engine) SendGroup(ctx context.Context, groups []string, text string) (int, error) {
+	s, err := e.current()
+	if err != nil {
+		return 0, err
+	}
+	label := map[string]string{}
+	var order []string
+	for _, g := range groups {
+		name, members, err := e.Members(ctx, g)
+		if err != nil {
+			return 0, fmt.Errorf("group %s: %w", g, err)
+		}
+		in := false
+		for _, m := range members {
+			if m == s.login {
+				in = true
+			}
+		}
+		if !in {
+			return 0, fmt.Errorf("you are not in group %s; Join %s first", name, name)
+		}
+		for _, m := range members {
+			if m == s.login {
+				continue
+			}
+			if _, ok := label[m]; !ok {
+				label[m] = name
+				order = append(order, m)
+			}
+		}
+	}
+	if len(order) == 0 {
+		return 0, fmt.Errorf("nobody else is in %s yet", strings.Join(groups, ", "))
+	}
+	// One queue entry per member; members sharing a label share a
+	// history line.
+	byLabel := map[string][]string{}
+	for _, m := range order {
+		byLabel[label[m]] = append(byLabel[label[m]], m)
+	}
+	labels := make([]string, 0, len(byLabel))
+	for l := range byLabel {
+		labels = append(labels, l)
+	}
+	sort.Strings(labels)
+	for _, l := range labels {
+		if _, err := e.queueText(s, byLabel[l], l, text); err != nil {
+			return 0, err
+		}
+	}
+	return len(order), nil
+}
+
+// History returns the last n messages with a contact or in a group.
+func (e *Engine) History(ctx context.Context, name string, n int) ([]*store.Message, error) {
+	s, err := e.current()
+	if err != nil {
+		return nil, err
+	}
+	// A group you are in, or else a person.
+	if gname, members, err := e.Members(ctx, name); err == nil {
+		for _, m := range members {
+			if m == s.login {
+				return e.store.History("#"+strings.ToLower(gname), n)
+			}
+		}
+	}
+	login, err := e.Resolve(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return e.store.History("@"+login, n)
+}
+
+// Search finds messages containing text, newest last.
+func (e *Engine) Search(text string, limit int) ([]*store.Message, error) {
+	return e.store.Search(text, limit)
+}

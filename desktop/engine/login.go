@@ -1,0 +1,212 @@
+package engine
+
+import (
+	"context"
+	"crypto/ecdh"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+
+	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/desktop/engine/p2p"
+	"github.com/e2em/e2em/desktop/engine/store"
+)
+
+// Login signs in, unlocks (or on first use creates) the identity keys,
+// starts the libp2p host with relay reservations, publishes the keys and
+// addresses, fetches waiting mail and sends what is queued.
+func (e *Engine) Login(ctx context.Context, loginID, password string) error {
+	if e.LoginID() != "" {
+		return ErrLoggedIn
+	}
+	owner, err := e.store.Owner()
+	if err != nil {
+		return err
+	}
+	if owner != "" && owner != loginID {
+		return fmt.Errorf("this profile belongs to %s; start with another -profile to log in as %s", owner, loginID)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	resp, err := e.coord.LogIn(cctx, &api.LogInRequest{LoginId: loginID, Password: password})
+	cancel()
+	if err != nil {
+		return e.friendly(err)
+	}
+	loginID = resp.LoginId
+	id, err := e.loadOrCreateIdentity(loginID, password, owner == "")
+	if err != nil {
+		return err
+	}
+	key, err := crypto.UnmarshalPrivateKey(id.Libp2p)
+	if err != nil {
+		return fmt.Errorf("profile identity: %w", err)
+	}
+	static, err := ecdh.X25519().NewPrivateKey(id.X25519)
+	if err != nil {
+		return fmt.Errorf("profile identity: %w", err)
+	}
+	h, err := p2p.NewHost(p2p.HostConfig{Key: key, Port: e.cfg.Port, Listen: e.cfg.Listen, Log: e.log})
+	if err != nil {
+		return err
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	s := &session{
+		login: loginID, token: resp.Token, static: static, key: key, host: h,
+		ctx: sctx, cancel: scancel, kick: make(chan struct{}, 1), inflight: newInflight(),
+	}
+	s.msgr = p2p.NewMessenger(h, p2p.Self{LoginID: loginID, Static: static}, e.verifyPeer, &handler{e: e}, e.log)
+	relays, err := e.relays(ctx)
+	if err != nil {
+		e.log.Warn("no relays from the cluster", "err", err)
+	}
+	s.relays = p2p.NewRelays(sctx, h, relays, e.log)
+	e.mu.Lock()
+	e.session = s
+	e.mu.Unlock()
+	if err := e.publishKeys(ctx, s); err != nil {
+		e.stopSession()
+		return err
+	}
+	e.spawn(s, e.republish)
+	e.spawn(s, e.watchEvents)
+	e.spawn(s, e.deliverLoop)
+	e.log.Info("logged in", "login_id", loginID, "peer_id", h.ID(), "addrs", p2p.ListenAddrs(h))
+	return nil
+}
+
+func (e *Engine) spawn(s *session, f func(*session)) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f(s)
+	}()
+}
+
+func (e *Engine) loadOrCreateIdentity(loginID, password string, create bool) (*store.Identity, error) {
+	if !create {
+		id, err := e.store.LoadIdentity(password)
+		if err != nil {
+			return nil, err
+		}
+		return id, nil
+	}
+	key, _, err := crypto.GenerateEd25519Key(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	kb, err := crypto.MarshalPrivateKey(key)
+	if err != nil {
+		return nil, err
+	}
+	x, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	id := &store.Identity{LoginID: loginID, Libp2p: kb, X25519: x.Bytes()}
+	if err := e.store.SaveIdentity(id, password); err != nil {
+		return nil, fmt.Errorf("save identity keys: %w", err)
+	}
+	return id, nil
+}
+
+func (e *Engine) relays(ctx context.Context) ([]peer.AddrInfo, error) {
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	resp, err := e.coord.Relays(cctx, &api.RelaysRequest{})
+	if err != nil {
+		return nil, e.friendly(err)
+	}
+	var out []peer.AddrInfo
+	for _, r := range resp.Relays {
+		infos, err := p2p.ParseAddrInfo(r.Addrs)
+		if err != nil {
+			continue
+		}
+		out = append(out, infos...)
+	}
+	return out, nil
+}
+
+// publishKeys puts this client's keys and current addresses in the
+// directory: the identity key, signed by the libp2p key the peer id names.
+func (e *Engine) publishKeys(ctx context.Context, s *session) error {
+	pub, err := crypto.MarshalPublicKey(s.key.GetPublic())
+	if err != nil {
+		return err
+	}
+	identity := s.static.PublicKey().Bytes()
+	sig, err := s.key.Sign(api.IdentitySigningPayload(s.login, identity))
+	if err != nil {
+		return err
+	}
+	keys := &api.Keys{
+		LoginId: s.login, PeerId: s.host.ID().String(), Libp2PPublicKey: pub,
+		IdentityKey: identity, IdentitySignature: sig,
+		Addrs: p2p.ListenAddrs(s.host), RelayAddrs: s.relays.CircuitAddrs(),
+	}
+	cctx, cancel := e.callCtx(ctx, s)
+	defer cancel()
+	if _, err := e.coord.PublishKeys(cctx, &api.PublishKeysRequest{Keys: keys}); err != nil {
+		return fmt.Errorf("publish keys: %w", e.friendly(err))
+	}
+	return nil
+}
+
+// republish keeps the directory current as relay reservations and
+// addresses change.
+func (e *Engine) republish(s *session) {
+	sub, err := s.host.EventBus().Subscribe(new(addrUpdated))
+	var addrCh <-chan interface{}
+	if err == nil {
+		defer sub.Close()
+		addrCh = sub.Out()
+	}
+	for {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-s.relays.Changed():
+		case <-addrCh:
+		}
+		if err := e.publishKeys(s.ctx, s); err != nil && s.ctx.Err() == nil {
+			e.log.Warn("could not update the directory", "err", err)
+		}
+	}
+}
+
+// Logout ends the session on the cluster and stops the network side. What
+// is queued stays queued for the next log-in.
+func (e *Engine) Logout(ctx context.Context) error {
+	s, err := e.current()
+	if err != nil {
+		return err
+	}
+	cctx, cancel := e.callCtx(ctx, s)
+	_, lerr := e.coord.LogOut(cctx, &api.LogOutRequest{})
+	cancel()
+	e.stopSession()
+	if lerr != nil {
+		return fmt.Errorf("logged out here, but the cluster did not hear it: %w", e.friendly(lerr))
+	}
+	return nil
+}
+
+func (e *Engine) stopSession() {
+	e.mu.Lock()
+	s := e.session
+	e.session = nil
+	e.mu.Unlock()
+	if s == nil {
+		return
+	}
+	s.cancel()
+	s.msgr.Close()
+	s.wg.Wait()
+	s.host.Close()
+}
+
+var errNoSession = errors.New("no session")

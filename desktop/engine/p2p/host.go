@@ -1,0 +1,212 @@
+// Package p2p owns a client's libp2p side: the host (TCP and QUIC, hole
+// punching, reservations on the coordinators' circuit relays), dialing a
+// contact directly first and through a relay second, and the /e2em/msg
+// protocol: an authenticated ephemeral handshake per stream, then sealed
+// records both ways. It knows nothing of the coordinators' API or the
+// mailbox; the engine decides what to do when a peer cannot be reached.
+package p2p
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	ma "github.com/multiformats/go-multiaddr"
+)
+
+// HostConfig says how to start the host.
+type HostConfig struct {
+	Key    crypto.PrivKey
+	Port   int    // TCP and UDP (QUIC) port; 0 picks any
+	Listen string // IP to listen on; default 0.0.0.0
+	Log    *slog.Logger
+}
+
+// NewHost starts a libp2p host for a client.
+func NewHost(cfg HostConfig) (host.Host, error) {
+	ip := cfg.Listen
+	if ip == "" {
+		ip = "0.0.0.0"
+	}
+	h, err := libp2p.New(
+		libp2p.Identity(cfg.Key),
+		libp2p.ListenAddrStrings(
+			fmt.Sprintf("/ip4/%s/tcp/%d", ip, cfg.Port),
+			fmt.Sprintf("/ip4/%s/udp/%d/quic-v1", ip, cfg.Port),
+		),
+		libp2p.EnableHolePunching(),
+		libp2p.EnableRelay(),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("start libp2p on port %d: %w", cfg.Port, err)
+	}
+	return h, nil
+}
+
+// Relays keeps reservations on the coordinators' relays and refreshes them
+// before they expire, so people who cannot be dialed directly can still be
+// reached through a circuit.
+type Relays struct {
+	h   host.Host
+	log *slog.Logger
+
+	mu       sync.Mutex
+	relays   []peer.AddrInfo
+	reserved map[peer.ID]time.Time
+	changed  chan struct{}
+}
+
+// NewRelays starts keeping reservations on relays until ctx ends.
+func NewRelays(ctx context.Context, h host.Host, relays []peer.AddrInfo, log *slog.Logger) *Relays {
+	r := &Relays{h: h, log: log, relays: relays, reserved: map[peer.ID]time.Time{}, changed: make(chan struct{}, 1)}
+	go r.run(ctx)
+	return r
+}
+
+// Changed is signalled when the set of reservations changes.
+func (r *Relays) Changed() <-chan struct{} { return r.changed }
+
+// SetRelays replaces the relays to reserve on (the cluster changed).
+func (r *Relays) SetRelays(relays []peer.AddrInfo) {
+	r.mu.Lock()
+	r.relays = relays
+	r.mu.Unlock()
+}
+
+func (r *Relays) run(ctx context.Context) {
+	for {
+		next := r.reserveAll(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(next):
+		}
+	}
+}
+
+// reserveAll reserves on every relay whose reservation is missing or near
+// expiry and says when to look again.
+func (r *Relays) reserveAll(ctx context.Context) time.Duration {
+	r.mu.Lock()
+	relays := append([]peer.AddrInfo(nil), r.relays...)
+	r.mu.Unlock()
+	wait := time.Minute
+	changed := false
+	for _, ai := range relays {
+		r.mu.Lock()
+		exp, ok := r.reserved[ai.ID]
+		r.mu.Unlock()
+		if ok && time.Until(exp) > 2*time.Minute && r.h.Network().Connectedness(ai.ID) == network.Connected {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		res, err := client.Reserve(cctx, r.h, ai)
+		cancel()
+		r.mu.Lock()
+		if err != nil {
+			if ok {
+				delete(r.reserved, ai.ID)
+				changed = true
+			}
+			r.log.Debug("relay reservation failed", "relay", ai.ID, "err", err)
+			wait = 2 * time.Second
+		} else {
+			if !ok {
+				changed = true
+			}
+			r.reserved[ai.ID] = res.Expiration
+		}
+		r.mu.Unlock()
+	}
+	if changed {
+		select {
+		case r.changed <- struct{}{}:
+		default:
+		}
+	}
+	return wait
+}
+
+// CircuitAddrs are the addresses through which this host is reachable via
+// the relays it holds reservations on.
+func (r *Relays) CircuitAddrs() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, ai := range r.relays {
+		if _, ok := r.reserved[ai.ID]; !ok {
+			continue
+		}
+		for _, a := range ai.Addrs {
+			out = append(out, fmt.Sprintf("%s/p2p/%s/p2p-circuit/p2p/%s", a, ai.ID, r.h.ID()))
+		}
+	}
+	return out
+}
+
+// Reserved is how many relays hold a reservation for this host.
+func (r *Relays) Reserved() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.reserved)
+}
+
+// ParseAddrInfo turns multiaddr strings ending in /p2p/<id> into AddrInfos.
+func ParseAddrInfo(addrs []string) ([]peer.AddrInfo, error) {
+	var mas []ma.Multiaddr
+	for _, a := range addrs {
+		m, err := ma.NewMultiaddr(a)
+		if err != nil {
+			return nil, fmt.Errorf("address %q: %w", a, err)
+		}
+		mas = append(mas, m)
+	}
+	return peer.AddrInfosFromP2pAddrs(mas...)
+}
+
+// ListenAddrs are the host's own addresses as strings (without /p2p).
+func ListenAddrs(h host.Host) []string {
+	var out []string
+	for _, a := range h.Addrs() {
+		if isCircuit(a.String()) {
+			continue
+		}
+		out = append(out, a.String())
+	}
+	return out
+}
+
+func isCircuit(a string) bool { return strings.Contains(a, "/p2p-circuit") }
+
+// Relayed reports whether every open connection to p goes through a relay.
+func Relayed(h host.Host, p peer.ID) bool {
+	conns := h.Network().ConnsToPeer(p)
+	if len(conns) == 0 {
+		return false
+	}
+	for _, c := range conns {
+		if !isCircuit(c.RemoteMultiaddr().String()) {
+			return false
+		}
+	}
+	return true
+}
+
+// DirectlyConnected reports whether some open connection to p is direct.
+func DirectlyConnected(h host.Host, p peer.ID) bool {
+	for _, c := range h.Network().ConnsToPeer(p) {
+		if !isCircuit(c.RemoteMultiaddr().String()) {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,198 @@
+package engine
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/desktop/engine/e2e"
+	"github.com/e2em/e2em/desktop/engine/p2p"
+	"github.com/e2em/e2em/desktop/engine/store"
+	"github.com/e2em/e2em/desktop/engine/wire"
+)
+
+// handler receives what sessions deliver.
+type handler struct{ e *Engine }
+
+func (h *handler) Payload(from string, p *wire.Payload, on *p2p.Session) {
+	s, err := h.e.current()
+	if err != nil {
+		return
+	}
+	h.e.handlePayload(s, from, p, on)
+}
+
+func (h *handler) Rejected(from string, err error) {
+	h.e.emit(Event{Kind: EventSecurity, From: from, Text: err.Error()})
+}
+
+// handlePayload stores a message once (however often it arrives) and
+// acknowledges it every time, or takes an acknowledgement.
+func (e *Engine) handlePayload(s *session, from string, p *wire.Payload, on *p2p.Session) {
+	switch k := p.Kind.(type) {
+	case *wire.Payload_Ack:
+		e.acknowledged(s, from, k.Ack.Ids)
+	case *wire.Payload_Text:
+		m := &store.Message{
+			ID: p.Id, Peer: from, Group: k.Text.Group, From: from, Body: k.Text.Body,
+			Sent: time.Unix(0, p.SentUnixNano), State: store.StateReceived,
+		}
+		added, err := e.store.AddMessage(m)
+		if err != nil {
+			e.log.Error("save an incoming message", "err", err)
+			return // not acknowledged: the sender will send it again
+		}
+		if added {
+			e.emit(Event{Kind: EventMessage, ID: p.Id, From: from, Group: k.Text.Group, Body: k.Text.Body, Time: m.Sent})
+		}
+		if on != nil {
+			e.sendAck(s, from, p.Id, on)
+		} else {
+			go e.sendAck(s, from, p.Id, nil)
+		}
+	}
+}
+
+// fetchMail reads the mailbox from the cursor on, opens each envelope,
+// and acknowledges what it processed so the cluster deletes it.
+func (e *Engine) fetchMail(s *session) {
+	s.mailMu.Lock()
+	defer s.mailMu.Unlock()
+	cursor, err := e.store.MailCursor()
+	if err != nil {
+		return
+	}
+	start := cursor
+	for s.ctx.Err() == nil {
+		ctx, cancel := e.callCtx(s.ctx, s)
+		resp, err := e.coord.FetchMail(ctx, &api.FetchMailRequest{AfterSeq: cursor, Limit: 100})
+		cancel()
+		if err != nil {
+			e.log.Warn("fetch mail", "err", e.friendly(err))
+			break
+		}
+		if len(resp.Mail) == 0 {
+			break
+		}
+		stop := false
+		for _, m := range resp.Mail {
+			if err := e.openMail(s, m); errors.Is(err, ErrKeyChanged) {
+				stop = true // held until the person trusts the new key
+				break
+			}
+			cursor = m.Seq
+			if err := e.store.SetMailCursor(cursor); err != nil {
+				return
+			}
+		}
+		if stop {
+			break
+		}
+	}
+	if cursor > start {
+		ctx, cancel := e.callCtx(s.ctx, s)
+		_, err := e.coord.AckMail(ctx, &api.AckMailRequest{UpToSeq: cursor})
+		cancel()
+		if err != nil {
+			e.log.Warn("acknowledge mail", "err", e.friendly(err))
+		}
+	}
+}
+
+// openMail opens one envelope: the sender's pinned key and the recipient's
+// identity key give the one-shot keys; anything that fails is reported and
+// skipped.
+func (e *Engine) openMail(s *session, m *api.Mail) error {
+	var env wire.Envelope
+	reject := func(err error) error {
+		e.emit(Event{Kind: EventSecurity, From: m.From, Text: fmt.Sprintf("rejected a mailbox message from %s: %v", m.From, err)})
+		return nil
+	}
+	if err := proto.Unmarshal(m.Envelope, &env); err != nil {
+		return reject(fmt.Errorf("malformed envelope: %w", err))
+	}
+	if env.To != s.login || env.From != m.From || env.Version != e2e.Version {
+		return reject(errors.New("envelope is addressed wrongly"))
+	}
+	t, err := e.target(s.ctx, s, env.From, false)
+	if err != nil {
+		if errors.Is(err, ErrKeyChanged) {
+			return err
+		}
+		return reject(err)
+	}
+	me := e2e.Party{LoginID: s.login, Identity: s.static.PublicKey().Bytes()}
+	sender := e2e.Party{LoginID: env.From, Identity: t.Identity}
+	keys, err := e2e.EnvelopeKeys(false, s.static, env.Ephemeral, nil, sender, me)
+	if err != nil {
+		return reject(err)
+	}
+	_, pt, err := e2e.Open(keys, env.Record)
+	if err != nil {
+		return reject(err)
+	}
+	var p wire.Payload
+	if err := proto.Unmarshal(pt, &p); err != nil || p.From != env.From {
+		return reject(errors.New("payload does not match its envelope"))
+	}
+	e.handlePayload(s, env.From, &p, nil)
+	return nil
+}
+
+// watchEvents follows the cluster's event stream: new mail is fetched,
+// key changes of contacts are checked, group changes are reported. It
+// reconnects with backoff.
+func (e *Engine) watchEvents(s *session) {
+	backoff := 500 * time.Millisecond
+	for s.ctx.Err() == nil {
+		ctx := api.WithToken(s.ctx, s.token)
+		stream, err := e.coord.Events(ctx, &api.EventsRequest{Watch: e.contacts()})
+		if err == nil {
+			e.fetchMail(s)
+			for {
+				ev, err := stream.Recv()
+				if err != nil {
+					break
+				}
+				backoff = 500 * time.Millisecond
+				switch k := ev.Kind.(type) {
+				case *api.Event_Mail:
+					e.fetchMail(s)
+				case *api.Event_Keys:
+					e.forget(s, k.Keys.Keys.GetLoginId())
+					if _, err := e.target(s.ctx, s, k.Keys.Keys.GetLoginId(), true); err == nil {
+						e.kickQueue(s)
+					}
+				case *api.Event_Group:
+					g := k.Group
+					if g.LoginId != s.login {
+						e.emit(Event{Kind: EventGroup, Group: g.Name, From: g.LoginId, Text: g.Change})
+					}
+				}
+			}
+		}
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 15*time.Second)
+	}
+}
+
+func (e *Engine) contacts() []string {
+	q, _ := e.store.Queue()
+	seen := map[string]bool{}
+	var out []string
+	for _, o := range q {
+		if !seen[o.To] {
+			seen[o.To] = true
+			out = append(out, o.To)
+		}
+	}
+	out = append(out, e.store.ContactIDs()...)
+	return out
+}
