@@ -42,8 +42,8 @@ func ModuleRoot() string {
 	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
 }
 
-// Binaries builds coord, lb and bootstrap (once per process) and returns
-// the folder holding them. extra names more main packages to build.
+// Binaries builds coord, lb, bootstrap and the headless client e2em-cli
+// (once per process) and returns the folder holding them.
 func Binaries(t testing.TB) string {
 	t.Helper()
 	buildOnce.Do(func() {
@@ -51,12 +51,18 @@ func Binaries(t testing.TB) string {
 		if buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-o", binDir+"/", "./coord", "./lb", "./bootstrap")
-		cmd.Dir = ModuleRoot()
-		var out bytes.Buffer
-		cmd.Stdout, cmd.Stderr = &out, &out
-		if err := cmd.Run(); err != nil {
-			buildErr = fmt.Errorf("build binaries: %v\n%s", err, out.String())
+		for _, args := range [][]string{
+			{"build", "-o", binDir + "/", "./coord", "./lb", "./bootstrap"},
+			{"build", "-o", filepath.Join(binDir, "e2em-cli"), "./desktop/cli"},
+		} {
+			cmd := exec.Command("go", args...)
+			cmd.Dir = ModuleRoot()
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Run(); err != nil {
+				buildErr = fmt.Errorf("build binaries: %v\n%s", err, out.String())
+				return
+			}
 		}
 	})
 	if buildErr != nil {

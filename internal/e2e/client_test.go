@@ -1,0 +1,227 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	ct "github.com/e2em/e2em/internal/clustertest"
+)
+
+const wait = 30 * time.Second
+
+// account signs a new client up and logs it in.
+func account(t *testing.T, c *ct.Cluster, name, roll string) *ct.Client {
+	t.Helper()
+	cl := c.StartClient(t, name+roll, ct.ClientOptions{})
+	r := cl.Do(fmt.Sprintf("Sign up %s %s password123", name, roll))
+	if !strings.HasPrefix(r.S("text"), "Successfully SIGNED UP!") {
+		t.Fatalf("sign up answered %q", r.S("text"))
+	}
+	if r := cl.Do(fmt.Sprintf("Login %s+%s password123", name, roll)); r.S("text") != "Successfully LOGGED IN!" {
+		t.Fatalf("login answered %q", r.S("text"))
+	}
+	return cl
+}
+
+func TestDirectMessagesBothWays(t *testing.T) {
+	c := sharedCluster(t)
+	alice, bob := account(t, c, "ann", "701"), account(t, c, "ben", "702")
+	if r := alice.Do("Send ben702 hello ben, how are you?"); r.S("text") != "Message Sent!" {
+		t.Fatalf("send answered %q", r.S("text"))
+	}
+	bob.WaitEvent(wait, "message", map[string]string{"from": "ann701", "body": "hello ben, how are you?"})
+	alice.WaitEvent(wait, "delivered", map[string]string{"to": "ben702"})
+	sent := alice.WaitEvent(wait, "sent", map[string]string{"to": "ben702"})
+	if sent.S("via") != "direct" {
+		t.Fatalf("two clients on one machine should talk directly, went %q", sent.S("via"))
+	}
+	// Answer by username alone: it names one account.
+	bob.Do("Send ann fine, thanks")
+	alice.WaitEvent(wait, "message", map[string]string{"from": "ben702", "body": "fine, thanks"})
+	h := alice.Do("History ben702")
+	if !strings.Contains(h.S("text"), "hello ben, how are you? [delivered]") || !strings.Contains(h.S("text"), "ben702 : fine, thanks") {
+		t.Fatalf("history:\n%s", h.S("text"))
+	}
+	if r := bob.Do("Search how ARE"); !strings.Contains(r.S("text"), "hello ben") {
+		t.Fatalf("search: %q", r.S("text"))
+	}
+	v1, v2 := alice.Do("Verify ben702").S("text"), bob.Do("Verify ann701").S("text")
+	n1, n2 := v1[strings.Index(v1, ": ")+2:], v2[strings.Index(v2, ": ")+2:]
+	if n1 != n2 || len(strings.ReplaceAll(n1, " ", "")) != 60 {
+		t.Fatalf("safety numbers differ: %q vs %q", n1, n2)
+	}
+}
+
+func TestOfflineRecipientGetsMailAtLogin(t *testing.T) {
+	c := sharedCluster(t)
+	alice := account(t, c, "cat", "711")
+	bob := account(t, c, "dan", "712")
+	bobProfile := bob.Profile
+	bob.Quit()
+	alice.Do("Send dan712 first while you were away")
+	alice.Do("Send dan712 second while you were away")
+	alice.WaitFor(wait, "both in the mailbox", func(ls []ct.Line) bool {
+		n := 0
+		for _, l := range ls {
+			if l.S("type") == "sent" && l.S("via") == "mailbox" {
+				n++
+			}
+		}
+		return n == 2
+	})
+	bob = c.StartClient(t, "dan712-again", ct.ClientOptions{Profile: bobProfile})
+	bob.Do("Login dan712 password123")
+	bob.WaitFor(wait, "both messages in order", func(ls []ct.Line) bool {
+		var bodies []string
+		for _, l := range ls {
+			if l.S("type") == "message" {
+				bodies = append(bodies, l.S("body"))
+			}
+		}
+		return len(bodies) == 2 && bodies[0] == "first while you were away" && bodies[1] == "second while you were away"
+	})
+	alice.WaitFor(wait, "two delivery receipts", func(ls []ct.Line) bool {
+		n := 0
+		for _, l := range ls {
+			if l.S("type") == "delivered" && l.S("to") == "dan712" {
+				n++
+			}
+		}
+		return n == 2
+	})
+}
+
+// Send_group to two groups that share members reaches each member once.
+func TestSendGroupReachesEachMemberOnce(t *testing.T) {
+	c := sharedCluster(t)
+	alice := account(t, c, "eve", "721")
+	b := account(t, c, "fay", "722")
+	d := account(t, c, "gus", "723")
+	alice.Do("Create club721")
+	alice.Do("Create team721")
+	b.Do("Join club721")
+	b.Do("Join team721") // in both
+	d.Do("Join team721")
+	if r := alice.Do("Send_group 2 club721 team721 meeting at noon"); !strings.HasPrefix(r.S("text"), "Message Sent!") {
+		t.Fatalf("Send_group answered %q", r.S("text"))
+	}
+	alice.WaitFor(wait, "receipts from both members", func(ls []ct.Line) bool {
+		got := map[string]bool{}
+		for _, l := range ls {
+			if l.S("type") == "delivered" {
+				got[l.S("to")] = true
+			}
+		}
+		return got["fay722"] && got["gus723"]
+	})
+	b.WaitEvent(wait, "message", map[string]string{"from": "eve721", "group": "club721", "body": "meeting at noon"})
+	d.WaitEvent(wait, "message", map[string]string{"from": "eve721", "group": "team721", "body": "meeting at noon"})
+	for _, cl := range []*ct.Client{b, d} {
+		if n := cl.Count("message", map[string]string{"body": "meeting at noon"}); n != 1 {
+			t.Fatalf("%s got the group message %d times", cl.Name, n)
+		}
+	}
+	// The sender is not among the recipients, and the group list counts.
+	if n := alice.Count("message", map[string]string{"body": "meeting at noon"}); n != 0 {
+		t.Fatalf("the sender received her own message %d times", n)
+	}
+	if r := alice.Do("List"); !strings.Contains(r.S("text"), "team721 : 3") {
+		t.Fatalf("List: %q", r.S("text"))
+	}
+}
+
+// The sender is killed with messages written to the recipient but not
+// acknowledged (the recipient's machine is frozen); at its next start and
+// log-in the queue goes out again, and the recipient shows every message
+// exactly once although it receives most of them twice.
+func TestQueueSurvivesSenderCrash(t *testing.T) {
+	c := sharedCluster(t)
+	alice := account(t, c, "hal", "731")
+	bob := account(t, c, "ida", "732")
+	profile := alice.Profile
+	alice.Do("Send ida732 warm-up")
+	alice.WaitEvent(wait, "delivered", map[string]string{"to": "ida732"})
+	bob.Signal(syscall.SIGSTOP)
+	const n = 20
+	for i := 0; i < n; i++ {
+		alice.Do(fmt.Sprintf("Send ida732 queued %02d", i))
+	}
+	alice.WaitFor(wait, "all written to the session", func(ls []ct.Line) bool {
+		k := 0
+		for _, l := range ls {
+			if l.S("type") == "sent" && l.S("via") == "direct" {
+				k++
+			}
+		}
+		return k == n+1
+	})
+	alice.Kill()
+	bob.Signal(syscall.SIGCONT)
+	alice = c.StartClient(t, "hal731-again", ct.ClientOptions{Profile: profile})
+	alice.Do("Login hal731 password123")
+	alice.WaitFor(wait, "receipts for the resent queue", func(ls []ct.Line) bool {
+		k := 0
+		for _, l := range ls {
+			if l.S("type") == "delivered" {
+				k++
+			}
+		}
+		return k >= n
+	})
+	// Every message shows once, whatever was resent.
+	hist := bob.Do("History hal731 100").S("text")
+	for i := 0; i < n; i++ {
+		want := fmt.Sprintf("queued %02d", i)
+		if k := strings.Count(hist, want); k != 1 {
+			t.Fatalf("%q shows %d times in:\n%s", want, k, hist)
+		}
+		if k := bob.Count("message", map[string]string{"body": want}); k != 1 {
+			t.Fatalf("%q shown %d times", want, k)
+		}
+	}
+}
+
+func TestClearErrors(t *testing.T) {
+	c := sharedCluster(t)
+	cl := c.StartClient(t, "errs", ct.ClientOptions{})
+	cases := []struct{ line, want string }{
+		{"Send bob hi", "not logged in"},
+		{"Frobnicate", "unknown command"},
+		{"Send_group two g hi", "usage: Send_group"},
+		{"Login nobody99 password123", "wrong login id or password"},
+	}
+	for _, k := range cases {
+		if r := cl.Try(k.line); r["ok"] == true || !strings.Contains(r.S("error"), k.want) {
+			t.Fatalf("%q: want an error with %q, got %v", k.line, k.want, r)
+		}
+	}
+	cl.Do("Sign up jim 741 password123")
+	account(t, c, "kay", "741") // the same roll number
+	cl.Do("Login jim741 password123")
+	for _, k := range []struct{ line, want string }{
+		{"Send 741 hi", "names 2 accounts: jim741, kay741"},
+		{"Send nobody-at-all hi", "no account is called"},
+		{"Send jim741 hi", "that is you"},
+		{"Join no-such-group", "there is no group"},
+	} {
+		if r := cl.Try(k.line); r["ok"] == true || !strings.Contains(r.S("error"), k.want) {
+			t.Fatalf("%q: want an error with %q, got %v", k.line, k.want, r)
+		}
+	}
+	dead := c.StartClient(t, "nowhere", ct.ClientOptions{Args: []string{"-lb", "127.0.0.1:1"}})
+	if r := dead.Try("Login jim741 password123"); !strings.Contains(r.S("error"), "unreachable") {
+		t.Fatalf("unreachable cluster: %v", r)
+	}
+	other := c.StartClient(t, "errs-2", ct.ClientOptions{Profile: cl.Profile})
+	other.WaitFor(wait, "a refusal to share the profile", func(ls []ct.Line) bool {
+		for _, l := range ls {
+			if strings.Contains(l.S("error"), "open in another e2em process") {
+				return true
+			}
+		}
+		return false
+	})
+}
