@@ -129,6 +129,8 @@ func run(o *options, log *slog.Logger) error {
 			"-id", c.ID, "-data", filepath.Join(o.dataDir, c.ID), "-ca", caFile,
 			"-api", c.API, "-raft", c.Raft, "-metrics", c.Metrics,
 			"-p2p", fmt.Sprintf("/ip4/%s/tcp/%d,/ip4/%s/udp/%d/quic-v1", o.host, c.P2P, o.host, c.P2P),
+			// The balancer runs here too and sends PROXY headers from this address.
+			"-trusted-proxies", hostCIDR(o.host) + ",127.0.0.0/8,::1/128",
 		}
 		if i == 0 {
 			args = append(args, "-bootstrap")
@@ -215,6 +217,14 @@ func loadOrPlanLayout(o *options) (*Layout, error) {
 		return nil, err
 	}
 	return &l, nil
+}
+
+// hostCIDR is the one-address network of host.
+func hostCIDR(host string) string {
+	if ip := net.ParseIP(host); ip != nil && ip.To4() == nil {
+		return host + "/128"
+	}
+	return host + "/32"
 }
 
 // freePort asks the kernel for a port nobody uses now.

@@ -45,11 +45,42 @@ func DialTLS(addr string, cfg *tls.Config, opts ...grpc.DialOption) (*grpc.Clien
 	}
 	all := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(cfg)),
+		grpc.WithDefaultServiceConfig(retryPolicy),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: false}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 	}, opts...)
 	return grpc.NewClient(addr, all...)
 }
+
+// retryPolicy retries the calls that are safe to repeat when the
+// coordinator behind the balancer went away mid-call (UNAVAILABLE): reads,
+// and writes whose repetition changes nothing (a mailbox envelope carries
+// its own message id; acknowledging or publishing twice is the same).
+// Sign-up and group changes are not retried: a repeat would answer
+// "already exists" for what the first attempt did.
+const retryPolicy = `{"methodConfig": [{
+  "name": [
+    {"service": "e2em.coord.v1.Coordinator", "method": "LogIn"},
+    {"service": "e2em.coord.v1.Coordinator", "method": "LogOut"},
+    {"service": "e2em.coord.v1.Coordinator", "method": "PublishKeys"},
+    {"service": "e2em.coord.v1.Coordinator", "method": "LookUp"},
+    {"service": "e2em.coord.v1.Coordinator", "method": "ListGroups"},
+    {"service": "e2em.coord.v1.Coordinator", "method": "MyGroups"},
+    {"service": "e2em.coord.v1.Coordinator", "method": "Members"},
+    {"service": "e2em.coord.v1.Coordinator", "method": "PutMail"},
+    {"service": "e2em.coord.v1.Coordinator", "method": "FetchMail"},
+    {"service": "e2em.coord.v1.Coordinator", "method": "AckMail"},
+    {"service": "e2em.coord.v1.Coordinator", "method": "Relays"},
+    {"service": "grpc.health.v1.Health", "method": "Check"}
+  ],
+  "retryPolicy": {
+    "maxAttempts": 5,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"]
+  }
+}]}`
 
 // WithToken attaches a session token to outgoing calls made with ctx.
 func WithToken(ctx context.Context, token string) context.Context {

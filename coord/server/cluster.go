@@ -82,7 +82,7 @@ func (s *Server) Status(ctx context.Context, _ *api.StatusRequest) (*api.StatusR
 	st := s.store.Status()
 	resp := &api.StatusResponse{
 		Id: st.ID, State: st.State, LeaderId: st.LeaderID, CommitIndex: st.CommitIndex,
-		AppliedIndex: st.Applied, ClusterId: hexID(st.ClusterID),
+		AppliedIndex: st.Applied, ClusterId: hexID(st.ClusterID), Term: st.Term,
 	}
 	for _, m := range st.Members {
 		resp.Members = append(resp.Members, &api.Member{Id: m.ID, RaftAddr: m.RaftAddr, ApiAddr: m.APIAddr, Voter: m.Voter, Leader: m.Leader})

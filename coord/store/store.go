@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -503,6 +504,7 @@ type Member struct {
 type Status struct {
 	ID, State, LeaderID    string
 	CommitIndex, Applied   uint64
+	Term                   uint64
 	LastContact            time.Time
 	Members                []Member
 	ClusterID              []byte
@@ -517,6 +519,7 @@ func (s *Store) Status() Status {
 		LastContact: s.raft.LastContact(), LeaderReady: s.leaderReady.Load(),
 	}
 	st.HasLeader = st.LeaderID != ""
+	st.Term, _ = strconv.ParseUint(s.raft.Stats()["term"], 10, 64)
 	if info, err := s.fsm.ClusterInfo(); err == nil {
 		st.ClusterID = info.ClusterId
 	}

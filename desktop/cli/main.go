@@ -91,44 +91,51 @@ func run(ctx context.Context, eng *engine.Engine, out *printer, lines <-chan str
 				out.ok("Quit", "Bye!")
 				return
 			}
-			name, text, err := execute(ctx, eng, cmd)
+			a, err := execute(ctx, eng, cmd)
 			if err != nil {
-				out.fail(name, err)
+				out.fail(a.name, err)
 				continue
 			}
-			out.ok(name, text)
+			out.answer(a)
 		}
 	}
 }
 
+// answer is what a command printed on success.
+type answer struct {
+	name, text string
+	id         string // the message id, for Send
+}
+
 // execute runs one command and returns the classic answer.
-func execute(ctx context.Context, eng *engine.Engine, c *command.Command) (string, string, error) {
+func execute(ctx context.Context, eng *engine.Engine, c *command.Command) (answer, error) {
+	ok := func(name, text string, err error) (answer, error) { return answer{name: name, text: text}, err }
 	switch c.Kind {
 	case command.SignUp:
 		id, err := eng.SignUp(ctx, c.Username, c.Roll, c.Password)
 		if err != nil {
-			return "Sign up", "", err
+			return ok("Sign up", "", err)
 		}
-		return "Sign up", "Successfully SIGNED UP! Your login id is " + id, nil
+		return ok("Sign up", "Successfully SIGNED UP! Your login id is "+id, nil)
 	case command.Login:
-		return "Login", "Successfully LOGGED IN!", eng.Login(ctx, c.LoginID, c.Password)
+		return ok("Login", "Successfully LOGGED IN!", eng.Login(ctx, c.LoginID, c.Password))
 	case command.Send:
-		_, err := eng.Send(ctx, c.To, c.Text)
-		return "Send", "Message Sent!", err
+		id, err := eng.Send(ctx, c.To, c.Text)
+		return answer{name: "Send", text: "Message Sent!", id: id}, err
 	case command.SendGroup:
 		n, err := eng.SendGroup(ctx, c.Groups, c.Text)
-		return "Send_group", fmt.Sprintf("Message Sent! (to %d members)", n), err
+		return ok("Send_group", fmt.Sprintf("Message Sent! (to %d members)", n), err)
 	case command.SendFile, command.SendGroupFile:
-		return "Send_file", "", errors.New("sending files is not available in this version yet")
+		return ok("Send_file", "", errors.New("sending files is not available in this version yet"))
 	case command.Create:
 		name, err := eng.CreateGroup(ctx, c.Groups[0])
-		return "Create", "Group Created! (" + name + ")", err
+		return ok("Create", "Group Created! ("+name+")", err)
 	case command.Join:
 		name, err := eng.JoinGroup(ctx, c.Groups[0])
-		return "Join", "Group Joined! (" + name + ")", err
+		return ok("Join", "Group Joined! ("+name+")", err)
 	case command.Leave:
 		name, err := eng.LeaveGroup(ctx, c.Groups[0])
-		return "Leave", "Group Left! (" + name + ")", err
+		return ok("Leave", "Group Left! ("+name+")", err)
 	case command.List, command.ShowMyGroups:
 		var groups []engine.Group
 		var err error
@@ -140,10 +147,10 @@ func execute(ctx context.Context, eng *engine.Engine, c *command.Command) (strin
 			groups, err = eng.MyGroups(ctx)
 		}
 		if err != nil {
-			return name, "", err
+			return ok(name, "", err)
 		}
 		if len(groups) == 0 {
-			return name, "No groups yet.", nil
+			return ok(name, "No groups yet.", nil)
 		}
 		var b strings.Builder
 		for i, g := range groups {
@@ -152,13 +159,13 @@ func execute(ctx context.Context, eng *engine.Engine, c *command.Command) (strin
 			}
 			fmt.Fprintf(&b, "%s : %d", g.Name, g.Members)
 		}
-		return name, b.String(), nil
+		return ok(name, b.String(), nil)
 	case command.Members:
 		name, members, err := eng.Members(ctx, c.Groups[0])
 		if err != nil {
-			return "Members", "", err
+			return ok("Members", "", err)
 		}
-		return "Members", name + " : " + strings.Join(members, ", "), nil
+		return ok("Members", name+" : "+strings.Join(members, ", "), nil)
 	case command.History, command.Search:
 		name := "History"
 		var msgs []*messageLine
@@ -172,10 +179,10 @@ func execute(ctx context.Context, eng *engine.Engine, c *command.Command) (strin
 			msgs, err = lines(ms), serr
 		}
 		if err != nil {
-			return name, "", err
+			return ok(name, "", err)
 		}
 		if len(msgs) == 0 {
-			return name, "No messages.", nil
+			return ok(name, "No messages.", nil)
 		}
 		var b strings.Builder
 		for i, m := range msgs {
@@ -184,18 +191,18 @@ func execute(ctx context.Context, eng *engine.Engine, c *command.Command) (strin
 			}
 			b.WriteString(m.String())
 		}
-		return name, b.String(), nil
+		return ok(name, b.String(), nil)
 	case command.Verify:
 		sn, err := eng.SafetyNumber(ctx, c.To)
-		return "Verify", "Safety number with " + c.To + ": " + sn, err
+		return ok("Verify", "Safety number with "+c.To+": "+sn, err)
 	case command.Trust:
-		return "Trust", "Trusted the new key of " + c.To + "; held messages go now.", eng.Trust(ctx, c.To)
+		return ok("Trust", "Trusted the new key of "+c.To+"; held messages go now.", eng.Trust(ctx, c.To))
 	case command.Logout:
-		return "Logout", "Successfully LOGGED OUT!", eng.Logout(ctx)
+		return ok("Logout", "Successfully LOGGED OUT!", eng.Logout(ctx))
 	case command.Help:
-		return "Help", strings.TrimRight(command.HelpText(), "\n"), nil
+		return ok("Help", strings.TrimRight(command.HelpText(), "\n"), nil)
 	}
-	return "", "", fmt.Errorf("command not handled")
+	return answer{}, fmt.Errorf("command not handled")
 }
 
 // printer writes results and events as lines, safely from two goroutines.
@@ -222,6 +229,11 @@ type result struct {
 	OK      bool   `json:"ok"`
 	Text    string `json:"text,omitempty"`
 	Error   string `json:"error,omitempty"`
+	ID      string `json:"id,omitempty"` // the message id, for Send
+}
+
+func (p *printer) answer(a answer) {
+	p.line(result{Type: "result", Command: a.name, OK: true, Text: a.text, ID: a.id}, a.text)
 }
 
 func (p *printer) ok(cmd, text string) {

@@ -21,27 +21,33 @@ import (
 )
 
 // inflight remembers messages written to a session and not acknowledged
-// yet: after AckTimeout they go to the mailbox instead.
+// yet: if that session ends first they are sent again at once (through
+// another relay, or directly); after AckTimeout they go to the mailbox.
 type inflight struct {
 	mu   sync.Mutex
-	sent map[string]time.Time // "to/id" → when
+	sent map[string]inflightEntry // "to/id" →
 }
 
-func newInflight() *inflight { return &inflight{sent: map[string]time.Time{}} }
+type inflightEntry struct {
+	at   time.Time
+	sess *p2p.Session
+}
+
+func newInflight() *inflight { return &inflight{sent: map[string]inflightEntry{}} }
 
 func (f *inflight) key(to, id string) string { return to + "/" + id }
 
-func (f *inflight) mark(to, id string) {
+func (f *inflight) mark(to, id string, sess *p2p.Session) {
 	f.mu.Lock()
-	f.sent[f.key(to, id)] = time.Now()
+	f.sent[f.key(to, id)] = inflightEntry{at: time.Now(), sess: sess}
 	f.mu.Unlock()
 }
 
-func (f *inflight) since(to, id string) (time.Time, bool) {
+func (f *inflight) get(to, id string) (inflightEntry, bool) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	t, ok := f.sent[f.key(to, id)]
-	return t, ok
+	e, ok := f.sent[f.key(to, id)]
+	return e, ok
 }
 
 func (f *inflight) done(to, id string) {
@@ -172,23 +178,31 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 		if s.ctx.Err() != nil {
 			return
 		}
-		if sent, ok := s.inflight.since(to, o.ID); ok {
-			if time.Since(sent) < e.cfg.AckTimeout {
-				continue // on its way; wait for the acknowledgement
+		if sent, ok := s.inflight.get(to, o.ID); ok {
+			select {
+			case <-sent.sess.Done():
+				// The session ended before the acknowledgement came: the
+				// message may or may not have arrived. Send it again
+				// (the recipient shows it once either way).
+				s.inflight.done(to, o.ID)
+			default:
+				if time.Since(sent.at) < e.cfg.AckTimeout {
+					continue // on its way; wait for the acknowledgement
+				}
+				direct = false // never acknowledged: use the mailbox
 			}
-			direct = false // sent but never acknowledged: use the mailbox
 		}
 		if direct {
 			ctx, cancel := context.WithTimeout(s.ctx, e.cfg.DirectTimeout)
 			sess, err := s.msgr.Send(ctx, *t, o.Payload)
 			cancel()
 			if err == nil {
-				s.inflight.mark(to, o.ID)
-				via := ViaDirect
+				s.inflight.mark(to, o.ID, sess)
+				via, relay := ViaDirect, ""
 				if sess.Relayed() {
-					via = ViaRelay
+					via, relay = ViaRelay, sess.RelayPeer()
 				}
-				e.markSent(o, via)
+				e.markSent(o, via, relay)
 				continue
 			}
 			var rej *p2p.RejectedError
@@ -207,17 +221,17 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 		if err := e.store.Dequeue(o.Seq); err != nil {
 			e.log.Error("dequeue", "err", err)
 		}
-		e.markSent(o, ViaMailbox)
+		e.markSent(o, ViaMailbox, "")
 	}
 }
 
-func (e *Engine) markSent(o *store.Outgoing, via string) {
+func (e *Engine) markSent(o *store.Outgoing, via, relay string) {
 	conv := "@" + o.To
 	if o.Group != "" {
 		conv = "#" + strings.ToLower(o.Group)
 	}
 	e.store.SetState(conv, o.ID, store.StateSent)
-	e.emit(Event{Kind: EventSent, To: o.To, ID: o.ID, Group: o.Group, Via: via})
+	e.emit(Event{Kind: EventSent, To: o.To, ID: o.ID, Group: o.Group, Via: via, Relay: relay})
 }
 
 // putMail seals a payload as a one-shot envelope for t and leaves it in

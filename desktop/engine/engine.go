@@ -12,9 +12,11 @@ import (
 	"crypto/ecdh"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -59,21 +61,23 @@ type Engine struct {
 
 // session is what exists while someone is logged in.
 type session struct {
-	login    string
-	token    string
-	static   *ecdh.PrivateKey
-	key      crypto.PrivKey
-	host     host.Host
-	relays   *p2p.Relays
-	msgr     *p2p.Messenger
-	cancel   context.CancelFunc
-	ctx      context.Context
-	kick     chan struct{}
-	inflight *inflight
-	targets  sync.Map // login → cachedTarget: directory entries in use
-	waiting  sync.Map // reasons already reported for held messages
-	mailMu   sync.Mutex
-	wg       sync.WaitGroup
+	login     string
+	token     string
+	static    *ecdh.PrivateKey
+	key       crypto.PrivKey
+	host      host.Host
+	relays    *p2p.Relays
+	msgr      *p2p.Messenger
+	cancel    context.CancelFunc
+	ctx       context.Context
+	kick      chan struct{}
+	inflight  *inflight
+	targets   sync.Map     // login → cachedTarget: directory entries in use
+	waiting   sync.Map     // reasons already reported for held messages
+	observed  atomic.Value // net.IP the cluster sees this client at
+	holePunch io.Closer
+	mailMu    sync.Mutex
+	wg        sync.WaitGroup
 }
 
 // Errors the faces show as they are.

@@ -47,5 +47,6 @@ type Event struct {
 	Body    string    `json:"body,omitempty"`
 	Contact string    `json:"contact,omitempty"`
 	Via     string    `json:"via,omitempty"`
+	Relay   string    `json:"relay,omitempty"` // the relay's peer id, for Via relay
 	Text    string    `json:"text,omitempty"`
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -58,12 +59,24 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 		login: loginID, token: resp.Token, static: static, key: key, host: h,
 		ctx: sctx, cancel: scancel, kick: make(chan struct{}, 1), inflight: newInflight(),
 	}
+	s.setObserved(resp.ObservedAddr)
+	if s.holePunch, err = p2p.StartHolePunching(h, s.observedIP); err != nil {
+		e.log.Warn("no hole punching", "err", err)
+	}
 	s.msgr = p2p.NewMessenger(h, p2p.Self{LoginID: loginID, Static: static}, e.verifyPeer, &handler{e: e}, e.log)
 	relays, err := e.relays(ctx)
 	if err != nil {
 		e.log.Warn("no relays from the cluster", "err", err)
 	}
 	s.relays = p2p.NewRelays(sctx, h, relays, e.log)
+	if len(relays) > 0 {
+		// Publish with a relay circuit when one can be had quickly, so
+		// people behind NATs can be reached from the first message on.
+		select {
+		case <-s.relays.Changed():
+		case <-time.After(3 * time.Second):
+		}
+	}
 	e.mu.Lock()
 	e.session = s
 	e.mu.Unlock()
@@ -150,9 +163,11 @@ func (e *Engine) publishKeys(ctx context.Context, s *session) error {
 	}
 	cctx, cancel := e.callCtx(ctx, s)
 	defer cancel()
-	if _, err := e.coord.PublishKeys(cctx, &api.PublishKeysRequest{Keys: keys}); err != nil {
+	resp, err := e.coord.PublishKeys(cctx, &api.PublishKeysRequest{Keys: keys})
+	if err != nil {
 		return fmt.Errorf("publish keys: %w", e.friendly(err))
 	}
+	s.setObserved(resp.ObservedAddr)
 	return nil
 }
 
@@ -206,7 +221,27 @@ func (e *Engine) stopSession() {
 	s.cancel()
 	s.msgr.Close()
 	s.wg.Wait()
+	if s.holePunch != nil {
+		s.holePunch.Close()
+	}
 	s.host.Close()
+}
+
+// setObserved remembers the IP the cluster sees this client at (its NAT's
+// public address when behind one).
+func (s *session) setObserved(addr string) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return
+	}
+	if ip := net.ParseIP(host); ip != nil {
+		s.observed.Store(ip)
+	}
+}
+
+func (s *session) observedIP() net.IP {
+	ip, _ := s.observed.Load().(net.IP)
+	return ip
 }
 
 var errNoSession = errors.New("no session")

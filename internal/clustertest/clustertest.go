@@ -97,6 +97,7 @@ type Cluster struct {
 	logFile *os.File
 	exited  chan struct{}
 	conns   sync.Map // addr → *grpc.ClientConn
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // Options for Start.
@@ -105,6 +106,9 @@ type Options struct {
 	Dir       string   // reuse a data folder (a restart); default a new temp dir
 	CoordArgs []string // extra coordinator flags
 	LBArgs    []string // extra balancer flags
+	// Netns runs the cluster inside that network namespace, bound to Host;
+	// the test reaches it through sockets made in the namespace.
+	Netns, Host string
 }
 
 // Start runs bootstrap and waits until every coordinator is healthy and the
@@ -117,9 +121,12 @@ func Start(t testing.TB, o Options) *Cluster {
 	if o.Dir == "" {
 		o.Dir = t.TempDir()
 	}
-	c := &Cluster{t: t, Dir: o.Dir, Bin: Binaries(t), exited: make(chan struct{})}
+	c := &Cluster{t: t, Dir: o.Dir, Bin: Binaries(t), exited: make(chan struct{}), dial: (&net.Dialer{}).DialContext}
 	c.Args = []string{"-n", fmt.Sprint(o.N), "-data", o.Dir, "-base-port", "0", "-lb-port", "0", "-bin", c.Bin,
 		"-coord-args", strings.Join(o.CoordArgs, " "), "-lb-args", strings.Join(o.LBArgs, " ")}
+	if o.Host != "" {
+		c.Args = append(c.Args, "-host", o.Host)
+	}
 	var err error
 	c.logFile, err = os.OpenFile(filepath.Join(o.Dir, "bootstrap.log"), os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
 	if err != nil {
@@ -127,6 +134,10 @@ func Start(t testing.TB, o Options) *Cluster {
 	}
 	os.Remove(filepath.Join(o.Dir, "run.json"))
 	c.cmd = exec.Command(filepath.Join(c.Bin, "bootstrap"), c.Args...)
+	if o.Netns != "" {
+		c.cmd = exec.Command("ip", append([]string{"netns", "exec", o.Netns, filepath.Join(c.Bin, "bootstrap")}, c.Args...)...)
+		c.dial = DialerIn(o.Netns)
+	}
 	c.cmd.Stdout, c.cmd.Stderr = c.logFile, c.logFile
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -186,7 +197,8 @@ type Backend struct {
 
 // Backends asks the balancer's admin API for its backends.
 func (c *Cluster) Backends() ([]Backend, error) {
-	resp, err := http.Get("http://" + c.Layout.LBMetrics + "/backends")
+	hc := &http.Client{Transport: &http.Transport{DialContext: c.dial}, Timeout: 5 * time.Second}
+	resp, err := hc.Get("http://" + c.Layout.LBMetrics + "/backends")
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +228,7 @@ func (c *Cluster) healthy(addr string) error {
 	defer cancel()
 	// A connection of its own: through the balancer, a new connection is
 	// what shows that routing works, and it must not hold a drain open.
-	conn, err := api.Dial(addr, c.CAFile())
+	conn, err := api.Dial(addr, c.CAFile(), c.grpcDialer())
 	if err != nil {
 		return err
 	}
@@ -239,7 +251,7 @@ func (c *Cluster) Conn(addr string) *grpc.ClientConn {
 	if v, ok := c.conns.Load(addr); ok {
 		return v.(*grpc.ClientConn)
 	}
-	conn, err := api.Dial(addr, c.CAFile())
+	conn, err := api.Dial(addr, c.CAFile(), c.grpcDialer())
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -252,7 +264,7 @@ func (c *Cluster) Conn(addr string) *grpc.ClientConn {
 
 // NewConn is a connection nobody else shares (its own TCP connection).
 func (c *Cluster) NewConn(addr string) *grpc.ClientConn {
-	conn, err := api.Dial(addr, c.CAFile())
+	conn, err := api.Dial(addr, c.CAFile(), c.grpcDialer())
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -280,7 +292,7 @@ func (c *Cluster) Admin(i int) api.ClusterClient {
 	if v, ok := c.conns.Load(key); ok {
 		return api.NewClusterClient(v.(*grpc.ClientConn))
 	}
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(withServerName(cfg, addr))))
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(credentials.NewTLS(withServerName(cfg, addr))), c.grpcDialer())
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -290,20 +302,31 @@ func (c *Cluster) Admin(i int) api.ClusterClient {
 
 // Leader returns the index of the coordinator that leads now.
 func (c *Cluster) Leader() (int, error) {
+	i, _, err := c.LeaderTerm()
+	return i, err
+}
+
+// LeaderTerm returns the leader's index and the highest Raft term any
+// coordinator reports with a leader.
+func (c *Cluster) LeaderTerm() (int, uint64, error) {
+	best, term := -1, uint64(0)
 	for i := range c.Layout.Coordinators {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		st, err := c.Admin(i).Status(ctx, &api.StatusRequest{})
 		cancel()
-		if err != nil {
+		if err != nil || st.LeaderId == "" || st.Term < term {
 			continue
 		}
 		for j, co := range c.Layout.Coordinators {
 			if co.ID == st.LeaderId {
-				return j, nil
+				best, term = j, st.Term
 			}
 		}
 	}
-	return -1, fmt.Errorf("no coordinator knows a leader")
+	if best < 0 {
+		return -1, 0, fmt.Errorf("no coordinator knows a leader")
+	}
+	return best, term, nil
 }
 
 // Refresh rereads run.json (PIDs change when bootstrap restarts a child).
@@ -392,4 +415,11 @@ func RemoveBinaries() {
 	if binDir != "" {
 		os.RemoveAll(binDir)
 	}
+}
+
+// grpcDialer dials through the cluster's namespace, if it has one.
+func (c *Cluster) grpcDialer() grpc.DialOption {
+	return grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+		return c.dial(ctx, "tcp", addr)
+	})
 }

@@ -9,7 +9,9 @@ package p2p
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"strings"
 	"sync"
 	"time"
@@ -20,7 +22,10 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	"github.com/libp2p/go-libp2p/p2p/protocol/holepunch"
+	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	ma "github.com/multiformats/go-multiaddr"
+	manet "github.com/multiformats/go-multiaddr/net"
 )
 
 // HostConfig says how to start the host.
@@ -43,13 +48,60 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 			fmt.Sprintf("/ip4/%s/tcp/%d", ip, cfg.Port),
 			fmt.Sprintf("/ip4/%s/udp/%d/quic-v1", ip, cfg.Port),
 		),
-		libp2p.EnableHolePunching(),
+		// Hole punching is started by StartHolePunching, with addresses
+		// the engine knows from the cluster (see there).
 		libp2p.EnableRelay(),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("start libp2p on port %d: %w", cfg.Port, err)
 	}
 	return h, nil
+}
+
+// StartHolePunching runs DCUtR (libp2p's direct connection upgrade
+// through a relay) on h. libp2p's own set-up only starts once identify has
+// told the host a public address, and then only punches for relayed
+// connections that arrive later: a message that arrives through a relay in
+// the first moments after log-in would stay relayed for good. Here the
+// public addresses come from the start: the host's own public addresses,
+// and its listen ports on the public IP the cluster saw it connect from
+// (right for NATs that keep ports; no worse than nothing for the others).
+func StartHolePunching(h host.Host, observedIP func() net.IP) (io.Closer, error) {
+	idh, ok := h.(interface{ IDService() identify.IDService })
+	if !ok {
+		return nil, fmt.Errorf("host %T has no identify service", h)
+	}
+	public := func() []ma.Multiaddr { return PublicAddrs(h, observedIP()) }
+	return holepunch.NewService(h, idh.IDService(), public)
+}
+
+// PublicAddrs are h's public listen addresses, plus its listen ports on
+// observed (when that is a public IP).
+func PublicAddrs(h host.Host, observed net.IP) []ma.Multiaddr {
+	var out []ma.Multiaddr
+	seen := map[string]bool{}
+	add := func(m ma.Multiaddr) {
+		if m != nil && manet.IsPublicAddr(m) && !seen[m.String()] {
+			seen[m.String()] = true
+			out = append(out, m)
+		}
+	}
+	for _, a := range h.Addrs() {
+		if isCircuit(a.String()) {
+			continue
+		}
+		add(a)
+		if observed == nil || observed.To4() == nil {
+			continue
+		}
+		if first, rest := ma.SplitFirst(a); first != nil && first.Protocol().Code == ma.P_IP4 {
+			ip, err := ma.NewComponent("ip4", observed.String())
+			if err == nil {
+				add(ma.Multiaddr{*ip}.Encapsulate(rest))
+			}
+		}
+	}
+	return out
 }
 
 // Relays keeps reservations on the coordinators' relays and refreshes them

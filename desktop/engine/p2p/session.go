@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 
@@ -114,6 +115,14 @@ func (m *Messenger) Session(login string) *Session {
 	defer m.mu.Unlock()
 	s := m.sessions[login]
 	if s != nil && s.isClosed() {
+		return nil
+	}
+	// A session on a relayed connection moves to a direct one as soon as
+	// one exists (hole punching succeeded, or the peer became reachable):
+	// a new stream goes on the direct connection.
+	if s != nil && s.Relayed() && DirectlyConnected(m.h, s.RemotePeer()) {
+		go s.Close()
+		delete(m.sessions, login)
 		return nil
 	}
 	return s
@@ -297,6 +306,19 @@ func (s *Session) RemotePeer() peer.ID { return s.st.Conn().RemotePeer() }
 
 // Relayed reports whether this session's connection goes through a relay.
 func (s *Session) Relayed() bool { return isCircuit(s.st.Conn().RemoteMultiaddr().String()) }
+
+// RelayPeer is the relay this session's connection goes through, if any.
+func (s *Session) RelayPeer() string {
+	a := s.st.Conn().RemoteMultiaddr().String()
+	before, _, found := strings.Cut(a, "/p2p-circuit")
+	if !found {
+		return ""
+	}
+	if i := strings.LastIndex(before, "/p2p/"); i >= 0 {
+		return before[i+len("/p2p/"):]
+	}
+	return ""
+}
 
 // Send seals and writes one payload.
 func (s *Session) Send(payload []byte) error {

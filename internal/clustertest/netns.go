@@ -1,0 +1,145 @@
+package clustertest
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// NAT kinds for a NATLab.
+const (
+	// PortKeeping NATs keep the source port where they can and silently
+	// drop unsolicited packets, like home routers: hole punching works.
+	PortKeeping = "port-keeping"
+	// RandomPort NATs pick a random port per destination
+	// (MASQUERADE --random-fully): hole punching cannot predict it.
+	RandomPort = "random-port"
+)
+
+// NATLab is a small internet in network namespaces that the test makes
+// and removes: an "internet" namespace with a bridge on 192.0.0.64/26
+// (which go-multiaddr counts as public), where the cluster runs at
+// 192.0.0.65, and behind it two clients, each in its own namespace behind
+// its own NAT router namespace. Nothing links it to the machine's network.
+type NATLab struct {
+	Prefix   string
+	Internet string    // namespace of the internet and the cluster
+	Host     string    // the cluster's address there
+	Clients  [2]string // namespaces the clients run in
+	Routers  [2]string
+}
+
+// RequireRoot skips a test that needs root and ip/iptables.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make network namespaces (CI runs as root)")
+	}
+	for _, tool := range []string{"ip", "iptables"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("needs %s (make deps installs it)", tool)
+		}
+	}
+}
+
+// NewNATLab builds the namespaces with NATs of the given kind.
+func NewNATLab(t testing.TB, prefix, kind string) *NATLab {
+	t.Helper()
+	RequireRoot(t)
+	l := &NATLab{
+		Prefix: prefix, Internet: prefix + "-inet", Host: "192.0.0.65",
+		Clients: [2]string{prefix + "-c1", prefix + "-c2"}, Routers: [2]string{prefix + "-n1", prefix + "-n2"},
+	}
+	t.Cleanup(l.Remove)
+	l.Remove() // leftovers of an earlier run
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	in := func(ns string, args ...string) { run(append([]string{"ip", "netns", "exec", ns}, args...)...) }
+	for _, ns := range append([]string{l.Internet}, append(l.Clients[:], l.Routers[:]...)...) {
+		run("ip", "netns", "add", ns)
+		in(ns, "ip", "link", "set", "lo", "up")
+	}
+	in(l.Internet, "ip", "link", "add", "br0", "type", "bridge")
+	in(l.Internet, "ip", "addr", "add", l.Host+"/26", "dev", "br0")
+	in(l.Internet, "ip", "link", "set", "br0", "up")
+	for i := 0; i < 2; i++ {
+		router, client := l.Routers[i], l.Clients[i]
+		wan, port, lan, eth := fmt.Sprintf("%sw%d", prefix, i), fmt.Sprintf("%sb%d", prefix, i), fmt.Sprintf("%sl%d", prefix, i), fmt.Sprintf("%se%d", prefix, i)
+		wanIP, lanNet := fmt.Sprintf("192.0.0.%d", 70+i), fmt.Sprintf("10.%d.0", i+1)
+		run("ip", "link", "add", wan, "netns", router, "type", "veth", "peer", "name", port, "netns", l.Internet)
+		in(l.Internet, "ip", "link", "set", port, "master", "br0", "up")
+		in(router, "ip", "addr", "add", wanIP+"/26", "dev", wan)
+		in(router, "ip", "link", "set", wan, "up")
+		run("ip", "link", "add", lan, "netns", router, "type", "veth", "peer", "name", eth, "netns", client)
+		in(router, "ip", "addr", "add", lanNet+".1/24", "dev", lan)
+		in(router, "ip", "link", "set", lan, "up")
+		in(client, "ip", "addr", "add", lanNet+".2/24", "dev", eth)
+		in(client, "ip", "link", "set", eth, "up")
+		in(client, "ip", "route", "add", "default", "via", lanNet+".1")
+		in(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+		masq := []string{"iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan, "-j", "MASQUERADE"}
+		if kind == RandomPort {
+			masq = append(masq, "--random-fully")
+		}
+		in(router, masq...)
+		// Answers to what went out pass; anything unsolicited is dropped
+		// without a word (a RST would break TCP simultaneous open).
+		in(router, "iptables", "-A", "FORWARD", "-i", wan, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+		in(router, "iptables", "-A", "FORWARD", "-i", wan, "-j", "DROP")
+		in(router, "iptables", "-A", "INPUT", "-i", wan, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+		in(router, "iptables", "-A", "INPUT", "-i", wan, "-j", "DROP")
+	}
+	return l
+}
+
+// Remove deletes the namespaces (and with them every link and rule).
+func (l *NATLab) Remove() {
+	for _, ns := range append([]string{l.Internet}, append(l.Clients[:], l.Routers[:]...)...) {
+		exec.Command("ip", "netns", "delete", ns).Run()
+	}
+}
+
+// Wrap runs a command inside namespace ns.
+func Wrap(ns string) []string { return []string{"ip", "netns", "exec", ns} }
+
+// DialerIn returns a dial function whose sockets live in namespace ns, so
+// the test process can reach a cluster running there.
+func DialerIn(ns string) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		type result struct {
+			c   net.Conn
+			err error
+		}
+		ch := make(chan result, 1)
+		go func() {
+			// The thread enters the namespace and is never unlocked, so
+			// the runtime discards it when this goroutine ends.
+			runtime.LockOSThread()
+			f, err := os.Open("/run/netns/" + ns)
+			if err != nil {
+				ch <- result{nil, err}
+				return
+			}
+			defer f.Close()
+			if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
+				ch <- result{nil, fmt.Errorf("enter namespace %s: %w", ns, err)}
+				return
+			}
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			ch <- result{c, err}
+		}()
+		r := <-ch
+		return r.c, r.err
+	}
+}

@@ -1,0 +1,102 @@
+package e2e
+
+import (
+	"fmt"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/e2em/e2em/coord/api"
+	ct "github.com/e2em/e2em/internal/clustertest"
+)
+
+// natPair starts a cluster in the lab's internet and a signed-in client
+// behind each NAT.
+func natPair(t *testing.T, lab *ct.NATLab) (*ct.Cluster, *ct.Client, *ct.Client) {
+	c := ct.Start(t, ct.Options{N: 3, Netns: lab.Internet, Host: lab.Host})
+	var clients [2]*ct.Client
+	for i, name := range []string{"nia", "oto"} {
+		roll := fmt.Sprint(800 + i)
+		cl := c.StartClient(t, name+roll, ct.ClientOptions{Wrap: ct.Wrap(lab.Clients[i]), Args: []string{"-port", fmt.Sprint(4001 + i)}})
+		cl.Do(fmt.Sprintf("Sign up %s %s password123", name, roll))
+		cl.Do(fmt.Sprintf("Login %s%s password123", name, roll))
+		clients[i] = cl
+	}
+	return c, clients[0], clients[1]
+}
+
+// sendUntil sends numbered messages from a to b until the last "sent"
+// event of a delivered message satisfies ok, or fails after d. It returns
+// that event.
+func sendUntil(t *testing.T, a, b *ct.Client, to string, d time.Duration, ok func(ct.Line) bool) ct.Line {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for i := 0; ; i++ {
+		body := fmt.Sprintf("ping %d-%d", time.Now().UnixNano(), i)
+		id := a.Do("Send " + to + " " + body).S("id")
+		b.WaitEvent(wait, "message", map[string]string{"body": body})
+		a.WaitEvent(wait, "delivered", map[string]string{"id": id})
+		var sent ct.Line
+		for _, l := range a.Lines() {
+			if l.S("type") == "sent" && l.S("id") == id {
+				sent = l // the last way it left is the one that arrived
+			}
+		}
+		if ok(sent) {
+			return sent
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d messages in %v, still %v", i+1, d, sent)
+		}
+		// The pace of a person typing; hole punching runs meanwhile.
+		time.Sleep(500 * time.Millisecond)
+	}
+}
+
+// (a) NATs that keep the port and drop unsolicited packets: the first
+// message goes through a relay, hole punching (DCUtR) then connects the
+// two directly, and later messages are not relayed.
+func TestNATHolePunchingConnectsDirectly(t *testing.T) {
+	lab := ct.NewNATLab(t, "e2a", ct.PortKeeping)
+	_, a, b := natPair(t, lab)
+	sendUntil(t, a, b, "oto801", 60*time.Second, func(l ct.Line) bool { return l.S("via") == "direct" })
+}
+
+// (b) NATs with a random port per destination: no hole punch can guess
+// it, so the messages go through a coordinator's relay.
+func TestNATRandomPortsUseTheRelay(t *testing.T) {
+	lab := ct.NewNATLab(t, "e2b", ct.RandomPort)
+	_, a, b := natPair(t, lab)
+	for i := 0; i < 3; i++ {
+		sent := sendUntil(t, a, b, "oto801", 10*time.Second, func(ct.Line) bool { return true })
+		if sent.S("via") != "relay" {
+			t.Fatalf("message %d went %q, want relay", i, sent.S("via"))
+		}
+	}
+}
+
+// (c) The relaying coordinator is killed mid-conversation: delivery goes
+// on through another coordinator's relay.
+func TestNATRelayKilledMidConversation(t *testing.T) {
+	lab := ct.NewNATLab(t, "e2c", ct.RandomPort)
+	c, a, b := natPair(t, lab)
+	first := sendUntil(t, a, b, "oto801", 10*time.Second, func(l ct.Line) bool { return l.S("via") == "relay" })
+	relays, err := c.LB().Relays(ctx(t), &api.RelaysRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	victim := ""
+	for _, r := range relays.Relays {
+		if r.PeerId == first.S("relay") {
+			victim = r.CoordinatorId
+		}
+	}
+	if victim == "" {
+		t.Fatalf("relay %s is no coordinator", first.S("relay"))
+	}
+	c.Signal(victim, syscall.SIGKILL)
+	next := sendUntil(t, a, b, "oto801", 20*time.Second, func(l ct.Line) bool { return l.S("via") == "relay" })
+	if next.S("relay") == first.S("relay") {
+		t.Fatalf("still relayed by the killed coordinator %s", victim)
+	}
+}
