@@ -33,6 +33,7 @@ func main() {
 	fs.StringVar(&cfg.Profile, "profile", defaultProfile(), "profile folder: keys, contacts, history, queue")
 	fs.IntVar(&cfg.Port, "port", 0, "libp2p port for TCP and QUIC (0 picks any)")
 	fs.StringVar(&cfg.Listen, "listen", "", "IP for libp2p to listen on (default all)")
+	fs.BoolVar(&cfg.RelayOnly, "relay-only", false, "never reveal this machine's addresses: contacts reach you only through the coordinators' relays")
 	jsonOut := fs.Bool("json", false, "print one JSON object per line")
 	logLevel := fs.String("log-level", "warn", "log level on stderr: debug, info, warn, error")
 	fs.Parse(os.Args[1:])

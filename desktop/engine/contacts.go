@@ -56,6 +56,10 @@ func (e *Engine) Resolve(ctx context.Context, name string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	// Someone you already talk to, by login id: no need to ask.
+	if c, err := e.store.Contact(name); err == nil {
+		return c.LoginID, nil
+	}
 	found := map[string]bool{}
 	for _, q := range command.Alternatives(name) {
 		cctx, cancel := e.callCtx(ctx, s)

@@ -96,18 +96,51 @@ func (e *Engine) queueText(s *session, recipients []string, group, text string) 
 	if group == "" {
 		m.Peer = recipients[0]
 	}
-	if _, err := e.store.AddMessage(m); err != nil {
-		return "", fmt.Errorf("save the message: %w", err)
-	}
 	var out []*store.Outgoing
 	for _, r := range recipients {
 		out = append(out, &store.Outgoing{ID: id, To: r, Group: group, Body: text, SentAt: now.UnixNano(), Payload: payload})
 	}
-	if err := e.store.Enqueue(out...); err != nil {
-		return "", fmt.Errorf("queue the message: %w", err)
+	if err := e.store.AddOutgoing(m, out...); err != nil {
+		return "", fmt.Errorf("save the message: %w", err)
 	}
-	e.kickQueue(s)
+	kick := false
+	for _, o := range out {
+		if !e.sendNow(s, o) {
+			kick = true
+		}
+	}
+	if kick {
+		e.kickQueue(s)
+	}
 	return id, nil
+}
+
+// sendNow is the fast path: when the recipient has a live session and
+// nothing of theirs is held back, the message goes on it at once instead of
+// waiting for the delivery loop. Anything else is left to the loop.
+func (e *Engine) sendNow(s *session, o *store.Outgoing) bool {
+	lock := s.recipientLock(o.To)
+	if !lock.TryLock() {
+		return false
+	}
+	defer lock.Unlock()
+	if _, held := s.held.Load(o.To); held {
+		return false
+	}
+	sess := s.msgr.Session(o.To)
+	if sess == nil || sess.Send(o.Payload) != nil {
+		return false
+	}
+	s.inflight.mark(o.To, o.ID, sess)
+	e.markSessionSent(o, sess)
+	return true
+}
+
+// recipientLock serialises sending to one recipient, so the fast path and
+// the delivery loop never interleave and each recipient's order holds.
+func (s *session) recipientLock(to string) *sync.Mutex {
+	l, _ := s.sending.LoadOrStore(to, &sync.Mutex{})
+	return l.(*sync.Mutex)
 }
 
 func (e *Engine) kickQueue(s *session) {
@@ -165,6 +198,17 @@ func (e *Engine) flush(s *session) {
 }
 
 func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
+	lock := s.recipientLock(to)
+	lock.Lock()
+	defer lock.Unlock()
+	// Held until everything queued for to has left: the fast path must not
+	// overtake a message that is still waiting.
+	s.held.Store(to, true)
+	defer func() {
+		if q, err := e.store.Queue(); err == nil && !waitingFor(s, q, to) {
+			s.held.Delete(to)
+		}
+	}()
 	t, err := e.target(s.ctx, s, to, false)
 	if err != nil {
 		// Report why a recipient's messages wait once, not every second.
@@ -198,11 +242,7 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 			cancel()
 			if err == nil {
 				s.inflight.mark(to, o.ID, sess)
-				via, relay := ViaDirect, ""
-				if sess.Relayed() {
-					via, relay = ViaRelay, sess.RelayPeer()
-				}
-				e.markSent(o, via, relay)
+				e.markSessionSent(o, sess)
 				continue
 			}
 			var rej *p2p.RejectedError
@@ -218,11 +258,42 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 			return
 		}
 		s.inflight.done(to, o.ID)
-		if err := e.store.Dequeue(o.Seq); err != nil {
+		if err := e.store.Dequeue(o); err != nil {
 			e.log.Error("dequeue", "err", err)
 		}
 		e.markSent(o, ViaMailbox, "")
 	}
+}
+
+// waitingFor reports whether q holds a message for to that has not been
+// written to a live session yet.
+func waitingFor(s *session, q []*store.Outgoing, to string) bool {
+	for _, o := range q {
+		if o.To != to {
+			continue
+		}
+		if sent, ok := s.inflight.get(to, o.ID); !ok || isDone(sent.sess) {
+			return true
+		}
+	}
+	return false
+}
+
+func isDone(sess *p2p.Session) bool {
+	select {
+	case <-sess.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+func (e *Engine) markSessionSent(o *store.Outgoing, sess *p2p.Session) {
+	via, relay := ViaDirect, ""
+	if sess.Relayed() {
+		via, relay = ViaRelay, sess.RelayPeer()
+	}
+	e.markSent(o, via, relay)
 }
 
 func (e *Engine) markSent(o *store.Outgoing, via, relay string) {
@@ -265,16 +336,10 @@ func (e *Engine) putMail(s *session, t *p2p.Target, payload []byte) error {
 
 // acknowledged handles an Ack from a recipient.
 func (e *Engine) acknowledged(s *session, from string, ids []string) {
-	q, err := e.store.Queue()
-	if err != nil {
-		return
-	}
 	for _, id := range ids {
 		s.inflight.done(from, id)
-		for _, o := range q {
-			if o.ID == id && o.To == from {
-				e.store.Dequeue(o.Seq)
-			}
+		if _, err := e.store.Acknowledged(from, id); err != nil {
+			e.log.Error("dequeue an acknowledged message", "err", err)
 		}
 		conv, err := e.store.ConversationOf(id)
 		if err != nil {

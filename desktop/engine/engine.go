@@ -44,6 +44,10 @@ type Config struct {
 	// AckTimeout is how long a message sent on a session may wait for the
 	// recipient's acknowledgement before it is sent again via the mailbox.
 	AckTimeout time.Duration
+	// RelayOnly hides this machine's addresses: only relay circuits are
+	// published or told to peers, so contacts reach it through the
+	// coordinators' relays and never learn its IP.
+	RelayOnly bool
 }
 
 // Engine is one signed-in (or signing-in) client.
@@ -75,6 +79,8 @@ type session struct {
 	targets   sync.Map     // login → cachedTarget: directory entries in use
 	waiting   sync.Map     // reasons already reported for held messages
 	observed  atomic.Value // net.IP the cluster sees this client at
+	sending   sync.Map     // recipient → *sync.Mutex (see recipientLock)
+	held      sync.Map     // recipients whose queued messages wait
 	holePunch io.Closer
 	mailMu    sync.Mutex
 	wg        sync.WaitGroup
@@ -107,7 +113,7 @@ func New(cfg Config) (*Engine, error) {
 		st.Close()
 		return nil, fmt.Errorf("cluster address %s: %w", cfg.LB, err)
 	}
-	return &Engine{cfg: cfg, log: cfg.Log, store: st, conn: conn, coord: api.NewCoordinatorClient(conn), events: make(chan Event, 1024)}, nil
+	return &Engine{cfg: cfg, log: cfg.Log, store: st, conn: conn, coord: api.NewCoordinatorClient(conn), events: make(chan Event, 8192)}, nil
 }
 
 // Events is where the engine reports what happens. Read it continuously.

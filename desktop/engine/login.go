@@ -50,7 +50,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	if err != nil {
 		return fmt.Errorf("profile identity: %w", err)
 	}
-	h, err := p2p.NewHost(p2p.HostConfig{Key: key, Port: e.cfg.Port, Listen: e.cfg.Listen, Log: e.log})
+	h, err := p2p.NewHost(p2p.HostConfig{Key: key, Port: e.cfg.Port, Listen: e.cfg.Listen, RelayOnly: e.cfg.RelayOnly, Log: e.log})
 	if err != nil {
 		return err
 	}
@@ -60,8 +60,10 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 		ctx: sctx, cancel: scancel, kick: make(chan struct{}, 1), inflight: newInflight(),
 	}
 	s.setObserved(resp.ObservedAddr)
-	if s.holePunch, err = p2p.StartHolePunching(h, s.observedIP); err != nil {
-		e.log.Warn("no hole punching", "err", err)
+	if !e.cfg.RelayOnly {
+		if s.holePunch, err = p2p.StartHolePunching(h, s.observedIP); err != nil {
+			e.log.Warn("no hole punching", "err", err)
+		}
 	}
 	s.msgr = p2p.NewMessenger(h, p2p.Self{LoginID: loginID, Static: static}, e.verifyPeer, &handler{e: e}, e.log)
 	relays, err := e.relays(ctx)
@@ -83,6 +85,13 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	if err := e.publishKeys(ctx, s); err != nil {
 		e.stopSession()
 		return err
+	}
+	// Messages queued before this log-in go first, through the delivery
+	// loop; the fast path waits for them.
+	if q, err := e.store.Queue(); err == nil {
+		for _, o := range q {
+			s.held.Store(o.To, true)
+		}
 	}
 	e.spawn(s, e.republish)
 	e.spawn(s, e.watchEvents)
@@ -160,6 +169,9 @@ func (e *Engine) publishKeys(ctx context.Context, s *session) error {
 		LoginId: s.login, PeerId: s.host.ID().String(), Libp2PPublicKey: pub,
 		IdentityKey: identity, IdentitySignature: sig,
 		Addrs: p2p.ListenAddrs(s.host), RelayAddrs: s.relays.CircuitAddrs(),
+	}
+	if e.cfg.RelayOnly {
+		keys.Addrs = nil
 	}
 	cctx, cancel := e.callCtx(ctx, s)
 	defer cancel()

@@ -33,7 +33,9 @@ type HostConfig struct {
 	Key    crypto.PrivKey
 	Port   int    // TCP and UDP (QUIC) port; 0 picks any
 	Listen string // IP to listen on; default 0.0.0.0
-	Log    *slog.Logger
+	// RelayOnly tells peers (identify) no direct address, only circuits.
+	RelayOnly bool
+	Log       *slog.Logger
 }
 
 // NewHost starts a libp2p host for a client.
@@ -42,7 +44,7 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 	if ip == "" {
 		ip = "0.0.0.0"
 	}
-	h, err := libp2p.New(
+	opts := []libp2p.Option{
 		libp2p.Identity(cfg.Key),
 		libp2p.ListenAddrStrings(
 			fmt.Sprintf("/ip4/%s/tcp/%d", ip, cfg.Port),
@@ -51,7 +53,19 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 		// Hole punching is started by StartHolePunching, with addresses
 		// the engine knows from the cluster (see there).
 		libp2p.EnableRelay(),
-	)
+	}
+	if cfg.RelayOnly {
+		opts = append(opts, libp2p.AddrsFactory(func(addrs []ma.Multiaddr) []ma.Multiaddr {
+			var out []ma.Multiaddr
+			for _, a := range addrs {
+				if isCircuit(a.String()) {
+					out = append(out, a)
+				}
+			}
+			return out
+		}))
+	}
+	h, err := libp2p.New(opts...)
 	if err != nil {
 		return nil, fmt.Errorf("start libp2p on port %d: %w", cfg.Port, err)
 	}

@@ -255,34 +255,50 @@ func (m *Message) Conversation() string {
 func (s *Store) AddMessage(m *Message) (bool, error) {
 	added := false
 	err := s.db.Update(func(txn *badger.Txn) error {
-		idKey := msgIDKey(m.Conversation(), m.ID)
-		if _, err := txn.Get(idKey); err == nil {
-			return nil
-		} else if !errors.Is(err, badger.ErrKeyNotFound) {
-			return err
-		}
-		seq, err := nextSeq(txn, "seq/history")
-		if err != nil {
-			return err
-		}
-		m.StoredSeq = seq
-		b, err := json.Marshal(m)
-		if err != nil {
-			return err
-		}
-		hk := historyKey(m.Conversation(), seq)
-		if err := txn.Set(hk, b); err != nil {
-			return err
-		}
-		added = true
-		if m.Outgoing {
-			if err := txn.Set([]byte("outconv/"+m.ID), []byte(m.Conversation())); err != nil {
-				return err
-			}
-		}
-		return txn.Set(idKey, hk)
+		var err error
+		added, err = addMessage(txn, m)
+		return err
 	})
 	return added, err
+}
+
+func addMessage(txn *badger.Txn, m *Message) (bool, error) {
+	idKey := msgIDKey(m.Conversation(), m.ID)
+	if _, err := txn.Get(idKey); err == nil {
+		return false, nil
+	} else if !errors.Is(err, badger.ErrKeyNotFound) {
+		return false, err
+	}
+	seq, err := nextSeq(txn, "seq/history")
+	if err != nil {
+		return false, err
+	}
+	m.StoredSeq = seq
+	b, err := json.Marshal(m)
+	if err != nil {
+		return false, err
+	}
+	hk := historyKey(m.Conversation(), seq)
+	if err := txn.Set(hk, b); err != nil {
+		return false, err
+	}
+	if m.Outgoing {
+		if err := txn.Set([]byte("outconv/"+m.ID), []byte(m.Conversation())); err != nil {
+			return false, err
+		}
+	}
+	return true, txn.Set(idKey, hk)
+}
+
+// AddOutgoing stores a message you send and queues its deliveries in one
+// transaction: after it returns, a crash loses neither.
+func (s *Store) AddOutgoing(m *Message, deliveries ...*Outgoing) error {
+	return s.db.Update(func(txn *badger.Txn) error {
+		if _, err := addMessage(txn, m); err != nil {
+			return err
+		}
+		return enqueue(txn, deliveries)
+	})
 }
 
 // ConversationOf is the conversation of an outgoing message, by id.
@@ -413,23 +429,57 @@ type Outgoing struct {
 // Enqueue adds messages to the outgoing queue in one transaction, so a
 // crash leaves all of them or none.
 func (s *Store) Enqueue(msgs ...*Outgoing) error {
-	return s.db.Update(func(txn *badger.Txn) error {
-		for _, o := range msgs {
-			seq, err := nextSeq(txn, "seq/out")
-			if err != nil {
-				return err
-			}
-			o.Seq = seq
-			b, err := json.Marshal(o)
-			if err != nil {
-				return err
-			}
-			if err := txn.Set(seqKey("out/", seq), b); err != nil {
-				return err
-			}
+	return s.db.Update(func(txn *badger.Txn) error { return enqueue(txn, msgs) })
+}
+
+func enqueue(txn *badger.Txn, msgs []*Outgoing) error {
+	for _, o := range msgs {
+		seq, err := nextSeq(txn, "seq/out")
+		if err != nil {
+			return err
 		}
-		return nil
+		o.Seq = seq
+		b, err := json.Marshal(o)
+		if err != nil {
+			return err
+		}
+		if err := txn.Set(seqKey("out/", seq), b); err != nil {
+			return err
+		}
+		// An index by recipient and id, so an acknowledgement finds its
+		// queue entry without reading the whole queue.
+		if err := txn.Set(outIndexKey(o.To, o.ID), binary.BigEndian.AppendUint64(nil, seq)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func outIndexKey(to, id string) []byte { return []byte("outidx/" + to + "\x00" + id) }
+
+// Acknowledged removes the queue entry of message id to recipient to, if
+// it is still queued, and reports whether it was.
+func (s *Store) Acknowledged(to, id string) (bool, error) {
+	found := false
+	err := s.db.Update(func(txn *badger.Txn) error {
+		item, err := txn.Get(outIndexKey(to, id))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		seqb, err := item.ValueCopy(nil)
+		if err != nil || len(seqb) != 8 {
+			return errors.New("damaged profile: queue index")
+		}
+		found = true
+		if err := txn.Delete(outIndexKey(to, id)); err != nil {
+			return err
+		}
+		return txn.Delete(seqKey("out/", binary.BigEndian.Uint64(seqb)))
 	})
+	return found, err
 }
 
 // Queue lists queued messages in the order they were queued.
@@ -451,8 +501,13 @@ func (s *Store) Queue() ([]*Outgoing, error) {
 }
 
 // Dequeue removes a message from the queue once the network took it.
-func (s *Store) Dequeue(seq uint64) error {
-	return s.db.Update(func(txn *badger.Txn) error { return txn.Delete(seqKey("out/", seq)) })
+func (s *Store) Dequeue(o *Outgoing) error {
+	return s.db.Update(func(txn *badger.Txn) error {
+		if err := txn.Delete(outIndexKey(o.To, o.ID)); err != nil {
+			return err
+		}
+		return txn.Delete(seqKey("out/", o.Seq))
+	})
 }
 
 // MailCursor is the last mailbox sequence number this profile processed.

@@ -89,7 +89,7 @@ func TestQueueSurvivesReopen(t *testing.T) {
 	s, _ := Open(dir)
 	s.Enqueue(&Outgoing{ID: "a", To: "bob102"}, &Outgoing{ID: "b", To: "bob102"})
 	q, _ := s.Queue()
-	s.Dequeue(q[0].Seq)
+	s.Dequeue(q[0])
 	s.Close()
 	s, err := Open(dir)
 	if err != nil {
@@ -99,6 +99,15 @@ func TestQueueSurvivesReopen(t *testing.T) {
 	q, _ = s.Queue()
 	if len(q) != 1 || q[0].ID != "b" {
 		t.Fatalf("queue after reopen: %v", q)
+	}
+	if found, err := s.Acknowledged("bob102", "b"); !found || err != nil {
+		t.Fatalf("acknowledged: %v %v", found, err)
+	}
+	if found, _ := s.Acknowledged("bob102", "b"); found {
+		t.Fatal("acknowledged twice")
+	}
+	if q, _ = s.Queue(); len(q) != 0 {
+		t.Fatalf("queue after the acknowledgement: %v", q)
 	}
 }
 
