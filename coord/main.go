@@ -76,6 +76,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.relay.MaxDuration, "relay-max-duration", o.relay.MaxDuration, "longest relayed connection")
 	fs.Int64Var(&o.relay.MaxBytes, "relay-max-bytes", o.relay.MaxBytes, "most bytes relayed each way per connection")
 	fs.IntVar(&o.relay.MaxReservations, "relay-max-reservations", o.relay.MaxReservations, "clients that may hold a relay reservation")
+	fs.IntVar(&o.relay.MaxConnsPerIP, "relay-max-conns-per-ip", o.relay.MaxConnsPerIP, "libp2p connections from one IP address (people behind one NAT share it)")
 	fs.DurationVar(&o.heartbeat, "raft-heartbeat-timeout", time.Second, "Raft heartbeat timeout")
 	fs.DurationVar(&o.election, "raft-election-timeout", time.Second, "Raft election timeout")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")

@@ -16,6 +16,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	ma "github.com/multiformats/go-multiaddr"
 )
@@ -34,6 +35,10 @@ type Config struct {
 	// How many clients may hold a reservation, and circuits per client.
 	MaxReservations int
 	MaxCircuits     int
+	// MaxConnsPerIP bounds connections from one IP address. libp2p's
+	// default, 8, would shut out a campus or an office whose people share
+	// one NAT address.
+	MaxConnsPerIP int
 }
 
 // DefaultConfig sizes the relay for file transfer.
@@ -43,6 +48,7 @@ func DefaultConfig() Config {
 		MaxBytes:        16 << 30,
 		MaxReservations: 1024,
 		MaxCircuits:     64,
+		MaxConnsPerIP:   1024,
 	}
 }
 
@@ -59,8 +65,19 @@ func Start(cfg Config) (host.Host, error) {
 	res.BufferSize = 64 << 10
 	res.MaxReservationsPerIP = cfg.MaxReservations
 	res.MaxReservationsPerASN = cfg.MaxReservations
+	limits := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&limits)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()),
+		rcmgr.WithLimitPerSubnet(
+			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: cfg.MaxConnsPerIP}},
+			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: cfg.MaxConnsPerIP}, {PrefixLength: 48, ConnCount: 8 * cfg.MaxConnsPerIP}},
+		))
+	if err != nil {
+		return nil, fmt.Errorf("libp2p resource manager: %w", err)
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
+		libp2p.ResourceManager(rm),
 		libp2p.ListenAddrStrings(cfg.ListenAddrs...),
 		libp2p.EnableRelayService(relayv2.WithResources(res)),
 		libp2p.ForceReachabilityPublic(),

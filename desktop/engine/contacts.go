@@ -173,7 +173,11 @@ func (e *Engine) pin(login string, identity []byte, peerID string) ([]byte, erro
 	c, err := e.store.Contact(login)
 	if errors.Is(err, store.ErrNotFound) {
 		c = &store.Contact{LoginID: login, Identity: identity, PeerID: peerID, PinnedAt: time.Now()}
-		return identity, e.store.SaveContact(c)
+		if err := e.store.SaveContact(c); err != nil {
+			return nil, err
+		}
+		e.contactsChanged()
+		return identity, nil
 	}
 	if err != nil {
 		return nil, err

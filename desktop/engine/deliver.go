@@ -250,8 +250,13 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 				e.emit(Event{Kind: EventWaiting, To: to, Text: rej.Error()})
 			}
 			e.log.Info("direct delivery failed; using the mailbox", "to", to, "err", err)
-			e.forget(s, to)
 			direct = false // keep this recipient's order: the rest follow
+			// What failed may be a stale directory entry (a new device,
+			// new keys): ask again before sealing anything for the mailbox.
+			e.forget(s, to)
+			if t, err = e.target(s.ctx, s, to, true); err != nil {
+				return
+			}
 		}
 		if err := e.putMail(s, t, o.Payload); err != nil {
 			e.log.Warn("mailbox delivery failed; will retry", "to", to, "err", err)

@@ -65,25 +65,27 @@ type Engine struct {
 
 // session is what exists while someone is logged in.
 type session struct {
-	login     string
-	token     string
-	static    *ecdh.PrivateKey
-	key       crypto.PrivKey
-	host      host.Host
-	relays    *p2p.Relays
-	msgr      *p2p.Messenger
-	cancel    context.CancelFunc
-	ctx       context.Context
-	kick      chan struct{}
-	inflight  *inflight
-	targets   sync.Map     // login → cachedTarget: directory entries in use
-	waiting   sync.Map     // reasons already reported for held messages
-	observed  atomic.Value // net.IP the cluster sees this client at
-	sending   sync.Map     // recipient → *sync.Mutex (see recipientLock)
-	held      sync.Map     // recipients whose queued messages wait
-	holePunch io.Closer
-	mailMu    sync.Mutex
-	wg        sync.WaitGroup
+	login  string
+	token  string
+	static *ecdh.PrivateKey
+	key    crypto.PrivKey
+	host   host.Host
+	relays *p2p.Relays
+	msgr   *p2p.Messenger
+	cancel context.CancelFunc
+	ctx    context.Context
+	kick   chan struct{}
+	// watchChanged reopens the cluster event stream (new contacts).
+	watchChanged chan struct{}
+	inflight     *inflight
+	targets      sync.Map     // login → cachedTarget: directory entries in use
+	waiting      sync.Map     // reasons already reported for held messages
+	observed     atomic.Value // net.IP the cluster sees this client at
+	sending      sync.Map     // recipient → *sync.Mutex (see recipientLock)
+	held         sync.Map     // recipients whose queued messages wait
+	holePunch    io.Closer
+	mailMu       sync.Mutex
+	wg           sync.WaitGroup
 }
 
 // Errors the faces show as they are.

@@ -58,6 +58,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	s := &session{
 		login: loginID, token: resp.Token, static: static, key: key, host: h,
 		ctx: sctx, cancel: scancel, kick: make(chan struct{}, 1), inflight: newInflight(),
+		watchChanged: make(chan struct{}, 1),
 	}
 	s.setObserved(resp.ObservedAddr)
 	if !e.cfg.RelayOnly {

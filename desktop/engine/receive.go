@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"time"
@@ -148,8 +149,17 @@ func (e *Engine) openMail(s *session, m *api.Mail) error {
 func (e *Engine) watchEvents(s *session) {
 	backoff := 500 * time.Millisecond
 	for s.ctx.Err() == nil {
-		ctx := api.WithToken(s.ctx, s.token)
-		stream, err := e.coord.Events(ctx, &api.EventsRequest{Watch: e.contacts()})
+		// The stream watches the contacts known when it opens; a new
+		// contact reopens it (see contactsChanged).
+		sctx, cancel := context.WithCancel(api.WithToken(s.ctx, s.token))
+		go func() {
+			select {
+			case <-s.watchChanged:
+				cancel()
+			case <-sctx.Done():
+			}
+		}()
+		stream, err := e.coord.Events(sctx, &api.EventsRequest{Watch: e.contacts()})
 		if err == nil {
 			e.fetchMail(s)
 			for {
@@ -174,6 +184,12 @@ func (e *Engine) watchEvents(s *session) {
 				}
 			}
 		}
+		reopened := sctx.Err() != nil && s.ctx.Err() == nil
+		cancel()
+		if reopened {
+			backoff = 500 * time.Millisecond
+			continue
+		}
 		select {
 		case <-s.ctx.Done():
 			return
@@ -195,4 +211,16 @@ func (e *Engine) contacts() []string {
 	}
 	out = append(out, e.store.ContactIDs()...)
 	return out
+}
+
+// contactsChanged asks the event stream to reopen with the new watch list.
+func (e *Engine) contactsChanged() {
+	s, err := e.current()
+	if err != nil {
+		return
+	}
+	select {
+	case s.watchChanged <- struct{}{}:
+	default:
+	}
 }

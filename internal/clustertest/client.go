@@ -253,3 +253,20 @@ func (cl *Client) Signal(sig syscall.Signal) {
 		cl.t.Fatalf("signal %s: %v", cl.Name, err)
 	}
 }
+
+// Deliver sends body to recipient (whose client is to) and waits until it
+// arrived there and its acknowledgement came back. It returns the last
+// "sent" event of the message: how it left the last time it was sent.
+func (cl *Client) Deliver(to *Client, recipient, body string) Line {
+	cl.t.Helper()
+	id := cl.Do("Send " + recipient + " " + body).S("id")
+	to.WaitEvent(60*time.Second, "message", map[string]string{"body": body})
+	cl.WaitEvent(60*time.Second, "delivered", map[string]string{"id": id})
+	var sent Line
+	for _, l := range cl.Lines() {
+		if l.S("type") == "sent" && l.S("id") == id {
+			sent = l
+		}
+	}
+	return sent
+}

@@ -225,3 +225,29 @@ func TestClearErrors(t *testing.T) {
 		return false
 	})
 }
+
+// A contact's key changes (they start over with a new profile): the change
+// is reported, messages to them wait, and go once the key is trusted.
+func TestChangedKeyHoldsMessagesUntilTrusted(t *testing.T) {
+	c := sharedCluster(t)
+	alice := account(t, c, "lia", "751")
+	bob := account(t, c, "max", "752")
+	alice.Deliver(bob, "max752", "before the change")
+	bob.Kill()
+	// Bob on a new machine: a new profile, so new identity keys.
+	bob = c.StartClient(t, "max752-new", ct.ClientOptions{})
+	bob.Do("Login max752 password123")
+	alice.Do("Send max752 are you still you?")
+	alice.WaitEvent(wait, "key_changed", map[string]string{"contact": "max752"})
+	if r := alice.Do("Verify max752"); !strings.Contains(r.S("text"), "NEW key") {
+		t.Fatalf("Verify should show the new key's number: %q", r.S("text"))
+	}
+	if n := bob.Count("message", map[string]string{"body": "are you still you?"}); n != 0 {
+		t.Fatal("a message went to a changed key before it was trusted")
+	}
+	alice.Do("Trust max752")
+	bob.WaitEvent(wait, "message", map[string]string{"from": "lia751", "body": "are you still you?"})
+	if r := alice.Try("Trust max752"); r["ok"] == true {
+		t.Fatal("trusting an unchanged key should say there is nothing to trust")
+	}
+}

@@ -25,23 +25,13 @@ func natPair(t *testing.T, lab *ct.NATLab) (*ct.Cluster, *ct.Client, *ct.Client)
 	return c, clients[0], clients[1]
 }
 
-// sendUntil sends numbered messages from a to b until the last "sent"
-// event of a delivered message satisfies ok, or fails after d. It returns
-// that event.
+// sendUntil sends numbered messages from a to b until the way the last one
+// left satisfies ok, or fails after d. It returns that "sent" event.
 func sendUntil(t *testing.T, a, b *ct.Client, to string, d time.Duration, ok func(ct.Line) bool) ct.Line {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for i := 0; ; i++ {
-		body := fmt.Sprintf("ping %d-%d", time.Now().UnixNano(), i)
-		id := a.Do("Send " + to + " " + body).S("id")
-		b.WaitEvent(wait, "message", map[string]string{"body": body})
-		a.WaitEvent(wait, "delivered", map[string]string{"id": id})
-		var sent ct.Line
-		for _, l := range a.Lines() {
-			if l.S("type") == "sent" && l.S("id") == id {
-				sent = l // the last way it left is the one that arrived
-			}
-		}
+		sent := a.Deliver(b, to, fmt.Sprintf("ping %d-%d", time.Now().UnixNano(), i))
 		if ok(sent) {
 			return sent
 		}
