@@ -196,4 +196,3 @@ func BenchmarkMessages(b *testing.B) {
 		b.ReportMetric(float64(burst)/end.Sub(start).Seconds(), "msgs/s")
 	}
 }
-
