@@ -23,8 +23,17 @@ build:
 	$(GO) build -o $(BIN)/ ./coord ./lb ./bootstrap
 	$(GO) build -o $(BIN)/e2em-cli ./desktop/cli
 
+# run: the cluster in the background (log in data/bootstrap.log), the
+# headless client in the foreground; quitting the client stops the cluster.
+# PROFILE picks the client's profile (data/profiles/$(PROFILE)).
+PROFILE ?= me
 run: deps build
-	./$(BIN)/bootstrap
+	@mkdir -p data/profiles
+	@bash -c 'rm -f data/run.json; ./$(BIN)/bootstrap >>data/bootstrap.log 2>&1 & pid=$$!; \
+	  trap "kill $$pid 2>/dev/null; wait $$pid" EXIT; \
+	  for i in $$(seq 300); do grep -qs "\"ready\": true" data/run.json && break; sleep 0.1; done; \
+	  echo "e2em cluster running (log: data/bootstrap.log). Another person: bin/e2em-cli -profile /tmp/someone"; \
+	  ./$(BIN)/e2em-cli -profile data/profiles/$(PROFILE)'
 
 test: deps fmt-check vet unit e2e fuzz
 

@@ -25,6 +25,9 @@ import (
 	"syscall"
 	"time"
 
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/internal/pki"
 )
 
@@ -51,6 +54,9 @@ type Running struct {
 	Layout
 	CA   string         `json:"ca"`
 	PIDs map[string]int `json:"pids"`
+	// Ready turns true once the balancer passes a gRPC health check to a
+	// serving coordinator.
+	Ready bool `json:"ready"`
 }
 
 type options struct {
@@ -147,6 +153,7 @@ func run(o *options, log *slog.Logger) error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	sup.start(ctx)
+	go sup.announceReady(ctx, layout.LB, caFile)
 	fmt.Printf("e2em cluster: %d coordinators\nbalancer listening on %s\ncluster CA: %s\nmetrics: balancer %s", len(layout.Coordinators), layout.LB, caFile, layout.LBMetrics)
 	for _, c := range layout.Coordinators {
 		fmt.Printf(", %s %s", c.ID, c.Metrics)
@@ -336,6 +343,39 @@ func (s *supervisor) setPID(name string, pid int) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.running.PIDs[name] = pid
+	s.writeRunning()
+}
+
+// announceReady waits until a client could use the cluster through the
+// balancer, then says so on stdout and in run.json.
+func (s *supervisor) announceReady(ctx context.Context, lb, caFile string) {
+	conn, err := api.Dial(lb, caFile)
+	if err != nil {
+		s.log.Error("cannot check the balancer", "err", err)
+		return
+	}
+	defer conn.Close()
+	for ctx.Err() == nil {
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		resp, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{})
+		cancel()
+		if err == nil && resp.Status == healthpb.HealthCheckResponse_SERVING {
+			s.mu.Lock()
+			s.running.Ready = true
+			s.writeRunning()
+			s.mu.Unlock()
+			fmt.Printf("cluster ready: clients can connect to %s\n", lb)
+			return
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// writeRunning saves run.json; the caller holds s.mu.
+func (s *supervisor) writeRunning() {
 	b, _ := json.MarshalIndent(s.running, "", "  ")
 	tmp := s.runFile + ".tmp"
 	if err := os.WriteFile(tmp, b, 0o644); err == nil {
