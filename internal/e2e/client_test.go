@@ -63,15 +63,7 @@ func TestOfflineRecipientGetsMailAtLogin(t *testing.T) {
 	bob.Quit()
 	alice.Do("Send dan712 first while you were away")
 	alice.Do("Send dan712 second while you were away")
-	alice.WaitFor(wait, "both in the mailbox", func(ls []ct.Line) bool {
-		n := 0
-		for _, l := range ls {
-			if l.S("type") == "sent" && l.S("via") == "mailbox" {
-				n++
-			}
-		}
-		return n == 2
-	})
+	alice.WaitCount(wait, 2, "sent", map[string]string{"via": "mailbox"})
 	bob = c.StartClient(t, "dan712-again", ct.ClientOptions{Profile: bobProfile})
 	bob.Do("Login dan712 password123")
 	bob.WaitFor(wait, "both messages in order", func(ls []ct.Line) bool {
@@ -83,15 +75,7 @@ func TestOfflineRecipientGetsMailAtLogin(t *testing.T) {
 		}
 		return len(bodies) == 2 && bodies[0] == "first while you were away" && bodies[1] == "second while you were away"
 	})
-	alice.WaitFor(wait, "two delivery receipts", func(ls []ct.Line) bool {
-		n := 0
-		for _, l := range ls {
-			if l.S("type") == "delivered" && l.S("to") == "dan712" {
-				n++
-			}
-		}
-		return n == 2
-	})
+	alice.WaitCount(wait, 2, "delivered", map[string]string{"to": "dan712"})
 }
 
 // Send_group to two groups that share members reaches each member once.
@@ -149,28 +133,12 @@ func TestQueueSurvivesSenderCrash(t *testing.T) {
 	for i := 0; i < n; i++ {
 		alice.Do(fmt.Sprintf("Send ida732 queued %02d", i))
 	}
-	alice.WaitFor(wait, "all written to the session", func(ls []ct.Line) bool {
-		k := 0
-		for _, l := range ls {
-			if l.S("type") == "sent" && l.S("via") == "direct" {
-				k++
-			}
-		}
-		return k == n+1
-	})
+	alice.WaitCount(wait, n+1, "sent", map[string]string{"via": "direct"})
 	alice.Kill()
 	bob.Signal(syscall.SIGCONT)
 	alice = c.StartClient(t, "hal731-again", ct.ClientOptions{Profile: profile})
 	alice.Do("Login hal731 password123")
-	alice.WaitFor(wait, "receipts for the resent queue", func(ls []ct.Line) bool {
-		k := 0
-		for _, l := range ls {
-			if l.S("type") == "delivered" {
-				k++
-			}
-		}
-		return k >= n
-	})
+	alice.WaitCount(wait, n, "delivered", nil)
 	// Every message shows once, whatever was resent.
 	hist := bob.Do("History hal731 100").S("text")
 	for i := 0; i < n; i++ {
