@@ -14,6 +14,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -234,14 +235,26 @@ func hostCIDR(host string) string {
 	return host + "/32"
 }
 
-// freePort asks the kernel for a port nobody uses now.
+// freePort picks a port nobody uses now. It draws from 20000–32767, below
+// Linux's ephemeral range (32768–60999): a port the kernel handed out for
+// "any port" would likely be handed out again to some other program's
+// listener or outgoing connection before the child binds it.
 func freePort(host string) (string, error) {
-	ln, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
-	if err != nil {
-		return "", err
+	for range 200 {
+		port := 20000 + mrand.IntN(12768)
+		addr := net.JoinHostPort(host, strconv.Itoa(port))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
+		ln.Close()
+		// QUIC uses the UDP port of the same number.
+		if pc, err := net.ListenPacket("udp", addr); err == nil {
+			pc.Close()
+			return addr, nil
+		}
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	return "", errors.New("no free port between 20000 and 32767")
 }
 
 func findBinary(dir, name string) (string, error) {
