@@ -43,7 +43,7 @@ type options struct {
 	id, dataDir, apiAddr, apiAdvertise, raftAddr, metricsAddr string
 	p2pListen, p2pAnnounce, join, trustedProxies              string
 	caFile, certFile, keyFile, logLevel                       string
-	bootstrap, nonvoter, logJSON                              bool
+	bootstrap, nonvoter, logJSON, leaseReads                  bool
 	srv                                                       server.Config
 	relay                                                     relay.Config
 	heartbeat, election                                       time.Duration
@@ -78,6 +78,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.IntVar(&o.relay.MaxReservations, "relay-max-reservations", o.relay.MaxReservations, "clients that may hold a relay reservation")
 	fs.IntVar(&o.relay.MaxConnsPerIP, "relay-max-conns-per-ip", o.relay.MaxConnsPerIP, "libp2p connections from one IP address (people behind one NAT share it)")
 	fs.DurationVar(&o.heartbeat, "raft-heartbeat-timeout", time.Second, "Raft heartbeat timeout")
+	fs.BoolVar(&o.leaseReads, "lease-reads", true, "serve read barriers on the leader's lease; false confirms leadership with a heartbeat round for every batch of reads")
 	fs.DurationVar(&o.election, "raft-election-timeout", time.Second, "Raft election timeout")
 	fs.StringVar(&o.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.BoolVar(&o.logJSON, "log-json", false, "log JSON lines instead of text")
@@ -172,7 +173,7 @@ func run(o *options, log *slog.Logger) error {
 		ID: o.id, Dir: o.dataDir, RaftBind: o.raftAddr, APIAddr: o.apiAdvertise,
 		ServerTLS: serverTLS, ClientTLS: clientTLS, Bootstrap: o.bootstrap,
 		Forwarder: fwd, Publish: hub.Publish, Logger: log,
-		HeartbeatTimeout: o.heartbeat, ElectionTimeout: o.election,
+		HeartbeatTimeout: o.heartbeat, ElectionTimeout: o.election, LeaseReads: o.leaseReads,
 	})
 	if err != nil {
 		return err

@@ -57,6 +57,14 @@ type Config struct {
 	// Timing, zero for the defaults.
 	HeartbeatTimeout time.Duration
 	ElectionTimeout  time.Duration
+	// LeaseReads lets the leader answer read-index requests on its lease
+	// instead of confirming leadership with a heartbeat round each time:
+	// hashicorp/raft steps a leader down when it has not heard from a
+	// quorum for LeaderLeaseTimeout (half the heartbeat timeout), before
+	// any other node can win an election, so a leader in Leader state has
+	// no newer leader (Consul's "default" read mode). Off, every read round
+	// costs a VerifyLeader (Consul's "consistent" mode).
+	LeaseReads bool
 }
 
 // Store is one coordinator's replica of the cluster state.
@@ -158,7 +166,10 @@ func Open(cfg Config) (*Store, error) {
 	rc.NotifyCh = s.notify
 	rc.BatchApplyCh = true
 	rc.MaxAppendEntries = 256
-	rc.CommitTimeout = 5 * time.Millisecond
+	// How long an idle leader waits before telling followers the new commit
+	// index: it bounds how long a read on a follower right after a write
+	// waits, and costs an AppendEntries per follower each period when idle.
+	rc.CommitTimeout = 20 * time.Millisecond
 	rc.HeartbeatTimeout = orDefault(cfg.HeartbeatTimeout, time.Second)
 	rc.ElectionTimeout = orDefault(cfg.ElectionTimeout, time.Second)
 	rc.LeaderLeaseTimeout = rc.HeartbeatTimeout / 2
@@ -374,8 +385,12 @@ func (s *Store) readIndexRound(ctx context.Context) (uint64, error) {
 		// machine sees, so a follower can reach it; Raft's commit index
 		// can end on a no-op that a follower's state machine never hears of.
 		idx := s.applied.Index()
-		if err := s.raft.VerifyLeader().Error(); err != nil {
-			return 0, err
+		if !s.cfg.LeaseReads {
+			if err := s.raft.VerifyLeader().Error(); err != nil {
+				return 0, err
+			}
+		} else if s.raft.State() != raft.Leader {
+			return 0, ErrNotLeader
 		}
 		return idx, nil
 	}

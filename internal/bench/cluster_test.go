@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -59,7 +60,10 @@ func BenchmarkClusterThroughBalancer(b *testing.B) {
 	const d = 5 * time.Second
 	floor, floorP50, floorP99 := raftFloor(b, writers, d)
 
-	c := ct.Start(b, ct.Options{N: 3, CoordArgs: []string{"-mailbox-max-count", "100000000", "-mailbox-max-bytes", "100000000000", "-log-level", "warn"}})
+	args := []string{"-mailbox-max-count", "100000000", "-mailbox-max-bytes", "100000000000", "-log-level", "warn"}
+	// E2EM_BENCH_COORD_ARGS adds coordinator flags, to compare settings.
+	args = append(args, strings.Fields(os.Getenv("E2EM_BENCH_COORD_ARGS"))...)
+	c := ct.Start(b, ct.Options{N: 3, CoordArgs: args})
 	ctx := context.Background()
 	lb := c.LB()
 	if _, err := lb.SignUp(ctx, &api.SignUpRequest{Username: "bench", RollNumber: "1", Password: "password123"}); err != nil {

@@ -71,6 +71,7 @@ func (c *Cluster) StartClient(t testing.TB, name string, o ClientOptions) *Clien
 		t.Fatal(err)
 	}
 	cmd.Stderr = cl.stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

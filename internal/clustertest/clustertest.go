@@ -139,6 +139,9 @@ func Start(t testing.TB, o Options) *Cluster {
 		c.dial = DialerIn(o.Netns)
 	}
 	c.cmd.Stdout, c.cmd.Stderr = c.logFile, c.logFile
+	// If the test binary dies without its cleanups (killed, or its output
+	// pipe closed), the cluster stops with it instead of running on.
+	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	if err := c.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
