@@ -1,5 +1,5 @@
-// Package desktop will own the Fyne desktop app (see DESIGN.md §4): the
-// window, one file per screen under desktop/ui, the headless client under
-// desktop/cli, and the client engine under desktop/engine, which imports no
-// Fyne. Until the messaging issue lands it holds only this description.
+// Package desktop will be the Fyne desktop app's main package (DESIGN.md
+// §4), with one file per screen under desktop/ui. What it will show already
+// exists: the client engine under desktop/engine (no GUI import) and the
+// headless client under desktop/cli, both faces over the same engine.
 package desktop
