@@ -30,6 +30,7 @@ import (
 
 	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/internal/pki"
+	"github.com/e2em/e2em/internal/spawn"
 )
 
 // Layout is the cluster's shape, fixed at first start and kept in
@@ -314,10 +315,12 @@ func (s *supervisor) keep(ctx context.Context, c *child) {
 	for {
 		cmd := exec.Command(c.bin, c.args...)
 		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		// If bootstrap itself dies, the kernel stops the children too.
-		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM, Setpgid: true}
+		// Its own process group: Ctrl-C reaches bootstrap, which stops the
+		// children in order. If bootstrap itself dies, the kernel stops
+		// them too.
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 		started := time.Now()
-		if err := cmd.Start(); err != nil {
+		if err := spawn.Start(cmd, syscall.SIGTERM); err != nil {
 			s.log.Error("cannot start", "child", c.name, "err", err)
 		} else {
 			s.setPID(c.name, cmd.Process.Pid)

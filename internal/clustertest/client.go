@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/e2em/e2em/internal/spawn"
 )
 
 // Client is a running headless client (e2em-cli -json) driven line by line.
@@ -71,8 +73,7 @@ func (c *Cluster) StartClient(t testing.TB, name string, o ClientOptions) *Clien
 		t.Fatal(err)
 	}
 	cmd.Stderr = cl.stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
+	if err := spawn.Start(cmd, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	go cl.read(stdout)

@@ -28,6 +28,7 @@ import (
 
 	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/internal/pki"
+	"github.com/e2em/e2em/internal/spawn"
 )
 
 var (
@@ -141,8 +142,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	c.cmd.Stdout, c.cmd.Stderr = c.logFile, c.logFile
 	// If the test binary dies without its cleanups (killed, or its output
 	// pipe closed), the cluster stops with it instead of running on.
-	c.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
-	if err := c.cmd.Start(); err != nil {
+	if err := spawn.Start(c.cmd, syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	go func() { c.cmd.Wait(); close(c.exited) }()
