@@ -187,6 +187,16 @@ func (e *Engine) friendly(err error) error {
 	return errors.New(st.Message())
 }
 
+// Session is the live encrypted session with a contact, or nil. It is for
+// diagnostics and for tests that play an attacker on the wire.
+func (e *Engine) Session(login string) *p2p.Session {
+	s, err := e.current()
+	if err != nil {
+		return nil
+	}
+	return s.msgr.Session(login)
+}
+
 // SignUp creates an account and returns its login id.
 func (e *Engine) SignUp(ctx context.Context, username, roll, password string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
