@@ -132,7 +132,7 @@ func (e *Engine) sendNow(s *session, o *store.Outgoing) bool {
 		return false
 	}
 	s.inflight.mark(o.To, o.ID, sess)
-	e.markSessionSent(o, sess)
+	e.markSessionSent(s, o, sess)
 	return true
 }
 
@@ -242,7 +242,7 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 			cancel()
 			if err == nil {
 				s.inflight.mark(to, o.ID, sess)
-				e.markSessionSent(o, sess)
+				e.markSessionSent(s, o, sess)
 				continue
 			}
 			var rej *p2p.RejectedError
@@ -266,7 +266,7 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 		if err := e.store.Dequeue(o); err != nil {
 			e.log.Error("dequeue", "err", err)
 		}
-		e.markSent(o, ViaMailbox, "")
+		e.markSent(s, o, ViaMailbox, "")
 	}
 }
 
@@ -293,21 +293,48 @@ func isDone(sess *p2p.Session) bool {
 	}
 }
 
-func (e *Engine) markSessionSent(o *store.Outgoing, sess *p2p.Session) {
+func (e *Engine) markSessionSent(s *session, o *store.Outgoing, sess *p2p.Session) {
 	via, relay := ViaDirect, ""
 	if sess.Relayed() {
 		via, relay = ViaRelay, sess.RelayPeer()
 	}
-	e.markSent(o, via, relay)
+	e.markSent(s, o, via, relay)
 }
 
-func (e *Engine) markSent(o *store.Outgoing, via, relay string) {
+func (e *Engine) markSent(s *session, o *store.Outgoing, via, relay string) {
 	conv := "@" + o.To
 	if o.Group != "" {
 		conv = "#" + strings.ToLower(o.Group)
 	}
-	e.store.SetState(conv, o.ID, store.StateSent)
+	// Recording "sent" is off the message's path: states only move
+	// forward, so a late write cannot undo "delivered".
+	select {
+	case s.states <- stateUpdate{conv: conv, id: o.ID, state: store.StateSent}:
+	default:
+		e.store.SetState(conv, o.ID, store.StateSent)
+	}
 	e.emit(Event{Kind: EventSent, To: o.To, ID: o.ID, Group: o.Group, Via: via, Relay: relay})
+}
+
+type stateUpdate struct{ conv, id, state string }
+
+// recordStates writes delivery states queued by markSent.
+func (e *Engine) recordStates(s *session) {
+	for {
+		select {
+		case u := <-s.states:
+			e.store.SetState(u.conv, u.id, u.state)
+		case <-s.ctx.Done():
+			for {
+				select {
+				case u := <-s.states:
+					e.store.SetState(u.conv, u.id, u.state)
+				default:
+					return
+				}
+			}
+		}
+	}
 }
 
 // putMail seals a payload as a one-shot envelope for t and leaves it in

@@ -84,6 +84,7 @@ type session struct {
 	sending      sync.Map     // recipient → *sync.Mutex (see recipientLock)
 	held         sync.Map     // recipients whose queued messages wait
 	holePunch    io.Closer
+	states       chan stateUpdate // delivery states to record (see markSent)
 	mailMu       sync.Mutex
 	wg           sync.WaitGroup
 }

@@ -58,7 +58,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	s := &session{
 		login: loginID, token: resp.Token, static: static, key: key, host: h,
 		ctx: sctx, cancel: scancel, kick: make(chan struct{}, 1), inflight: newInflight(),
-		watchChanged: make(chan struct{}, 1),
+		watchChanged: make(chan struct{}, 1), states: make(chan stateUpdate, 4096),
 	}
 	s.setObserved(resp.ObservedAddr)
 	if !e.cfg.RelayOnly {
@@ -94,6 +94,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 			s.held.Store(o.To, true)
 		}
 	}
+	e.spawn(s, e.recordStates)
 	e.spawn(s, e.republish)
 	e.spawn(s, e.watchEvents)
 	e.spawn(s, e.deliverLoop)
