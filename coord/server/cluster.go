@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"sync"
 
@@ -82,21 +83,12 @@ func (s *Server) Status(ctx context.Context, _ *api.StatusRequest) (*api.StatusR
 	st := s.store.Status()
 	resp := &api.StatusResponse{
 		Id: st.ID, State: st.State, LeaderId: st.LeaderID, CommitIndex: st.CommitIndex,
-		AppliedIndex: st.Applied, ClusterId: hexID(st.ClusterID), Term: st.Term,
+		AppliedIndex: st.Applied, ClusterId: hex.EncodeToString(st.ClusterID), Term: st.Term,
 	}
 	for _, m := range st.Members {
 		resp.Members = append(resp.Members, &api.Member{Id: m.ID, RaftAddr: m.RaftAddr, ApiAddr: m.APIAddr, Voter: m.Voter, Leader: m.Leader})
 	}
 	return resp, nil
-}
-
-func hexID(b []byte) string {
-	const digits = "0123456789abcdef"
-	out := make([]byte, 0, 2*len(b))
-	for _, c := range b {
-		out = append(out, digits[c>>4], digits[c&15])
-	}
-	return string(out)
 }
 
 // Forwarder carries a follower's writes and read barriers to the leader over

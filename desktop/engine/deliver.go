@@ -223,16 +223,15 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 			return
 		}
 		if sent, ok := s.inflight.get(to, o.ID); ok {
-			select {
-			case <-sent.sess.Done():
+			switch {
+			case sent.sess.Closed():
 				// The session ended before the acknowledgement came: the
 				// message may or may not have arrived. Send it again
 				// (the recipient shows it once either way).
 				s.inflight.done(to, o.ID)
+			case time.Since(sent.at) < e.cfg.AckTimeout:
+				continue // on its way; wait for the acknowledgement
 			default:
-				if time.Since(sent.at) < e.cfg.AckTimeout {
-					continue // on its way; wait for the acknowledgement
-				}
 				direct = false // never acknowledged: use the mailbox
 			}
 		}
@@ -277,20 +276,11 @@ func waitingFor(s *session, q []*store.Outgoing, to string) bool {
 		if o.To != to {
 			continue
 		}
-		if sent, ok := s.inflight.get(to, o.ID); !ok || isDone(sent.sess) {
+		if sent, ok := s.inflight.get(to, o.ID); !ok || sent.sess.Closed() {
 			return true
 		}
 	}
 	return false
-}
-
-func isDone(sess *p2p.Session) bool {
-	select {
-	case <-sess.Done():
-		return true
-	default:
-		return false
-	}
 }
 
 func (e *Engine) markSessionSent(s *session, o *store.Outgoing, sess *p2p.Session) {

@@ -114,7 +114,7 @@ func (m *Messenger) Session(login string) *Session {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.sessions[login]
-	if s != nil && s.isClosed() {
+	if s != nil && s.Closed() {
 		return nil
 	}
 	// A session on a relayed connection moves to a direct one as soon as
@@ -324,7 +324,7 @@ func (s *Session) RelayPeer() string {
 func (s *Session) Send(payload []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.isClosed() {
+	if s.Closed() {
 		return errors.New("session closed")
 	}
 	rec, err := s.sender.Seal(payload, time.Now())
@@ -360,7 +360,8 @@ func (s *Session) Close() {
 	})
 }
 
-func (s *Session) isClosed() bool {
+// Closed reports whether the session has ended.
+func (s *Session) Closed() bool {
 	select {
 	case <-s.done:
 		return true
@@ -378,7 +379,7 @@ func (s *Session) readLoop(br *bufio.Reader) {
 	for {
 		f, err := wire.ReadFrame(br)
 		if err != nil {
-			if !s.isClosed() {
+			if !s.Closed() {
 				s.m.log.Debug("session ended", "peer", s.peer, "err", err)
 			}
 			return
