@@ -29,8 +29,9 @@ type inflight struct {
 }
 
 type inflightEntry struct {
-	at   time.Time
-	sess *p2p.Session
+	at    time.Time
+	sess  *p2p.Session
+	acked bool // acknowledged; leaves once the profile records it
 }
 
 func newInflight() *inflight { return &inflight{sent: map[string]inflightEntry{}} }
@@ -48,6 +49,20 @@ func (f *inflight) get(to, id string) (inflightEntry, bool) {
 	defer f.mu.Unlock()
 	e, ok := f.sent[f.key(to, id)]
 	return e, ok
+}
+
+// claimAck marks an in-flight message acknowledged and reports whether
+// this was its first acknowledgement.
+func (f *inflight) claimAck(to, id string) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e, ok := f.sent[f.key(to, id)]
+	if !ok || e.acked {
+		return false
+	}
+	e.acked = true
+	f.sent[f.key(to, id)] = e
+	return true
 }
 
 func (f *inflight) done(to, id string) {
@@ -224,6 +239,8 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 		}
 		if sent, ok := s.inflight.get(to, o.ID); ok {
 			switch {
+			case sent.acked:
+				continue // acknowledged; the profile is recording it
 			case sent.sess.Closed():
 				// The session ended before the acknowledgement came: the
 				// message may or may not have arrived. Send it again
@@ -296,33 +313,112 @@ func (e *Engine) markSent(s *session, o *store.Outgoing, via, relay string) {
 	if o.Group != "" {
 		conv = "#" + strings.ToLower(o.Group)
 	}
-	// Recording "sent" is off the message's path: states only move
-	// forward, so a late write cannot undo "delivered".
-	select {
-	case s.states <- stateUpdate{conv: conv, id: o.ID, state: store.StateSent}:
-	default:
-		e.store.SetState(conv, o.ID, store.StateSent)
-	}
+	e.recordDelivery(s, stateUpdate{Delivery: store.Delivery{To: o.To, ID: o.ID, Conversation: conv, State: store.StateSent}})
 	e.emit(Event{Kind: EventSent, To: o.To, ID: o.ID, Group: o.Group, Via: via, Relay: relay})
 }
 
-type stateUpdate struct{ conv, id, state string }
+// Delivery states are recorded off the message's path, by recordStates:
+// a message in flight does not wait for (or compete with) the bookkeeping
+// of the one before. Nothing is lost if the app dies before they are
+// written: a message whose acknowledgement was not recorded is still
+// queued, goes again at the next start, and its recipient shows it once.
+const stateWindow = time.Millisecond
 
-// recordStates writes delivery states queued by markSent.
+type stateUpdate struct {
+	store.Delivery
+	reported bool          // EventDelivered already emitted
+	flushed  chan struct{} // a flush request: closed once all before it is written
+}
+
+func (e *Engine) recordDelivery(s *session, u stateUpdate) {
+	select {
+	case s.states <- u:
+	default: // far behind: write it now rather than drop it
+		e.writeDeliveries(s, []stateUpdate{u})
+	}
+}
+
+// flushStates returns once every delivery state reported so far is in the
+// profile (History shows what the events said).
+func (e *Engine) flushStates(s *session) {
+	done := make(chan struct{})
+	select {
+	case s.states <- stateUpdate{flushed: done}:
+	case <-s.ctx.Done():
+		return
+	}
+	select {
+	case <-done:
+	case <-s.ctx.Done():
+	}
+}
+
+// recordStates writes delivery states in batches: the first update opens
+// a window of stateWindow, everything arriving in it goes in one
+// transaction.
 func (e *Engine) recordStates(s *session) {
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var batch []stateUpdate
+	write := func() {
+		e.writeDeliveries(s, batch)
+		batch = batch[:0]
+	}
 	for {
 		select {
 		case u := <-s.states:
-			e.store.SetState(u.conv, u.id, u.state)
+			if u.flushed != nil {
+				write()
+				close(u.flushed)
+				continue
+			}
+			if len(batch) == 0 {
+				timer.Reset(stateWindow)
+			}
+			batch = append(batch, u)
+			if len(batch) >= 1024 {
+				write()
+			}
+		case <-timer.C:
+			write()
 		case <-s.ctx.Done():
 			for {
 				select {
 				case u := <-s.states:
-					e.store.SetState(u.conv, u.id, u.state)
+					if u.flushed != nil {
+						close(u.flushed)
+					} else {
+						batch = append(batch, u)
+					}
 				default:
+					write()
 					return
 				}
 			}
+		}
+	}
+}
+
+func (e *Engine) writeDeliveries(s *session, batch []stateUpdate) {
+	if len(batch) == 0 {
+		return
+	}
+	ds := make([]store.Delivery, len(batch))
+	for i, u := range batch {
+		ds[i] = u.Delivery
+	}
+	ours, err := e.store.RecordDeliveries(ds)
+	if err != nil {
+		e.log.Error("record delivery states", "err", err)
+		return
+	}
+	for i, u := range batch {
+		if u.State != store.StateDelivered {
+			continue
+		}
+		s.inflight.done(u.To, u.ID)
+		if ours[i] && !u.reported {
+			e.emit(Event{Kind: EventDelivered, To: u.To, ID: u.ID})
 		}
 	}
 }
@@ -356,19 +452,17 @@ func (e *Engine) putMail(s *session, t *p2p.Target, payload []byte) error {
 	return nil
 }
 
-// acknowledged handles an Ack from a recipient.
+// acknowledged handles an Ack from a recipient. A message still in flight
+// on a session is reported delivered at once; the profile follows within
+// stateWindow (and the message stays in flight until then, so the delivery
+// loop does not send it again meanwhile).
 func (e *Engine) acknowledged(s *session, from string, ids []string) {
 	for _, id := range ids {
-		s.inflight.done(from, id)
-		if _, err := e.store.Acknowledged(from, id); err != nil {
-			e.log.Error("dequeue an acknowledged message", "err", err)
+		inFlight := s.inflight.claimAck(from, id)
+		if inFlight {
+			e.emit(Event{Kind: EventDelivered, To: from, ID: id})
 		}
-		conv, err := e.store.ConversationOf(id)
-		if err != nil {
-			continue // not a message of ours (or long gone)
-		}
-		e.store.SetState(conv, id, store.StateDelivered)
-		e.emit(Event{Kind: EventDelivered, To: from, ID: id})
+		e.recordDelivery(s, stateUpdate{Delivery: store.Delivery{To: from, ID: id, State: store.StateDelivered}, reported: inFlight})
 	}
 }
 

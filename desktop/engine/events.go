@@ -38,15 +38,17 @@ const (
 
 // Event is one thing that happened.
 type Event struct {
-	Kind    EventKind `json:"type"`
-	Time    time.Time `json:"time"`
-	ID      string    `json:"id,omitempty"`
-	From    string    `json:"from,omitempty"`
-	To      string    `json:"to,omitempty"`
-	Group   string    `json:"group,omitempty"`
-	Body    string    `json:"body,omitempty"`
-	Contact string    `json:"contact,omitempty"`
-	Via     string    `json:"via,omitempty"`
-	Relay   string    `json:"relay,omitempty"` // the relay's peer id, for Via relay
-	Text    string    `json:"text,omitempty"`
+	Kind EventKind `json:"type"`
+	Time time.Time `json:"time"` // when it happened; for a message, when it was sent
+	// Received is when a message arrived and was stored here.
+	Received time.Time `json:"received,omitzero"`
+	ID       string    `json:"id,omitempty"`
+	From     string    `json:"from,omitempty"`
+	To       string    `json:"to,omitempty"`
+	Group    string    `json:"group,omitempty"`
+	Body     string    `json:"body,omitempty"`
+	Contact  string    `json:"contact,omitempty"`
+	Via      string    `json:"via,omitempty"`
+	Relay    string    `json:"relay,omitempty"` // the relay's peer id, for Via relay
+	Text     string    `json:"text,omitempty"`
 }

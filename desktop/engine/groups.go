@@ -157,6 +157,7 @@ func (e *Engine) History(ctx context.Context, name string, n int) ([]*store.Mess
 	if err != nil {
 		return nil, err
 	}
+	e.flushStates(s)
 	// A group you are in, or else a person.
 	if gname, members, err := e.Members(ctx, name); err == nil {
 		for _, m := range members {
@@ -174,5 +175,8 @@ func (e *Engine) History(ctx context.Context, name string, n int) ([]*store.Mess
 
 // Search finds messages containing text, newest last.
 func (e *Engine) Search(text string, limit int) ([]*store.Message, error) {
+	if s, err := e.current(); err == nil {
+		e.flushStates(s)
+	}
 	return e.store.Search(text, limit)
 }

@@ -47,7 +47,7 @@ func (e *Engine) handlePayload(s *session, from string, p *wire.Payload, on *p2p
 			return // not acknowledged: the sender will send it again
 		}
 		if added {
-			e.emit(Event{Kind: EventMessage, ID: p.Id, From: from, Group: k.Text.Group, Body: k.Text.Body, Time: m.Sent})
+			e.emit(Event{Kind: EventMessage, ID: p.Id, From: from, Group: k.Text.Group, Body: k.Text.Body, Time: m.Sent, Received: time.Now()})
 		}
 		if on != nil {
 			e.sendAck(s, from, p.Id, on)

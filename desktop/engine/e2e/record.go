@@ -55,6 +55,22 @@ var (
 type Keys struct {
 	Cipher [24]byte // three independent 8-byte DES keys
 	MAC    [32]byte
+
+	// The 3DES key schedule, made on first use: it costs as much as
+	// encrypting a 100-byte message, so a session's keys keep it. A Keys
+	// belongs to one sender or one receiver, never used concurrently.
+	block cipher.Block
+}
+
+func (k *Keys) tripleDES() (cipher.Block, error) {
+	if k.block == nil {
+		b, err := des.NewTripleDESCipher(k.Cipher[:])
+		if err != nil {
+			return nil, fmt.Errorf("3DES key: %w", err)
+		}
+		k.block = b
+	}
+	return k.block, nil
 }
 
 // Header is the authenticated, unencrypted part of a record.
@@ -72,9 +88,9 @@ func Seal(k *Keys, epoch uint32, counter uint64, plaintext []byte, rnd io.Reader
 	if len(plaintext) > MaxPlaintext {
 		return nil, ErrTooLarge
 	}
-	block, err := des.NewTripleDESCipher(k.Cipher[:])
+	block, err := k.tripleDES()
 	if err != nil {
-		return nil, fmt.Errorf("3DES key: %w", err)
+		return nil, err
 	}
 	pad := des.BlockSize - len(plaintext)%des.BlockSize
 	ctLen := len(plaintext) + pad
@@ -123,9 +139,9 @@ func Open(k *Keys, record []byte) (Header, []byte, error) {
 	if subtle.ConstantTimeCompare(mac.Sum(nil), tag) != 1 {
 		return h, nil, ErrBadMAC
 	}
-	block, err := des.NewTripleDESCipher(k.Cipher[:])
+	block, err := k.tripleDES()
 	if err != nil {
-		return h, nil, fmt.Errorf("3DES key: %w", err)
+		return h, nil, err
 	}
 	iv := body[headerLen : headerLen+ivLen]
 	pt := make([]byte, len(body)-headerLen-ivLen)

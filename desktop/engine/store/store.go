@@ -305,18 +305,23 @@ func (s *Store) AddOutgoing(m *Message, deliveries ...*Outgoing) error {
 func (s *Store) ConversationOf(id string) (string, error) {
 	var conv string
 	err := s.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get([]byte("outconv/" + id))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
-		b, err := item.ValueCopy(nil)
-		conv = string(b)
+		var err error
+		conv, err = conversationOf(txn, id)
 		return err
 	})
 	return conv, err
+}
+
+func conversationOf(txn *badger.Txn, id string) (string, error) {
+	item, err := txn.Get([]byte("outconv/" + id))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return "", ErrNotFound
+	}
+	if err != nil {
+		return "", err
+	}
+	b, err := item.ValueCopy(nil)
+	return string(b), err
 }
 
 // SetState changes the delivery state of a stored outgoing message. A state
@@ -324,35 +329,83 @@ func (s *Store) ConversationOf(id string) (string, error) {
 func (s *Store) SetState(conversation, id, state string) (*Message, error) {
 	var out *Message
 	err := s.db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(msgIDKey(conversation, id))
-		if err != nil {
-			return err
-		}
-		hk, err := item.ValueCopy(nil)
-		if err != nil {
-			return err
-		}
-		item, err = txn.Get(hk)
-		if err != nil {
-			return err
-		}
-		var m Message
-		if err := item.Value(func(b []byte) error { return decode(b, &m) }); err != nil {
-			return err
-		}
-		if rank(state) <= rank(m.State) {
-			out = &m
-			return nil
-		}
-		m.State = state
-		b, _ := json.Marshal(&m)
-		out = &m
-		return txn.Set(hk, b)
+		var err error
+		out, err = setState(txn, conversation, id, state)
+		return err
 	})
+	return out, err
+}
+
+func setState(txn *badger.Txn, conversation, id, state string) (*Message, error) {
+	item, err := txn.Get(msgIDKey(conversation, id))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return nil, ErrNotFound
 	}
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	hk, err := item.ValueCopy(nil)
+	if err != nil {
+		return nil, err
+	}
+	item, err = txn.Get(hk)
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	var m Message
+	if err := item.Value(func(b []byte) error { return decode(b, &m) }); err != nil {
+		return nil, err
+	}
+	if rank(state) <= rank(m.State) {
+		return &m, nil
+	}
+	m.State = state
+	b, err := json.Marshal(&m)
+	if err != nil {
+		return nil, err
+	}
+	return &m, txn.Set(hk, b)
+}
+
+// Delivery is news about an outgoing message: it left on a session
+// (StateSent, Conversation known), or its recipient To acknowledged it
+// (StateDelivered: its queue entry for To goes, and its conversation is
+// found by ID).
+type Delivery struct {
+	To, ID, Conversation, State string
+}
+
+// RecordDeliveries applies deliveries in one transaction and reports for
+// each whether it concerned a message of this profile.
+func (s *Store) RecordDeliveries(ds []Delivery) ([]bool, error) {
+	ours := make([]bool, len(ds))
+	err := s.db.Update(func(txn *badger.Txn) error {
+		for i, d := range ds {
+			conv := d.Conversation
+			if d.State == StateDelivered {
+				if _, err := acknowledged(txn, d.To, d.ID); err != nil {
+					return err
+				}
+				var err error
+				if conv, err = conversationOf(txn, d.ID); errors.Is(err, ErrNotFound) {
+					continue
+				} else if err != nil {
+					return err
+				}
+			}
+			if _, err := setState(txn, conv, d.ID, d.State); errors.Is(err, ErrNotFound) {
+				continue
+			} else if err != nil {
+				return err
+			}
+			ours[i] = true
+		}
+		return nil
+	})
+	return ours, err
 }
 
 func rank(state string) int {
@@ -462,24 +515,29 @@ func outIndexKey(to, id string) []byte { return []byte("outidx/" + to + "\x00" +
 func (s *Store) Acknowledged(to, id string) (bool, error) {
 	found := false
 	err := s.db.Update(func(txn *badger.Txn) error {
-		item, err := txn.Get(outIndexKey(to, id))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		seqb, err := item.ValueCopy(nil)
-		if err != nil || len(seqb) != 8 {
-			return errors.New("damaged profile: queue index")
-		}
-		found = true
-		if err := txn.Delete(outIndexKey(to, id)); err != nil {
-			return err
-		}
-		return txn.Delete(seqKey("out/", binary.BigEndian.Uint64(seqb)))
+		var err error
+		found, err = acknowledged(txn, to, id)
+		return err
 	})
 	return found, err
+}
+
+func acknowledged(txn *badger.Txn, to, id string) (bool, error) {
+	item, err := txn.Get(outIndexKey(to, id))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	seqb, err := item.ValueCopy(nil)
+	if err != nil || len(seqb) != 8 {
+		return false, errors.New("damaged profile: queue index")
+	}
+	if err := txn.Delete(outIndexKey(to, id)); err != nil {
+		return false, err
+	}
+	return true, txn.Delete(seqKey("out/", binary.BigEndian.Uint64(seqb)))
 }
 
 // Queue lists queued messages in the order they were queued.

@@ -111,6 +111,34 @@ func TestQueueSurvivesReopen(t *testing.T) {
 	}
 }
 
+func TestRecordDeliveries(t *testing.T) {
+	s := open(t)
+	m := &Message{ID: "g1", Group: "Team", From: "alice101", Body: "hi", Outgoing: true, State: StateQueued}
+	if err := s.AddOutgoing(m, &Outgoing{ID: "g1", To: "bob102", Group: "Team"}, &Outgoing{ID: "g1", To: "cat103", Group: "Team"}); err != nil {
+		t.Fatal(err)
+	}
+	ours, err := s.RecordDeliveries([]Delivery{
+		{To: "bob102", ID: "g1", Conversation: "#team", State: StateSent},
+		{To: "bob102", ID: "g1", State: StateDelivered},
+		{To: "bob102", ID: "g1", Conversation: "#team", State: StateSent}, // late: must not undo delivered
+		{To: "eve666", ID: "forged", State: StateDelivered},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !ours[0] || !ours[1] || ours[3] {
+		t.Fatalf("which were ours: %v", ours)
+	}
+	h, _ := s.History("#team", 10)
+	if len(h) != 1 || h[0].State != StateDelivered {
+		t.Fatalf("history: %+v", h)
+	}
+	q, _ := s.Queue()
+	if len(q) != 1 || q[0].To != "cat103" {
+		t.Fatalf("queue keeps only cat103's delivery: %+v", q)
+	}
+}
+
 // FuzzDecode: a damaged profile record is an error, not a crash.
 func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"id":"x","peer":"bob","body":"hi","seq":3}`))
@@ -124,4 +152,43 @@ func FuzzDecode(f *testing.F) {
 		var si sealedIdentity
 		decode(b, &si)
 	})
+}
+
+// BenchmarkAddOutgoing is the sender's share of a message's latency: the
+// message and its queue entry stored in one transaction.
+func BenchmarkAddOutgoing(b *testing.B) {
+	s, err := Open(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	body := string(make([]byte, 100))
+	i := 0
+	for b.Loop() {
+		i++
+		id := fmt.Sprintf("m%d", i)
+		m := &Message{ID: id, Peer: "bob102", From: "alice101", Body: body, Sent: time.Now(), Outgoing: true, State: StateQueued}
+		o := &Outgoing{ID: id, To: "bob102", Body: body, SentAt: time.Now().UnixNano(), Payload: make([]byte, 160)}
+		if err := s.AddOutgoing(m, o); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkAddMessage is the recipient's share: a message stored once by id.
+func BenchmarkAddMessage(b *testing.B) {
+	s, err := Open(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	body := string(make([]byte, 100))
+	i := 0
+	for b.Loop() {
+		i++
+		m := &Message{ID: fmt.Sprintf("m%d", i), Peer: "alice101", From: "alice101", Body: body, Sent: time.Now(), State: StateReceived}
+		if _, err := s.AddMessage(m); err != nil {
+			b.Fatal(err)
+		}
+	}
 }
