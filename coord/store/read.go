@@ -237,6 +237,15 @@ func (f *FSM) Nodes() ([]*statepb.Node, error) {
 	return out, err
 }
 
+// Node is one registered coordinator.
+func (f *FSM) Node(id string) (*statepb.Node, error) {
+	var n statepb.Node
+	if err := f.get(prefNode+id, &n); err != nil {
+		return nil, err
+	}
+	return &n, nil
+}
+
 // MailboxSize is the number of envelopes and bytes waiting for login.
 func (f *FSM) MailboxSize(login string) (*statepb.MailBox, error) {
 	var b statepb.MailBox

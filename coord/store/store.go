@@ -409,14 +409,14 @@ func (s *Store) leaderAPI() (string, error) {
 	if string(id) == s.cfg.ID {
 		return s.cfg.APIAddr, nil
 	}
-	nodes, err := s.fsm.Nodes()
-	if err != nil {
+	// Every read on a follower asks the leader for its read index: one
+	// point read here, not a scan of the node records.
+	n, err := s.fsm.Node(string(id))
+	if err != nil && !errors.Is(err, ErrNotFound) {
 		return "", err
 	}
-	for _, n := range nodes {
-		if n.Id == string(id) && n.ApiAddr != "" {
-			return n.ApiAddr, nil
-		}
+	if n != nil && n.ApiAddr != "" {
+		return n.ApiAddr, nil
 	}
 	return "", fmt.Errorf("leader %s has not registered its API address: %w", id, errNoLeader)
 }

@@ -139,22 +139,32 @@ func throughput(addr string, conns int, d time.Duration) float64 {
 	return float64(total.Load()) / d.Seconds()
 }
 
-// latencies does n sequential 64-byte round trips on one connection.
-func latencies(addr string, n int) []time.Duration {
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		return nil
-	}
-	defer c.Close()
-	buf := make([]byte, 64)
-	out := make([]time.Duration, 0, n)
-	for i := 0; i < n; i++ {
-		start := time.Now()
-		c.Write(buf)
-		if _, err := io.ReadFull(c, buf); err != nil {
-			return out
+// latencies does n rounds of 64-byte round trips, one on a connection to
+// each address per round, in a rotating order: a hiccup of the machine
+// falls on all of them alike instead of on whichever ran at that moment.
+func latencies(b *testing.B, addrs []string, n int) [][]time.Duration {
+	conns := make([]net.Conn, len(addrs))
+	out := make([][]time.Duration, len(addrs))
+	for i, a := range addrs {
+		c, err := net.Dial("tcp", a)
+		if err != nil {
+			b.Fatal(err)
 		}
-		out = append(out, time.Since(start))
+		defer c.Close()
+		conns[i] = c
+		out[i] = make([]time.Duration, 0, n)
+	}
+	buf := make([]byte, 64)
+	for r := 0; r < n; r++ {
+		for k := range conns {
+			i := (r + k) % len(conns)
+			start := time.Now()
+			conns[i].Write(buf)
+			if _, err := io.ReadFull(conns[i], buf); err != nil {
+				b.Fatalf("round trip through %s: %v", addrs[i], err)
+			}
+			out[i] = append(out[i], time.Since(start))
+		}
 	}
 	return out
 }
@@ -204,20 +214,19 @@ backend echo
 
 	const d = 5 * time.Second
 	for i := 0; i < b.N; i++ {
-		// Latency rounds alternate too: 5 × 4000 round trips each.
-		var direct, lbLat, haLat []time.Duration
-		for round := 0; round < 5; round++ {
-			direct = append(direct, latencies(backends[0], 4000)...)
-			lbLat = append(lbLat, latencies(lbAddr, 4000)...)
-			haLat = append(haLat, latencies(haAddr, 4000)...)
-		}
+		// 20,000 round trips each, interleaved one by one.
+		lat := latencies(b, []string{backends[0], lbAddr, haAddr}, 20000)
+		direct, lbLat, haLat := lat[0], lat[1], lat[2]
 		// Alternate the two so drift in the machine hits both alike.
+		const rounds = 6
 		var lbConn, haConn, lbBytes, haBytes float64
-		for round := 0; round < 2; round++ {
-			lbConn += connRate(lbAddr, 16, d/2) / 2
-			haConn += connRate(haAddr, 16, d/2) / 2
-			lbBytes += throughput(lbAddr, 8, d/2) / 2
-			haBytes += throughput(haAddr, 8, d/2) / 2
+		for round := 0; round < rounds; round++ {
+			lbConn += connRate(lbAddr, 16, d/rounds) / rounds
+			haConn += connRate(haAddr, 16, d/rounds) / rounds
+		}
+		for round := 0; round < rounds; round++ {
+			lbBytes += throughput(lbAddr, 8, d/rounds) / rounds
+			haBytes += throughput(haAddr, 8, d/rounds) / rounds
 		}
 		p99 := func(ds []time.Duration) float64 { return float64(percentile(ds, 0.99)) / 1e3 }
 		addedLB, addedHA := p99(lbLat)-p99(direct), p99(haLat)-p99(direct)

@@ -184,6 +184,9 @@ func splice(client, upstream net.Conn, idle time.Duration, in, out *atomic.Uint6
 		defer bufPool.Put(bufp)
 		buf := *bufp
 		bulk := false
+		// A backend answers what the client sends: its first read would
+		// only find nothing yet (see awaitFirstRead).
+		first := dst == client
 		var deadline time.Time
 		for {
 			now := time.Now()
@@ -197,7 +200,13 @@ func splice(client, upstream net.Conn, idle time.Duration, in, out *atomic.Uint6
 				n, err = copyChunk(dst, src)
 			} else {
 				var r int
-				r, err = src.Read(buf)
+				if first {
+					first = false
+					err = awaitFirstRead(src)
+				}
+				if err == nil {
+					r, err = src.Read(buf)
+				}
 				if r > 0 {
 					if _, werr := dst.Write(buf[:r]); werr != nil {
 						err = werr
@@ -242,6 +251,31 @@ func splice(client, upstream net.Conn, idle time.Duration, in, out *atomic.Uint6
 	}()
 	pipe(client, upstream, out)
 	<-done
+}
+
+// awaitFirstRead waits until a freshly dialed connection has something to
+// read (data, end or error), without the read(2) that Go's Read tries
+// first and that would only answer EAGAIN: the backend has not been sent
+// anything yet. That is one system call of the ~25 a proxied connection
+// costs. It is safe only on a connection nothing has been read from: the
+// poller is edge-triggered, and only there is every arrival still to come.
+func awaitFirstRead(c net.Conn) error {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	waited := false
+	return rc.Read(func(uintptr) bool {
+		if waited {
+			return true
+		}
+		waited = true
+		return false
+	})
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 16<<10); return &b }}
