@@ -55,6 +55,7 @@ fuzz:
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./internal/bench/...
+	$(GO) test -run '^$$' -bench . -benchmem ./desktop/engine/e2e/ ./desktop/engine/store/
 
 proto:
 	protoc -I . --go_out=. --go_opt=paths=source_relative \

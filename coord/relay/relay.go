@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/host"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
+	"github.com/libp2p/go-libp2p/x/rate"
 	ma "github.com/multiformats/go-multiaddr"
 )
 
@@ -52,6 +54,30 @@ func DefaultConfig() Config {
 	}
 }
 
+// connRateLimiter bounds how fast new connections may arrive from one
+// address, in proportion to how many it may hold. libp2p's default allows
+// 16 at once and then one every 5 s per IPv4 address: the seventeenth
+// person behind a shared NAT (a campus, an office) who logs in within a
+// minute of the others could not reach this relay (seen in
+// BenchmarkHolePunchRate: a client's reservations refused, its first
+// message left in the mailbox). Here a quarter of MaxConnsPerIP may arrive
+// at once, refilled so that all of them can within a minute.
+func connRateLimiter(maxConnsPerIP int) *rate.Limiter {
+	l := rate.Limit{RPS: float64(maxConnsPerIP) / 60, Burst: max(16, maxConnsPerIP/4)}
+	wide := rate.Limit{RPS: 8 * l.RPS, Burst: 8 * l.Burst}
+	return &rate.Limiter{
+		NetworkPrefixLimits: []rate.PrefixLimit{
+			{Prefix: netip.MustParsePrefix("127.0.0.0/8")}, // zero: no limit
+			{Prefix: netip.MustParsePrefix("::1/128")},
+		},
+		SubnetRateLimiter: rate.SubnetLimiter{
+			IPv4SubnetLimits: []rate.SubnetLimit{{PrefixLength: 32, Limit: l}},
+			IPv6SubnetLimits: []rate.SubnetLimit{{PrefixLength: 56, Limit: l}, {PrefixLength: 48, Limit: wide}},
+			GracePeriod:      time.Minute,
+		},
+	}
+}
+
 // Start opens the host and its relay service.
 func Start(cfg Config) (host.Host, error) {
 	key, err := loadOrCreateKey(filepath.Join(cfg.Dir, "p2p.key"))
@@ -71,7 +97,8 @@ func Start(cfg Config) (host.Host, error) {
 		rcmgr.WithLimitPerSubnet(
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: cfg.MaxConnsPerIP}},
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: cfg.MaxConnsPerIP}, {PrefixLength: 48, ConnCount: 8 * cfg.MaxConnsPerIP}},
-		))
+		),
+		rcmgr.WithConnRateLimiters(connRateLimiter(cfg.MaxConnsPerIP)))
 	if err != nil {
 		return nil, fmt.Errorf("libp2p resource manager: %w", err)
 	}

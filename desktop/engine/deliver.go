@@ -253,9 +253,8 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 			}
 		}
 		if direct {
-			ctx, cancel := context.WithTimeout(s.ctx, e.cfg.DirectTimeout)
-			sess, err := s.msgr.Send(ctx, *t, o.Payload)
-			cancel()
+			var sess *p2p.Session
+			sess, t, err = e.sendDirect(s, t, o.Payload)
 			if err == nil {
 				s.inflight.mark(to, o.ID, sess)
 				e.markSessionSent(s, o, sess)
@@ -284,6 +283,33 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 		}
 		e.markSent(s, o, ViaMailbox, "")
 	}
+}
+
+// sendDirect puts a payload on a session with t: directly, else through a
+// relay. A directory entry read moments after its owner logged in may list
+// no relay circuit yet (the reservation came later, and was published
+// then), and a dial to addresses behind a NAT hangs until it times out. So
+// DirectTimeout is spent in three attempts, each with the entry as the
+// directory has it then. It returns the target it used last.
+func (e *Engine) sendDirect(s *session, t *p2p.Target, payload []byte) (*p2p.Session, *p2p.Target, error) {
+	const attempts = 3
+	var sess *p2p.Session
+	var err error
+	for i := 0; i < attempts; i++ {
+		if i > 0 {
+			if fresh, ferr := e.target(s.ctx, s, t.LoginID, true); ferr == nil {
+				t = fresh
+			}
+		}
+		ctx, cancel := context.WithTimeout(s.ctx, e.cfg.DirectTimeout/attempts)
+		sess, err = s.msgr.Send(ctx, *t, payload)
+		cancel()
+		var rej *p2p.RejectedError
+		if err == nil || errors.As(err, &rej) || s.ctx.Err() != nil {
+			break
+		}
+	}
+	return sess, t, err
 }
 
 // waitingFor reports whether q holds a message for to that has not been

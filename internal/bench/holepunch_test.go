@@ -71,5 +71,8 @@ func punchOnce(b *testing.B, c *ct.Cluster, lab *ct.NATLab, r int) (bool, time.D
 		time.Sleep(250 * time.Millisecond) // a person's pace; the punch runs meanwhile
 	}
 	b.Logf("run %d stayed indirect: %v", r, ways)
+	if len(ways) == 1 {
+		b.Logf("sender log:\n%s\nrecipient log:\n%s", ct.Tail(cl[0].Log(), 20), ct.Tail(cl[1].Log(), 20))
+	}
 	return false, 0
 }

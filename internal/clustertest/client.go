@@ -284,3 +284,9 @@ func (cl *Client) Deliver(to *Client, recipient, body string) Line {
 	}
 	return sent
 }
+
+// Log is what the client has logged on stderr so far.
+func (cl *Client) Log() string {
+	b, _ := os.ReadFile(cl.stderr.Name())
+	return string(b)
+}
