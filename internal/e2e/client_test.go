@@ -130,15 +130,26 @@ func TestQueueSurvivesSenderCrash(t *testing.T) {
 	alice.WaitEvent(wait, "delivered", map[string]string{"to": "ida732"})
 	bob.Signal(syscall.SIGSTOP)
 	const n = 20
+	var ids []string
 	for i := 0; i < n; i++ {
-		alice.Do(fmt.Sprintf("Send ida732 queued %02d", i))
+		ids = append(ids, alice.Do(fmt.Sprintf("Send ida732 queued %02d", i)).S("id"))
 	}
 	alice.WaitCount(wait, n+1, "sent", map[string]string{"via": "direct"})
 	alice.Kill()
+	before := alice
 	bob.Signal(syscall.SIGCONT)
 	alice = c.StartClient(t, "hal731-again", ct.ClientOptions{Profile: profile})
 	alice.Do("Login hal731 password123")
-	alice.WaitCount(wait, n, "delivered", nil)
+	// Every message is acknowledged: the first few perhaps before the
+	// crash (a stop signal takes a moment to land), the rest after.
+	alice.WaitFor(wait, "every message delivered", func(ls []ct.Line) bool {
+		for _, id := range ids {
+			if before.Count("delivered", map[string]string{"id": id})+count(ls, "delivered", id) == 0 {
+				return false
+			}
+		}
+		return true
+	})
 	// Every message shows once, whatever was resent.
 	hist := bob.Do("History hal731 100").S("text")
 	for i := 0; i < n; i++ {
@@ -218,4 +229,14 @@ func TestChangedKeyHoldsMessagesUntilTrusted(t *testing.T) {
 	if r := alice.Try("Trust max752"); r["ok"] == true {
 		t.Fatal("trusting an unchanged key should say there is nothing to trust")
 	}
+}
+
+func count(ls []ct.Line, kind, id string) int {
+	n := 0
+	for _, l := range ls {
+		if l.S("type") == kind && l.S("id") == id {
+			n++
+		}
+	}
+	return n
 }
