@@ -436,6 +436,13 @@ func (e *Engine) writeDeliveries(s *session, batch []stateUpdate) {
 	ours, err := e.store.RecordDeliveries(ds)
 	if err != nil {
 		e.log.Error("record delivery states", "err", err)
+		// Unrecorded acknowledgements: the messages stay queued and go
+		// again, and their next acknowledgement is recorded then.
+		for _, u := range batch {
+			if u.State == store.StateDelivered {
+				s.inflight.done(u.To, u.ID)
+			}
+		}
 		return
 	}
 	for i, u := range batch {
