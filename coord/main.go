@@ -75,7 +75,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.Uint64Var(&mboxBytes, "mailbox-max-bytes", o.srv.MailboxMaxBytes, "bytes that may wait for one recipient")
 	fs.DurationVar(&o.relay.MaxDuration, "relay-max-duration", o.relay.MaxDuration, "longest relayed connection")
 	fs.Int64Var(&o.relay.MaxBytes, "relay-max-bytes", o.relay.MaxBytes, "most bytes relayed each way per connection")
-	fs.IntVar(&o.relay.MaxReservations, "relay-max-reservations", o.relay.MaxReservations, "clients that may hold a relay reservation")
+	fs.IntVar(&o.relay.MaxReservations, "relay-max-reservations", o.relay.MaxReservations, "clients that may hold a relay reservation (libp2p's connection limits are sized for them)")
 	fs.IntVar(&o.relay.MaxConnsPerIP, "relay-max-conns-per-ip", o.relay.MaxConnsPerIP, "libp2p connections from one IP address (people behind one NAT share it)")
 	fs.DurationVar(&o.heartbeat, "raft-heartbeat-timeout", time.Second, "Raft heartbeat timeout")
 	fs.BoolVar(&o.leaseReads, "lease-reads", true, "serve read barriers on the leader's lease; false confirms leadership with a heartbeat round for every batch of reads")

@@ -18,6 +18,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
+	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/x/rate"
 	ma "github.com/multiformats/go-multiaddr"
@@ -52,6 +53,50 @@ func DefaultConfig() Config {
 		MaxCircuits:     64,
 		MaxConnsPerIP:   1024,
 	}
+}
+
+// resourceLimits sizes libp2p's resource manager for MaxReservations people
+// online at once, each holding one connection to this coordinator. libp2p's
+// defaults scale with memory: on a 24 GiB machine they allow 252 inbound
+// connections in all and 79 in their handshake at once, so a coordinator
+// could not hold more than about 250 people, whatever -relay-max-
+// reservations said. Everything else keeps libp2p's scaled defaults.
+func resourceLimits(cfg Config) rcmgr.ConcreteLimitConfig {
+	base := rcmgr.DefaultLimits
+	libp2p.SetDefaultServiceLimits(&base)
+	auto := base.AutoScale()
+	def := auto.ToPartialLimitConfig()
+	raise := func(v rcmgr.LimitVal, to int) rcmgr.LimitVal {
+		if v == rcmgr.Unlimited || int(v) >= to {
+			return v
+		}
+		return rcmgr.LimitVal(to)
+	}
+	inbound := cfg.MaxReservations + cfg.MaxReservations/4
+	partial := rcmgr.PartialLimitConfig{
+		System: rcmgr.ResourceLimits{
+			ConnsInbound: raise(def.System.ConnsInbound, inbound),
+			Conns:        raise(def.System.Conns, inbound+int(def.System.ConnsOutbound)),
+			FD:           raise(def.System.FD, inbound+int(def.System.ConnsOutbound)),
+		},
+		Transient: rcmgr.ResourceLimits{
+			ConnsInbound: raise(def.Transient.ConnsInbound, cfg.MaxReservations/4),
+			Conns:        raise(def.Transient.Conns, cfg.MaxReservations/4+int(def.Transient.ConnsOutbound)),
+		},
+	}
+	return partial.Build(auto)
+}
+
+// connManagerWatermarks keeps libp2p's connection manager from closing
+// what the resource manager admitted: by default it trims above 192
+// connections, and a relay reservation is only a tag to it, so the 193rd
+// person online would start dropping others' reservations.
+func connManagerWatermarks(l rcmgr.ConcreteLimitConfig) (low, high int) {
+	high = int(l.ToPartialLimitConfig().System.Conns)
+	if high <= 0 { // unlimited
+		high = 1 << 20
+	}
+	return high * 9 / 10, high
 }
 
 // connRateLimiter bounds how fast new connections may arrive from one
@@ -91,9 +136,8 @@ func Start(cfg Config) (host.Host, error) {
 	res.BufferSize = 64 << 10
 	res.MaxReservationsPerIP = cfg.MaxReservations
 	res.MaxReservationsPerASN = cfg.MaxReservations
-	limits := rcmgr.DefaultLimits
-	libp2p.SetDefaultServiceLimits(&limits)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits.AutoScale()),
+	limits := resourceLimits(cfg)
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits),
 		rcmgr.WithLimitPerSubnet(
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: cfg.MaxConnsPerIP}},
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: cfg.MaxConnsPerIP}, {PrefixLength: 48, ConnCount: 8 * cfg.MaxConnsPerIP}},
@@ -102,9 +146,15 @@ func Start(cfg Config) (host.Host, error) {
 	if err != nil {
 		return nil, fmt.Errorf("libp2p resource manager: %w", err)
 	}
+	low, high := connManagerWatermarks(limits)
+	cm, err := connmgr.NewConnManager(low, high)
+	if err != nil {
+		return nil, fmt.Errorf("libp2p connection manager: %w", err)
+	}
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
 		libp2p.ResourceManager(rm),
+		libp2p.ConnectionManager(cm),
 		libp2p.ListenAddrStrings(cfg.ListenAddrs...),
 		libp2p.EnableRelayService(relayv2.WithResources(res)),
 		libp2p.ForceReachabilityPublic(),

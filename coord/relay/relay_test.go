@@ -28,3 +28,27 @@ func TestPeopleBehindOneNATMayAllConnect(t *testing.T) {
 		}
 	}
 }
+
+func TestLimitsHoldEveryReservation(t *testing.T) {
+	cfg := DefaultConfig()
+	l := resourceLimits(cfg).ToPartialLimitConfig()
+	if in := int(l.System.ConnsInbound); in < cfg.MaxReservations {
+		t.Fatalf("%d inbound connections for %d reservations", in, cfg.MaxReservations)
+	}
+	if int(l.System.FD) < int(l.System.ConnsInbound) {
+		t.Fatalf("%d descriptors for %d connections", l.System.FD, l.System.ConnsInbound)
+	}
+	if int(l.Transient.ConnsInbound) < cfg.MaxReservations/4 {
+		t.Fatalf("only %d people may be in their handshake at once", l.Transient.ConnsInbound)
+	}
+	low, high := connManagerWatermarks(resourceLimits(cfg))
+	if low < cfg.MaxReservations || high < low {
+		t.Fatalf("the connection manager trims from %d down to %d, below %d reservations", high, low, cfg.MaxReservations)
+	}
+	// Limits libp2p scales higher than ours stay as they are.
+	small := cfg
+	small.MaxReservations = 8
+	if got, auto := int(resourceLimits(small).ToPartialLimitConfig().System.ConnsInbound), 64; got < auto {
+		t.Fatalf("a small relay lowered libp2p's default to %d", got)
+	}
+}
