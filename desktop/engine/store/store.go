@@ -301,17 +301,6 @@ func (s *Store) AddOutgoing(m *Message, deliveries ...*Outgoing) error {
 	})
 }
 
-// ConversationOf is the conversation of an outgoing message, by id.
-func (s *Store) ConversationOf(id string) (string, error) {
-	var conv string
-	err := s.db.View(func(txn *badger.Txn) error {
-		var err error
-		conv, err = conversationOf(txn, id)
-		return err
-	})
-	return conv, err
-}
-
 func conversationOf(txn *badger.Txn, id string) (string, error) {
 	item, err := txn.Get([]byte("outconv/" + id))
 	if errors.Is(err, badger.ErrKeyNotFound) {
@@ -324,50 +313,40 @@ func conversationOf(txn *badger.Txn, id string) (string, error) {
 	return string(b), err
 }
 
-// SetState changes the delivery state of a stored outgoing message. A state
+// setState changes the delivery state of a stored outgoing message. A state
 // never goes backwards (delivered stays delivered).
-func (s *Store) SetState(conversation, id, state string) (*Message, error) {
-	var out *Message
-	err := s.db.Update(func(txn *badger.Txn) error {
-		var err error
-		out, err = setState(txn, conversation, id, state)
-		return err
-	})
-	return out, err
-}
-
-func setState(txn *badger.Txn, conversation, id, state string) (*Message, error) {
+func setState(txn *badger.Txn, conversation, id, state string) error {
 	item, err := txn.Get(msgIDKey(conversation, id))
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, ErrNotFound
+		return ErrNotFound
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	hk, err := item.ValueCopy(nil)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	item, err = txn.Get(hk)
 	if errors.Is(err, badger.ErrKeyNotFound) {
-		return nil, ErrNotFound
+		return ErrNotFound
 	}
 	if err != nil {
-		return nil, err
+		return err
 	}
 	var m Message
 	if err := item.Value(func(b []byte) error { return decode(b, &m) }); err != nil {
-		return nil, err
+		return err
 	}
 	if rank(state) <= rank(m.State) {
-		return &m, nil
+		return nil
 	}
 	m.State = state
 	b, err := json.Marshal(&m)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	return &m, txn.Set(hk, b)
+	return txn.Set(hk, b)
 }
 
 // Delivery is news about an outgoing message: it left on a session
@@ -396,7 +375,7 @@ func (s *Store) RecordDeliveries(ds []Delivery) ([]bool, error) {
 					return err
 				}
 			}
-			if _, err := setState(txn, conv, d.ID, d.State); errors.Is(err, ErrNotFound) {
+			if err := setState(txn, conv, d.ID, d.State); errors.Is(err, ErrNotFound) {
 				continue
 			} else if err != nil {
 				return err
@@ -479,12 +458,6 @@ type Outgoing struct {
 	Payload []byte `json:"payload"` // the encoded wire.Payload
 }
 
-// Enqueue adds messages to the outgoing queue in one transaction, so a
-// crash leaves all of them or none.
-func (s *Store) Enqueue(msgs ...*Outgoing) error {
-	return s.db.Update(func(txn *badger.Txn) error { return enqueue(txn, msgs) })
-}
-
 func enqueue(txn *badger.Txn, msgs []*Outgoing) error {
 	for _, o := range msgs {
 		seq, err := nextSeq(txn, "seq/out")
@@ -510,18 +483,8 @@ func enqueue(txn *badger.Txn, msgs []*Outgoing) error {
 
 func outIndexKey(to, id string) []byte { return []byte("outidx/" + to + "\x00" + id) }
 
-// Acknowledged removes the queue entry of message id to recipient to, if
+// acknowledged removes the queue entry of message id to recipient to, if
 // it is still queued, and reports whether it was.
-func (s *Store) Acknowledged(to, id string) (bool, error) {
-	found := false
-	err := s.db.Update(func(txn *badger.Txn) error {
-		var err error
-		found, err = acknowledged(txn, to, id)
-		return err
-	})
-	return found, err
-}
-
 func acknowledged(txn *badger.Txn, to, id string) (bool, error) {
 	item, err := txn.Get(outIndexKey(to, id))
 	if errors.Is(err, badger.ErrKeyNotFound) {

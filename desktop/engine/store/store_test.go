@@ -73,21 +73,15 @@ func TestMessagesShowOnceAndKeepOrder(t *testing.T) {
 	}
 }
 
-func TestStateNeverGoesBack(t *testing.T) {
-	s := open(t)
-	m := &Message{ID: "x", Peer: "bob102", Outgoing: true, State: StateQueued}
-	s.AddMessage(m)
-	s.SetState(m.Conversation(), "x", StateDelivered)
-	got, _ := s.SetState(m.Conversation(), "x", StateSent)
-	if got.State != StateDelivered {
-		t.Fatalf("state went back to %s", got.State)
-	}
-}
-
 func TestQueueSurvivesReopen(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := Open(dir)
-	s.Enqueue(&Outgoing{ID: "a", To: "bob102"}, &Outgoing{ID: "b", To: "bob102"})
+	for _, id := range []string{"a", "b"} {
+		m := &Message{ID: id, Peer: "bob102", Outgoing: true, State: StateQueued}
+		if err := s.AddOutgoing(m, &Outgoing{ID: id, To: "bob102"}); err != nil {
+			t.Fatal(err)
+		}
+	}
 	q, _ := s.Queue()
 	s.Dequeue(q[0])
 	s.Close()
@@ -100,14 +94,18 @@ func TestQueueSurvivesReopen(t *testing.T) {
 	if len(q) != 1 || q[0].ID != "b" {
 		t.Fatalf("queue after reopen: %v", q)
 	}
-	if found, err := s.Acknowledged("bob102", "b"); !found || err != nil {
-		t.Fatalf("acknowledged: %v %v", found, err)
-	}
-	if found, _ := s.Acknowledged("bob102", "b"); found {
-		t.Fatal("acknowledged twice")
+	if ours, err := s.RecordDeliveries([]Delivery{{To: "bob102", ID: "b", State: StateDelivered}}); err != nil || !ours[0] {
+		t.Fatalf("acknowledged: %v %v", ours, err)
 	}
 	if q, _ = s.Queue(); len(q) != 0 {
 		t.Fatalf("queue after the acknowledgement: %v", q)
+	}
+	// A second acknowledgement changes nothing.
+	if _, err := s.RecordDeliveries([]Delivery{{To: "bob102", ID: "b", State: StateDelivered}}); err != nil {
+		t.Fatal(err)
+	}
+	if h, _ := s.History("@bob102", 5); len(h) != 2 || h[1].State != StateDelivered || h[0].State != StateQueued {
+		t.Fatalf("history: %+v", h)
 	}
 }
 
