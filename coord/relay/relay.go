@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -17,11 +16,10 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
-	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
-	"github.com/libp2p/go-libp2p/p2p/net/connmgr"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
-	"github.com/libp2p/go-libp2p/x/rate"
 	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/e2em/e2em/internal/p2plimits"
 )
 
 // Config says where to listen and how much to relay.
@@ -55,74 +53,6 @@ func DefaultConfig() Config {
 	}
 }
 
-// resourceLimits sizes libp2p's resource manager for MaxReservations people
-// online at once, each holding one connection to this coordinator. libp2p's
-// defaults scale with memory: on a 24 GiB machine they allow 252 inbound
-// connections in all and 79 in their handshake at once, so a coordinator
-// could not hold more than about 250 people, whatever -relay-max-
-// reservations said. Everything else keeps libp2p's scaled defaults.
-func resourceLimits(cfg Config) rcmgr.ConcreteLimitConfig {
-	base := rcmgr.DefaultLimits
-	libp2p.SetDefaultServiceLimits(&base)
-	auto := base.AutoScale()
-	def := auto.ToPartialLimitConfig()
-	raise := func(v rcmgr.LimitVal, to int) rcmgr.LimitVal {
-		if v == rcmgr.Unlimited || int(v) >= to {
-			return v
-		}
-		return rcmgr.LimitVal(to)
-	}
-	inbound := cfg.MaxReservations + cfg.MaxReservations/4
-	partial := rcmgr.PartialLimitConfig{
-		System: rcmgr.ResourceLimits{
-			ConnsInbound: raise(def.System.ConnsInbound, inbound),
-			Conns:        raise(def.System.Conns, inbound+int(def.System.ConnsOutbound)),
-			FD:           raise(def.System.FD, inbound+int(def.System.ConnsOutbound)),
-		},
-		Transient: rcmgr.ResourceLimits{
-			ConnsInbound: raise(def.Transient.ConnsInbound, cfg.MaxReservations/4),
-			Conns:        raise(def.Transient.Conns, cfg.MaxReservations/4+int(def.Transient.ConnsOutbound)),
-		},
-	}
-	return partial.Build(auto)
-}
-
-// connManagerWatermarks keeps libp2p's connection manager from closing
-// what the resource manager admitted: by default it trims above 192
-// connections, and a relay reservation is only a tag to it, so the 193rd
-// person online would start dropping others' reservations.
-func connManagerWatermarks(l rcmgr.ConcreteLimitConfig) (low, high int) {
-	high = int(l.ToPartialLimitConfig().System.Conns)
-	if high <= 0 { // unlimited
-		high = 1 << 20
-	}
-	return high * 9 / 10, high
-}
-
-// connRateLimiter bounds how fast new connections may arrive from one
-// address, in proportion to how many it may hold. libp2p's default allows
-// 16 at once and then one every 5 s per IPv4 address: the seventeenth
-// person behind a shared NAT (a campus, an office) who logs in within a
-// minute of the others could not reach this relay (seen in
-// BenchmarkHolePunchRate: a client's reservations refused, its first
-// message left in the mailbox). Here a quarter of MaxConnsPerIP may arrive
-// at once, refilled so that all of them can within a minute.
-func connRateLimiter(maxConnsPerIP int) *rate.Limiter {
-	l := rate.Limit{RPS: float64(maxConnsPerIP) / 60, Burst: max(16, maxConnsPerIP/4)}
-	wide := rate.Limit{RPS: 8 * l.RPS, Burst: 8 * l.Burst}
-	return &rate.Limiter{
-		NetworkPrefixLimits: []rate.PrefixLimit{
-			{Prefix: netip.MustParsePrefix("127.0.0.0/8")}, // zero: no limit
-			{Prefix: netip.MustParsePrefix("::1/128")},
-		},
-		SubnetRateLimiter: rate.SubnetLimiter{
-			IPv4SubnetLimits: []rate.SubnetLimit{{PrefixLength: 32, Limit: l}},
-			IPv6SubnetLimits: []rate.SubnetLimit{{PrefixLength: 56, Limit: l}, {PrefixLength: 48, Limit: wide}},
-			GracePeriod:      time.Minute,
-		},
-	}
-}
-
 // Start opens the host and its relay service.
 func Start(cfg Config) (host.Host, error) {
 	key, err := loadOrCreateKey(filepath.Join(cfg.Dir, "p2p.key"))
@@ -136,20 +66,9 @@ func Start(cfg Config) (host.Host, error) {
 	res.BufferSize = 64 << 10
 	res.MaxReservationsPerIP = cfg.MaxReservations
 	res.MaxReservationsPerASN = cfg.MaxReservations
-	limits := resourceLimits(cfg)
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(limits),
-		rcmgr.WithLimitPerSubnet(
-			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: cfg.MaxConnsPerIP}},
-			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: cfg.MaxConnsPerIP}, {PrefixLength: 48, ConnCount: 8 * cfg.MaxConnsPerIP}},
-		),
-		rcmgr.WithConnRateLimiters(connRateLimiter(cfg.MaxConnsPerIP)))
+	rm, cm, err := p2plimits.New(cfg.MaxReservations, cfg.MaxConnsPerIP)
 	if err != nil {
-		return nil, fmt.Errorf("libp2p resource manager: %w", err)
-	}
-	low, high := connManagerWatermarks(limits)
-	cm, err := connmgr.NewConnManager(low, high)
-	if err != nil {
-		return nil, fmt.Errorf("libp2p connection manager: %w", err)
+		return nil, err
 	}
 	opts := []libp2p.Option{
 		libp2p.Identity(key),
@@ -174,6 +93,8 @@ func Start(cfg Config) (host.Host, error) {
 	}
 	h, err := libp2p.New(opts...)
 	if err != nil {
+		rm.Close()
+		cm.Close()
 		return nil, fmt.Errorf("start libp2p host: %w", err)
 	}
 	return h, nil

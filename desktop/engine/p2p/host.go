@@ -27,6 +27,8 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	ma "github.com/multiformats/go-multiaddr"
 	manet "github.com/multiformats/go-multiaddr/net"
+
+	"github.com/e2em/e2em/internal/p2plimits"
 )
 
 // HostConfig says how to start the host.
@@ -38,6 +40,9 @@ type HostConfig struct {
 	RelayOnly bool
 	Log       *slog.Logger
 }
+
+// maxPeers is how many others a client may hold connections with at once.
+const maxPeers = 1024
 
 // NewHost starts a libp2p host for a client.
 func NewHost(cfg HostConfig) (host.Host, error) {
@@ -67,8 +72,17 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 			return out
 		}))
 	}
+	// A client in a class-sized group may hold a session with every
+	// member at once, and classmates behind one NAT share its address.
+	rm, cm, err := p2plimits.New(maxPeers, maxPeers)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, libp2p.ResourceManager(rm), libp2p.ConnectionManager(cm))
 	h, err := libp2p.New(opts...)
 	if err != nil {
+		rm.Close()
+		cm.Close()
 		return nil, fmt.Errorf("start libp2p on port %d: %w", cfg.Port, err)
 	}
 	return h, nil

@@ -1,0 +1,124 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	"github.com/libp2p/go-libp2p/p2p/transport/tcp"
+	ma "github.com/multiformats/go-multiaddr"
+
+	"github.com/e2em/e2em/coord/api"
+	ct "github.com/e2em/e2em/internal/clustertest"
+)
+
+// tcpInfo is a peer's id and its loopback TCP addresses.
+func tcpInfo(t *testing.T, id string, addrs []string) peer.AddrInfo {
+	t.Helper()
+	info := peer.AddrInfo{}
+	var err error
+	if info.ID, err = peer.Decode(id); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range addrs {
+		if strings.HasPrefix(a, "/ip4/127.0.0.1/tcp/") && !strings.Contains(a, "p2p-circuit") {
+			m, err := ma.NewMultiaddr(strings.TrimSuffix(a, "/p2p/"+id))
+			if err != nil {
+				t.Fatal(err)
+			}
+			info.Addrs = append(info.Addrs, m)
+		}
+	}
+	if len(info.Addrs) == 0 {
+		t.Fatalf("no loopback TCP address among %v", addrs)
+	}
+	return info
+}
+
+// crowd connects n fresh libp2p peers to target, 32 at a time, each
+// running then(h) once connected; it fails the test unless all succeed.
+func crowd(t *testing.T, target peer.AddrInfo, n int, then func(context.Context, host.Host) error) {
+	t.Helper()
+	var ok atomic.Int32
+	var firstErr atomic.Value
+	sem := make(chan struct{}, 32)
+	var wg sync.WaitGroup
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			h, err := libp2p.New(libp2p.NoListenAddrs, libp2p.Transport(tcp.NewTCPTransport),
+				libp2p.ResourceManager(&network.NullResourceManager{}), libp2p.DisableRelay())
+			if err != nil {
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			t.Cleanup(func() { h.Close() })
+			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			err = h.Connect(cctx, target)
+			if err == nil && then != nil {
+				err = then(cctx, h)
+			}
+			if err != nil {
+				firstErr.CompareAndSwap(nil, err.Error())
+				return
+			}
+			ok.Add(1)
+		}()
+	}
+	wg.Wait()
+	if int(ok.Load()) != n {
+		t.Fatalf("%d of %d peers got through; first refusal: %v", ok.Load(), n, firstErr.Load())
+	}
+}
+
+// One coordinator holds a relay reservation for each of 400 people online
+// at once (libp2p's memory-scaled defaults stopped at 252 inbound
+// connections on this machine).
+func TestRelayHoldsHundredsOfReservations(t *testing.T) {
+	c := ct.Start(t, ct.Options{N: 1})
+	relays, err := c.LB().Relays(ctx(t), &api.RelaysRequest{})
+	if err != nil || len(relays.Relays) == 0 {
+		t.Fatalf("relays: %v %v", relays, err)
+	}
+	r := relays.Relays[0]
+	info := tcpInfo(t, r.PeerId, r.Addrs)
+	crowd(t, info, 400, func(ctx context.Context, h host.Host) error {
+		_, err := client.Reserve(ctx, h, info)
+		return err
+	})
+}
+
+// A person in a class-sized group takes sessions from 400 classmates at
+// once (the same libp2p defaults refused the 253rd).
+func TestClientTakesConnectionsFromAWholeClass(t *testing.T) {
+	c := sharedCluster(t)
+	cl := account(t, c, "kim", "741")
+	lb := c.LB()
+	if _, err := lb.SignUp(ctx(t), &api.SignUpRequest{Username: "lee", RollNumber: "742", Password: "password123"}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := lb.LogIn(ctx(t), &api.LogInRequest{LoginId: "lee742", Password: "password123"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	found, err := lb.LookUp(api.WithToken(ctx(t), resp.Token), &api.LookUpRequest{Query: "kim741"})
+	if err != nil || len(found.Matches) != 1 {
+		t.Fatalf("look up kim741: %v %v", found, err)
+	}
+	k := found.Matches[0]
+	crowd(t, tcpInfo(t, k.PeerId, k.Addrs), 400, nil)
+	// Still answering afterwards.
+	cl.Do("Show_my_groups")
+}
