@@ -180,7 +180,9 @@ func MintToken(key, clusterID []byte, login string, expires time.Time) (string, 
 // ParseToken checks a token's MAC, cluster and expiry. It does not check
 // revocation (that needs the state).
 func ParseToken(key, clusterID []byte, token string, now time.Time) (Session, error) {
-	if len(token) > maxTokenLen {
+	// Only the canonical spelling: base64 decoding skips CR and LF, which
+	// would let one token be written many ways.
+	if len(token) > maxTokenLen || strings.ContainsAny(token, "\r\n") {
 		return Session{}, ErrBadToken
 	}
 	p, m, found := strings.Cut(token, ".")
