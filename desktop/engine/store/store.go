@@ -63,12 +63,28 @@ func (s *Store) Close() error { return s.db.Close() }
 // Dir is the profile folder.
 func (s *Store) Dir() string { return s.dir }
 
+// update runs fn in a read-write transaction, again when badger reports a
+// conflict: two transactions that read the same counter or index (a message
+// arriving while one is sent, two arriving at once) cannot both commit, and
+// the one that lost sees the other's writes on its next try. fn must only
+// set its results, so that running it again is harmless.
+func (s *Store) update(fn func(txn *badger.Txn) error) error {
+	for attempt := 1; ; attempt++ {
+		err := s.db.Update(fn)
+		if !errors.Is(err, badger.ErrConflict) || attempt == maxConflictRetries {
+			return err
+		}
+	}
+}
+
+const maxConflictRetries = 64
+
 func (s *Store) put(key string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(txn *badger.Txn) error { return txn.Set([]byte(key), b) })
+	return s.update(func(txn *badger.Txn) error { return txn.Set([]byte(key), b) })
 }
 
 func (s *Store) get(key string, v any) error {
@@ -254,7 +270,7 @@ func (m *Message) Conversation() string {
 // shows once.
 func (s *Store) AddMessage(m *Message) (bool, error) {
 	added := false
-	err := s.db.Update(func(txn *badger.Txn) error {
+	err := s.update(func(txn *badger.Txn) error {
 		var err error
 		added, err = addMessage(txn, m)
 		return err
@@ -293,7 +309,7 @@ func addMessage(txn *badger.Txn, m *Message) (bool, error) {
 // AddOutgoing stores a message you send and queues its deliveries in one
 // transaction: after it returns, a crash loses neither.
 func (s *Store) AddOutgoing(m *Message, deliveries ...*Outgoing) error {
-	return s.db.Update(func(txn *badger.Txn) error {
+	return s.update(func(txn *badger.Txn) error {
 		if _, err := addMessage(txn, m); err != nil {
 			return err
 		}
@@ -361,7 +377,8 @@ type Delivery struct {
 // each whether it concerned a message of this profile.
 func (s *Store) RecordDeliveries(ds []Delivery) ([]bool, error) {
 	ours := make([]bool, len(ds))
-	err := s.db.Update(func(txn *badger.Txn) error {
+	err := s.update(func(txn *badger.Txn) error {
+		clear(ours) // a retry starts over
 		for i, d := range ds {
 			conv := d.Conversation
 			if d.State == StateDelivered {
@@ -523,7 +540,7 @@ func (s *Store) Queue() ([]*Outgoing, error) {
 
 // Dequeue removes a message from the queue once the network took it.
 func (s *Store) Dequeue(o *Outgoing) error {
-	return s.db.Update(func(txn *badger.Txn) error {
+	return s.update(func(txn *badger.Txn) error {
 		if err := txn.Delete(outIndexKey(o.To, o.ID)); err != nil {
 			return err
 		}
