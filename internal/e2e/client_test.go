@@ -3,6 +3,7 @@ package e2e
 import (
 	"fmt"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -235,6 +236,74 @@ func count(ls []ct.Line, kind, id string) int {
 	n := 0
 	for _, l := range ls {
 		if l.S("type") == kind && l.S("id") == id {
+			n++
+		}
+	}
+	return n
+}
+
+// Two people write to a third while the third writes back, all at once:
+// every message is accepted and shows exactly once (each arrival and each
+// send is a profile write; a badger conflict between them used to refuse
+// one).
+func TestEveryoneWritesAtOnce(t *testing.T) {
+	c := sharedCluster(t)
+	amy, bea, cal := account(t, c, "amy", "751"), account(t, c, "bea", "752"), account(t, c, "cal", "753")
+	for _, cl := range []*ct.Client{amy, cal} { // pin keys, open sessions
+		cl.Deliver(bea, "bea752", "hi from "+cl.Name)
+	}
+	bea.Deliver(amy, "amy751", "hi amy")
+	const n = 25
+	type send struct {
+		from *ct.Client
+		to   string
+	}
+	var wg sync.WaitGroup
+	refused := make(chan string, 3*n)
+	for _, s := range []send{{amy, "bea752"}, {cal, "bea752"}, {bea, "amy751"}} {
+		wg.Add(1)
+		go func(s send) {
+			defer wg.Done()
+			for i := 0; i < n; i++ {
+				if r := s.from.Try(fmt.Sprintf("Send %s burst %s %02d", s.to, s.from.Name, i)); r["ok"] != true {
+					refused <- fmt.Sprintf("%s: %s", s.from.Name, r.S("error"))
+				}
+			}
+		}(s)
+	}
+	wg.Wait()
+	close(refused)
+	for r := range refused {
+		t.Fatalf("a send was refused: %s", r)
+	}
+	for _, want := range []struct {
+		to   *ct.Client
+		from string
+	}{{bea, "amy751"}, {bea, "cal753"}, {amy, "bea752"}} {
+		want.to.WaitFor(wait, fmt.Sprintf("%d messages from %s", n, want.from), func(ls []ct.Line) bool {
+			return countFrom(ls, want.from) >= n
+		})
+	}
+	// Exactly once each.
+	for _, cl := range []*ct.Client{amy, bea} {
+		seen := map[string]int{}
+		for _, l := range cl.Lines() {
+			if l.S("type") == "message" && strings.HasPrefix(l.S("body"), "burst ") {
+				seen[l.S("body")]++
+			}
+		}
+		for body, k := range seen {
+			if k != 1 {
+				t.Fatalf("%s showed %q %d times", cl.Name, body, k)
+			}
+		}
+	}
+}
+
+func countFrom(ls []ct.Line, from string) int {
+	n := 0
+	for _, l := range ls {
+		if l.S("type") == "message" && l.S("from") == from && strings.HasPrefix(l.S("body"), "burst ") {
 			n++
 		}
 	}
