@@ -83,6 +83,7 @@ type session struct {
 	observed     atomic.Value // net.IP the cluster sees this client at
 	sending      sync.Map     // recipient → *sync.Mutex (see recipientLock)
 	held         sync.Map     // recipients whose queued messages wait
+	groupMembers sync.Map     // lower-case group → memberList (see inGroup)
 	holePunch    io.Closer
 	states       chan stateUpdate // delivery states to record (see markSent)
 	mailMu       sync.Mutex

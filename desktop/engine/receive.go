@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/e2em/e2em/coord/api"
@@ -37,6 +40,23 @@ func (e *Engine) handlePayload(s *session, from string, p *wire.Payload, on *p2p
 	case *wire.Payload_Ack:
 		e.acknowledged(s, from, k.Ack.Ids)
 	case *wire.Payload_Text:
+		if g := k.Text.Group; g != "" {
+			// Authenticated as from, but is from in the group? The label
+			// would otherwise put words in a group that never heard them.
+			// Not acknowledged unless it is: a member who joined a moment
+			// ago is asked about again when the message comes back.
+			ok, asked, err := e.bothInGroup(s, g, from)
+			if err != nil {
+				e.log.Warn("cannot check a group message's sender", "group", g, "from", from, "err", err)
+				return
+			}
+			if !ok {
+				if asked {
+					e.emit(Event{Kind: EventSecurity, From: from, Group: g, Text: fmt.Sprintf("rejected a message from %s labelled with group %s: %s is not a member (or you are not)", from, g, from)})
+				}
+				return
+			}
+		}
 		m := &store.Message{
 			ID: p.Id, Peer: from, Group: k.Text.Group, From: from, Body: k.Text.Body,
 			Sent: time.Unix(0, p.SentUnixNano), State: store.StateReceived,
@@ -49,12 +69,59 @@ func (e *Engine) handlePayload(s *session, from string, p *wire.Payload, on *p2p
 		if added {
 			e.emit(Event{Kind: EventMessage, ID: p.Id, From: from, Group: k.Text.Group, Body: k.Text.Body, Time: m.Sent, Received: time.Now()})
 		}
-		if on != nil {
-			e.sendAck(s, from, p.Id, on)
-		} else {
-			go e.sendAck(s, from, p.Id, nil)
+		e.ackTo(s, from, p.Id, on)
+	}
+}
+
+// ackTo acknowledges a message on the session it came on, or (from the
+// mailbox) by any way that works, without holding up the caller.
+func (e *Engine) ackTo(s *session, from, id string, on *p2p.Session) {
+	if on != nil {
+		e.sendAck(s, from, id, on)
+	} else {
+		go e.sendAck(s, from, id, nil)
+	}
+}
+
+// memberList is a group's members as the cluster last said.
+type memberList struct {
+	at      time.Time
+	members map[string]bool
+}
+
+// bothInGroup reports whether login and this client are both members of
+// group, from a list at most a minute old, and whether it asked the
+// cluster just now. A sender not on the list sends the question to the
+// cluster again (someone who just joined), at most every few seconds per
+// group.
+func (e *Engine) bothInGroup(s *session, group, login string) (ok, asked bool, err error) {
+	key := strings.ToLower(group)
+	if c, found := s.groupMembers.Load(key); found {
+		l := c.(memberList)
+		age := time.Since(l.at)
+		if age < time.Minute && l.members[login] && l.members[s.login] {
+			return true, false, nil
+		}
+		if age < 5*time.Second {
+			return false, false, nil
 		}
 	}
+	cctx, cancel := e.callCtx(s.ctx, s)
+	resp, err := e.coord.Members(cctx, &api.GroupRequest{Name: group})
+	cancel()
+	switch status.Code(err) {
+	case codes.OK:
+	case codes.NotFound, codes.InvalidArgument: // no such group
+		return false, true, nil
+	default:
+		return false, false, e.friendly(err)
+	}
+	l := memberList{at: time.Now(), members: map[string]bool{}}
+	for _, m := range resp.LoginIds {
+		l.members[m] = true
+	}
+	s.groupMembers.Store(key, l)
+	return l.members[login] && l.members[s.login], true, nil
 }
 
 // fetchMail reads the mailbox from the cursor on, opens each envelope,
@@ -178,6 +245,7 @@ func (e *Engine) watchEvents(s *session) {
 					}
 				case *api.Event_Group:
 					g := k.Group
+					s.groupMembers.Delete(strings.ToLower(g.Name))
 					if g.LoginId != s.login {
 						e.emit(Event{Kind: EventGroup, Group: g.Name, From: g.LoginId, Text: g.Change})
 					}

@@ -93,4 +93,30 @@ func TestRecordAttacksReportedByRecipient(t *testing.T) {
 			t.Fatalf("unclear report: %v", l)
 		}
 	}
+
+	// A genuine record that labels itself with a group mallory is not in:
+	// refused and reported, not shown as the group's.
+	bob.Do("Create club761")
+	forged, _ := proto.Marshal(&wire.Payload{Id: "forged-group-1", From: "mal762", SentUnixNano: time.Now().UnixNano(),
+		Kind: &wire.Payload_Text{Text: &wire.Text{Body: "the club agrees with mallory", Group: "club761"}}})
+	rec, err := s.SealForTest(forged)
+	if err != nil {
+		t.Fatal(err)
+	}
+	send(rec)
+	report := bob.WaitEvent(wait, "security", map[string]string{"from": "mal762", "group": "club761"})
+	if !strings.Contains(report.S("text"), "not a member") {
+		t.Fatalf("unclear report: %v", report)
+	}
+	// Once mallory has joined, her group messages show as the group's.
+	if _, err := mallory.JoinGroup(ctx, "club761"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := mallory.SendGroup(ctx, []string{"club761"}, "hello club"); err != nil {
+		t.Fatal(err)
+	}
+	bob.WaitEvent(wait, "message", map[string]string{"from": "mal762", "group": "club761", "body": "hello club"})
+	if n := bob.Count("message", map[string]string{"body": "the club agrees with mallory"}); n != 0 {
+		t.Fatalf("the forged group message showed %d times", n)
+	}
 }
