@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -335,11 +334,7 @@ func (e *Engine) markSessionSent(s *session, o *store.Outgoing, sess *p2p.Sessio
 }
 
 func (e *Engine) markSent(s *session, o *store.Outgoing, via, relay string) {
-	conv := "@" + o.To
-	if o.Group != "" {
-		conv = "#" + strings.ToLower(o.Group)
-	}
-	e.recordDelivery(s, stateUpdate{Delivery: store.Delivery{To: o.To, ID: o.ID, Conversation: conv, State: store.StateSent}})
+	e.recordDelivery(s, stateUpdate{Delivery: store.Delivery{To: o.To, ID: o.ID, State: store.StateSent}})
 	e.emit(Event{Kind: EventSent, To: o.To, ID: o.ID, Group: o.Group, Via: via, Relay: relay})
 }
 

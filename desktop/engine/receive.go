@@ -69,17 +69,11 @@ func (e *Engine) handlePayload(s *session, from string, p *wire.Payload, on *p2p
 		if added {
 			e.emit(Event{Kind: EventMessage, ID: p.Id, From: from, Group: k.Text.Group, Body: k.Text.Body, Time: m.Sent, Received: time.Now()})
 		}
-		e.ackTo(s, from, p.Id, on)
-	}
-}
-
-// ackTo acknowledges a message on the session it came on, or (from the
-// mailbox) by any way that works, without holding up the caller.
-func (e *Engine) ackTo(s *session, from, id string, on *p2p.Session) {
-	if on != nil {
-		e.sendAck(s, from, id, on)
-	} else {
-		go e.sendAck(s, from, id, nil)
+		if on != nil {
+			e.sendAck(s, from, p.Id, on)
+		} else {
+			go e.sendAck(s, from, p.Id, nil)
+		}
 	}
 }
 

@@ -208,18 +208,19 @@ func (cl *Client) WaitEvent(d time.Duration, kind string, match map[string]strin
 
 // Count counts events of kind whose fields match.
 func (cl *Client) Count(kind string, match map[string]string) int {
-	return count(cl.Lines(), kind, match)
+	return Count(cl.Lines(), kind, match)
 }
 
 // WaitCount waits until at least n events of kind match.
 func (cl *Client) WaitCount(d time.Duration, n int, kind string, match map[string]string) {
 	cl.t.Helper()
 	cl.WaitFor(d, fmt.Sprintf("%d %s events %v", n, kind, match), func(ls []Line) bool {
-		return count(ls, kind, match) >= n
+		return Count(ls, kind, match) >= n
 	})
 }
 
-func count(ls []Line, kind string, match map[string]string) int {
+// Count counts the lines of kind whose fields match.
+func Count(ls []Line, kind string, match map[string]string) int {
 	n := 0
 	for _, l := range ls {
 		if l.S("type") == kind && matches(l, match) {

@@ -104,18 +104,18 @@ func TestRelayHoldsHundredsOfReservations(t *testing.T) {
 // once (the same libp2p defaults refused the 253rd).
 func TestClientTakesConnectionsFromAWholeClass(t *testing.T) {
 	c := sharedCluster(t)
-	cl := account(t, c, "kim", "741")
+	cl := account(t, c, "kim", "781")
 	lb := c.LB()
-	if _, err := lb.SignUp(ctx(t), &api.SignUpRequest{Username: "lee", RollNumber: "742", Password: "password123"}); err != nil {
+	if _, err := lb.SignUp(ctx(t), &api.SignUpRequest{Username: "lee", RollNumber: "782", Password: "password123"}); err != nil {
 		t.Fatal(err)
 	}
-	resp, err := lb.LogIn(ctx(t), &api.LogInRequest{LoginId: "lee742", Password: "password123"})
+	resp, err := lb.LogIn(ctx(t), &api.LogInRequest{LoginId: "lee782", Password: "password123"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	found, err := lb.LookUp(api.WithToken(ctx(t), resp.Token), &api.LookUpRequest{Query: "kim741"})
+	found, err := lb.LookUp(api.WithToken(ctx(t), resp.Token), &api.LookUpRequest{Query: "kim781"})
 	if err != nil || len(found.Matches) != 1 {
-		t.Fatalf("look up kim741: %v %v", found, err)
+		t.Fatalf("look up kim781: %v %v", found, err)
 	}
 	k := found.Matches[0]
 	crowd(t, tcpInfo(t, k.PeerId, k.Addrs), 400, nil)

@@ -365,12 +365,11 @@ func setState(txn *badger.Txn, conversation, id, state string) error {
 	return txn.Set(hk, b)
 }
 
-// Delivery is news about an outgoing message: it left on a session
-// (StateSent, Conversation known), or its recipient To acknowledged it
-// (StateDelivered: its queue entry for To goes, and its conversation is
-// found by ID).
+// Delivery is news about an outgoing message, found by ID: it left on a
+// session (StateSent), or its recipient To acknowledged it
+// (StateDelivered: its queue entry for To goes too).
 type Delivery struct {
-	To, ID, Conversation, State string
+	To, ID, State string
 }
 
 // RecordDeliveries applies deliveries in one transaction and reports for
@@ -380,17 +379,16 @@ func (s *Store) RecordDeliveries(ds []Delivery) ([]bool, error) {
 	err := s.update(func(txn *badger.Txn) error {
 		clear(ours) // a retry starts over
 		for i, d := range ds {
-			conv := d.Conversation
 			if d.State == StateDelivered {
 				if _, err := acknowledged(txn, d.To, d.ID); err != nil {
 					return err
 				}
-				var err error
-				if conv, err = conversationOf(txn, d.ID); errors.Is(err, ErrNotFound) {
-					continue
-				} else if err != nil {
-					return err
-				}
+			}
+			conv, err := conversationOf(txn, d.ID)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			} else if err != nil {
+				return err
 			}
 			if err := setState(txn, conv, d.ID, d.State); errors.Is(err, ErrNotFound) {
 				continue
