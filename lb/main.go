@@ -71,6 +71,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.proxy.IdleTimeout, "idle-timeout", 5*time.Minute, "close a connection with no bytes either way for this long (0: never)")
 	fs.DurationVar(&o.proxy.DialTimeout, "connect-timeout", 2*time.Second, "time to connect to a backend")
 	fs.IntVar(&o.proxy.DialRetries, "retries", 2, "other backends tried when a connect fails")
+	fs.IntVar(&o.proxy.Loops, "loops", 0, "event loops moving bytes, each a thread at work (0: one per CPU)")
 	fs.BoolVar(&o.proxy.SendProxy, "send-proxy", true, "send a PROXY protocol v2 header so backends see the client's address")
 	fs.DurationVar(&o.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long open connections may finish")
 	fs.BoolVar(&o.logJSON, "log-json", false, "log JSON lines")

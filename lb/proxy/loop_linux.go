@@ -1,0 +1,687 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	proxyproto "github.com/pires/go-proxyproto"
+	"golang.org/x/sys/unix"
+
+	"github.com/e2em/e2em/lb/balance"
+)
+
+// Listener is a listening TCP socket that the event loops accept on.
+type Listener struct {
+	fd    int
+	addr  *net.TCPAddr
+	once  sync.Once
+	users atomic.Int32 // loops still watching it
+}
+
+// Listen opens a listener for clients. Accepted sockets inherit its
+// TCP_NODELAY, so no system call per connection sets it. TCP keep-alive
+// probes are off: the idle timeout ends dead connections.
+func Listen(addr string) (*Listener, error) {
+	ta, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	// No address or "::" listens on IPv6 and IPv4 alike, as Go's net does.
+	dualStack := ta.IP == nil || ta.IP.IsUnspecified() && ta.IP.To4() == nil
+	family, sa := unix.AF_INET, toSockaddr(ta)
+	switch {
+	case dualStack:
+		family, sa = unix.AF_INET6, &unix.SockaddrInet6{Port: ta.Port}
+	case ta.IP.To4() == nil:
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil && dualStack && errors.Is(err, unix.EAFNOSUPPORT) {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{Port: ta.Port}
+		fd, err = unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("socket: %w", err)
+	}
+	setup := func() error {
+		if family == unix.AF_INET6 && dualStack {
+			if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, 0); err != nil {
+				return err
+			}
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+			return err
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1); err != nil {
+			return err
+		}
+		if err := unix.Bind(fd, sa); err != nil {
+			return err
+		}
+		return unix.Listen(fd, 4096) // the kernel caps it at net.core.somaxconn
+	}
+	if err := setup(); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	bound, err := unix.Getsockname(fd)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	return &Listener{fd: fd, addr: fromSockaddr(bound)}, nil
+}
+
+// Addr is where the listener listens.
+func (l *Listener) Addr() net.Addr { return l.addr }
+
+// Close stops listening; connections not yet accepted are refused.
+func (l *Listener) Close() error {
+	var err error
+	l.once.Do(func() { err = unix.Close(l.fd) })
+	return err
+}
+
+// side is one socket of a proxied connection. readable and writable are
+// what the last edge-triggered events and system calls said: a read or
+// write is tried only when it can succeed, and an answer of EAGAIN clears
+// the flag until the next event.
+type side struct {
+	fd       int
+	readable bool
+	writable bool
+	rdhup    bool   // the peer's end of stream is queued behind any data
+	eof      bool   // everything this side will send has been read
+	shut     bool   // writing is shut down (the half-close was passed on)
+	pending  []byte // read from the other side, not yet written to this one
+	buf      []byte // pending's storage, kept while the connection lives
+}
+
+// conn is one client connection and its backend connection.
+type conn struct {
+	client, backend side
+	be              *balance.Backend // nil until a connect starts
+	tried           []*balance.Backend
+	connecting      bool
+	clientAddr      unix.Sockaddr
+	started, last   int64 // connect start and last bytes moved, unix nanoseconds
+	index           int   // in loop.conns
+	closed          bool
+}
+
+// finished reports whether both directions delivered their end of stream.
+func (c *conn) finished() bool {
+	return c.client.eof && c.backend.eof && len(c.client.pending) == 0 && len(c.backend.pending) == 0
+}
+
+const (
+	scratchSize   = 64 << 10
+	spareBuffers  = 64
+	resolveTTL    = 30 * time.Second
+	maxEvents     = 256
+	connectEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
+)
+
+// loop is one event loop: an epoll instance, the connections it accepted,
+// and the state only its goroutine touches.
+type loop struct {
+	s       *Server
+	ln      *Listener
+	epfd    int
+	wakefd  int
+	watched bool // the listener is in this loop's epoll set
+
+	byFD    []*conn // indexed by descriptor
+	conns   []*conn
+	toClose []int // closed after the current batch of events, so no descriptor is reused within it
+	scratch []byte
+	spare   [][]byte
+	events  []unix.EpollEvent
+	addrs   map[string]resolved
+
+	now, nextSweep int64
+	tick           time.Duration
+	acceptPaused   bool // out of descriptors: accept again at the next tick
+}
+
+type resolved struct {
+	sa unix.Sockaddr
+	at int64
+}
+
+func startLoops(s *Server, ln *Listener) ([]*loop, error) {
+	tick := time.Second
+	if s.opts.IdleTimeout > 0 {
+		tick = min(tick, s.opts.IdleTimeout/4)
+	}
+	tick = max(min(tick, s.opts.DialTimeout/4), 10*time.Millisecond)
+	var loops []*loop
+	for range s.opts.Loops {
+		l, err := newLoop(s, ln, tick)
+		if err != nil {
+			for _, l := range loops {
+				l.release()
+			}
+			return nil, err
+		}
+		loops = append(loops, l)
+	}
+	ln.users.Store(int32(len(loops)))
+	return loops, nil
+}
+
+func newLoop(s *Server, ln *Listener, tick time.Duration) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll: %w", err)
+	}
+	wakefd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	l := &loop{s: s, ln: ln, epfd: epfd, wakefd: wakefd, tick: tick,
+		scratch: make([]byte, scratchSize), events: make([]unix.EpollEvent, maxEvents),
+		addrs: map[string]resolved{}}
+	if err := l.watch(wakefd, unix.EPOLLIN); err != nil {
+		l.release()
+		return nil, err
+	}
+	// EPOLLEXCLUSIVE: a new connection wakes one idle loop, not all.
+	if err := l.watch(ln.fd, unix.EPOLLIN|unix.EPOLLET|unix.EPOLLEXCLUSIVE); err != nil {
+		l.release()
+		return nil, err
+	}
+	l.watched = true
+	return l, nil
+}
+
+func (l *loop) watch(fd int, events uint32) error {
+	ev := unix.EpollEvent{Events: events, Fd: int32(fd)}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		return fmt.Errorf("epoll add: %w", err)
+	}
+	return nil
+}
+
+func (l *loop) release() {
+	unix.Close(l.wakefd)
+	unix.Close(l.epfd)
+}
+
+func (l *loop) wake() {
+	unix.Write(l.wakefd, []byte{1, 0, 0, 0, 0, 0, 0, 0})
+}
+
+// run handles events until the server drains and this loop's connections
+// have ended.
+func (l *loop) run() error {
+	l.now = time.Now().UnixNano()
+	l.nextSweep = l.now + int64(l.tick)
+	for {
+		n, err := unix.EpollWait(l.epfd, l.events, int(l.tick/time.Millisecond))
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			l.cutAll()
+			l.flushCloses()
+			l.stopWatching()
+			return fmt.Errorf("epoll wait: %w", err)
+		}
+		l.now = time.Now().UnixNano()
+		for _, ev := range l.events[:max(n, 0)] {
+			switch fd := int(ev.Fd); {
+			case fd == l.wakefd:
+				var b [8]byte
+				unix.Read(l.wakefd, b[:])
+			case fd == l.ln.fd && l.watched:
+				l.accept()
+			case fd < len(l.byFD) && l.byFD[fd] != nil:
+				l.handle(l.byFD[fd], fd, ev.Events)
+			}
+		}
+		if l.now >= l.nextSweep {
+			l.sweep()
+			l.nextSweep = l.now + int64(l.tick)
+		}
+		if l.s.closing.Load() {
+			l.stopWatching()
+			if l.s.cutting.Load() {
+				l.s.cut.Add(int64(len(l.conns)))
+				l.cutAll()
+			}
+		}
+		l.flushCloses()
+		if !l.watched && len(l.conns) == 0 {
+			return nil
+		}
+	}
+}
+
+// stopWatching takes the listener out of this loop; the last loop to do so
+// closes it, so that new connections are refused rather than queued.
+func (l *loop) stopWatching() {
+	if !l.watched {
+		return
+	}
+	l.watched = false
+	unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, l.ln.fd, nil)
+	if l.ln.users.Add(-1) == 0 {
+		l.ln.Close()
+	}
+}
+
+func (l *loop) accept() {
+	for {
+		fd, sa, err := accept4(l.ln.fd)
+		if err != nil {
+			switch {
+			case errors.Is(err, unix.EAGAIN):
+				l.acceptPaused = false
+				return
+			case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
+				continue
+			}
+			// Out of descriptors or memory: the connection waits in the
+			// backlog, and no new edge will come for it, so try again at
+			// the next tick instead of spinning.
+			if !l.acceptPaused {
+				l.s.opts.Log.Warn("accept failed; trying again shortly", "err", err)
+			}
+			l.acceptPaused = true
+			return
+		}
+		if max := l.s.opts.MaxConns; max > 0 && l.s.active.Load() >= max {
+			l.s.Rejected.Add(1)
+			unix.Close(fd)
+			continue
+		}
+		l.s.Accepted.Add(1)
+		l.s.active.Add(1)
+		c := &conn{client: side{fd: fd, writable: true}, backend: side{fd: -1}, clientAddr: sa, last: l.now}
+		if err := l.watch(fd, connectEvents); err != nil {
+			l.s.opts.Log.Warn("cannot watch a client connection", "err", err)
+			l.s.active.Add(-1)
+			unix.Close(fd)
+			continue
+		}
+		l.track(fd, c)
+		c.index = len(l.conns)
+		l.conns = append(l.conns, c)
+		l.connect(c)
+	}
+}
+
+func (l *loop) track(fd int, c *conn) {
+	for fd >= len(l.byFD) {
+		l.byFD = append(l.byFD, make([]*conn, max(len(l.byFD), 64))...)
+	}
+	l.byFD[fd] = c
+}
+
+// connect starts a connection to the next backend the pool picks; the
+// backend's first writable event completes it.
+func (l *loop) connect(c *conn) {
+	for len(c.tried) <= l.s.opts.DialRetries {
+		b, err := l.s.pool.Pick(c.tried)
+		if err != nil {
+			l.s.opts.Log.Warn("no backend for connection", "client", fromSockaddr(c.clientAddr).String(), "err", err)
+			break
+		}
+		c.tried = append(c.tried, b)
+		fd, err := l.startConnect(b.Addr)
+		if err != nil {
+			l.connectFailed(b, err)
+			continue
+		}
+		c.be, c.backend, c.connecting, c.started = b, side{fd: fd}, true, l.now
+		l.track(fd, c)
+		return
+	}
+	l.s.NoRoute.Add(1)
+	l.closeConn(c)
+}
+
+func (l *loop) startConnect(addr string) (int, error) {
+	sa, err := l.resolve(addr)
+	if err != nil {
+		return -1, err
+	}
+	family := unix.AF_INET
+	if _, ok := sa.(*unix.SockaddrInet6); ok {
+		family = unix.AF_INET6
+	}
+	fd, err := unix.Socket(family, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.IPPROTO_TCP)
+	if err != nil {
+		return -1, err
+	}
+	unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+	if err := unix.Connect(fd, sa); err != nil && !errors.Is(err, unix.EINPROGRESS) {
+		unix.Close(fd)
+		return -1, err
+	}
+	if err := l.watch(fd, connectEvents); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// resolve turns a backend's host:port into a socket address, looking a
+// host name up again after resolveTTL.
+func (l *loop) resolve(addr string) (unix.Sockaddr, error) {
+	if r, ok := l.addrs[addr]; ok && l.now-r.at < int64(resolveTTL) {
+		return r.sa, nil
+	}
+	ta, err := net.ResolveTCPAddr("tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	sa := toSockaddr(ta)
+	l.addrs[addr] = resolved{sa, l.now}
+	return sa, nil
+}
+
+// connectFailed marks a backend that refused (passive health).
+func (l *loop) connectFailed(b *balance.Backend, err error) {
+	if l.s.pool.ReportFailure(b) {
+		l.s.opts.Log.Warn("backend down (connect failed)", "backend", b.Addr, "err", err)
+	}
+}
+
+// retry gives up on the connection's current backend and tries another.
+func (l *loop) retry(c *conn, err error) {
+	l.connectFailed(c.be, err)
+	l.forget(c.backend.fd)
+	c.be, c.backend, c.connecting = nil, side{fd: -1}, false
+	l.connect(c)
+}
+
+func (l *loop) connected(c *conn) error {
+	c.connecting = false
+	c.be.Active.Add(1)
+	c.be.Total.Add(1)
+	c.last = l.now
+	if !l.s.opts.SendProxy {
+		return nil
+	}
+	local, err := unix.Getsockname(c.client.fd)
+	if err != nil {
+		return err
+	}
+	hdr, err := proxyproto.HeaderProxyFromAddrs(2, fromSockaddr(c.clientAddr), fromSockaddr(local)).Format()
+	if err != nil {
+		return err
+	}
+	// A fresh connection's send buffer is empty: the header goes at once,
+	// ahead of the client's bytes and outside the byte counters.
+	n, err := unix.Write(c.backend.fd, hdr)
+	if err != nil && !errors.Is(err, unix.EAGAIN) {
+		return err
+	}
+	if rest := hdr[max(n, 0):]; len(rest) > 0 {
+		c.backend.pending = append(l.buffer(&c.backend), rest...)
+	}
+	return nil
+}
+
+func (l *loop) handle(c *conn, fd int, events uint32) {
+	s := &c.client
+	if fd == c.backend.fd {
+		s = &c.backend
+	}
+	if events&(unix.EPOLLIN|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		s.readable = true
+	}
+	if events&(unix.EPOLLRDHUP|unix.EPOLLHUP) != 0 {
+		s.rdhup = true
+	}
+	if events&(unix.EPOLLOUT|unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+		s.writable = true
+	}
+	if c.connecting {
+		// The client's bytes wait in its socket until the backend answers.
+		if s != &c.backend {
+			return
+		}
+		if events&(unix.EPOLLERR|unix.EPOLLHUP) != 0 {
+			err := error(unix.ECONNREFUSED)
+			if errno, gerr := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR); gerr == nil && errno != 0 {
+				err = unix.Errno(errno)
+			}
+			l.retry(c, err)
+			return
+		}
+		if events&unix.EPOLLOUT == 0 {
+			return
+		}
+		if err := l.connected(c); err != nil {
+			l.closeConn(c)
+			return
+		}
+	}
+	errIn := l.pump(c, &c.client, &c.backend, &c.be.BytesIn)
+	errOut := l.pump(c, &c.backend, &c.client, &c.be.BytesOut)
+	if errIn != nil || errOut != nil || c.finished() {
+		l.closeConn(c)
+	}
+}
+
+// pump moves what src has to say to dst until a socket would block, then
+// passes src's end of stream on as a half-close. Bytes go straight from the
+// loop's scratch buffer to dst; only what dst cannot take at once is kept.
+func (l *loop) pump(c *conn, src, dst *side, counter *atomic.Uint64) error {
+	for {
+		if len(dst.pending) > 0 {
+			if !dst.writable {
+				return nil
+			}
+			n, err := unix.Write(dst.fd, dst.pending)
+			if err != nil {
+				if errors.Is(err, unix.EAGAIN) {
+					dst.writable = false
+					return nil
+				}
+				if errors.Is(err, unix.EINTR) {
+					continue
+				}
+				return err
+			}
+			counter.Add(uint64(n))
+			c.last = l.now
+			dst.pending = dst.pending[n:]
+			if len(dst.pending) > 0 {
+				dst.writable = false
+				return nil
+			}
+		}
+		if src.eof {
+			// When the other direction has ended too, both sockets are
+			// about to be closed, which sends the FIN: no shutdown needed.
+			if !dst.shut && !(dst.eof && len(src.pending) == 0) {
+				dst.shut = true
+				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		if !src.readable {
+			return nil
+		}
+		n, err := unix.Read(src.fd, l.scratch)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				src.readable = false
+				return nil
+			}
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			return err
+		}
+		if n == 0 {
+			src.eof = true
+			continue
+		}
+		if n < len(l.scratch) {
+			// A short read emptied the socket: new bytes raise a new edge.
+			// If the end of stream was already announced, it is all that
+			// is left, and reading it would only answer 0.
+			if src.rdhup {
+				src.eof = true
+			} else {
+				src.readable = false
+			}
+		}
+		c.last = l.now
+		data := l.scratch[:n]
+		if dst.writable {
+			w, err := unix.Write(dst.fd, data)
+			switch {
+			case err == nil:
+				counter.Add(uint64(w))
+				data = data[w:]
+			case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
+			default:
+				return err
+			}
+		}
+		if len(data) > 0 {
+			dst.writable = false
+			dst.pending = append(l.buffer(dst), data...)
+		}
+	}
+}
+
+// buffer is dst's storage for bytes it could not take yet, empty.
+func (l *loop) buffer(s *side) []byte {
+	if s.buf == nil {
+		if n := len(l.spare); n > 0 {
+			s.buf, l.spare = l.spare[n-1], l.spare[:n-1]
+		} else {
+			s.buf = make([]byte, 0, scratchSize)
+		}
+	}
+	return s.buf[:0]
+}
+
+// sweep closes idle connections, gives up on slow connects and retries a
+// paused accept.
+func (l *loop) sweep() {
+	idle, dial := int64(l.s.opts.IdleTimeout), int64(l.s.opts.DialTimeout)
+	for i := len(l.conns) - 1; i >= 0; i-- {
+		if i >= len(l.conns) {
+			continue
+		}
+		c := l.conns[i]
+		switch {
+		case c.connecting && l.now-c.started >= dial:
+			l.retry(c, unix.ETIMEDOUT)
+		case !c.connecting && idle > 0 && l.now-c.last >= idle:
+			l.closeConn(c)
+		}
+	}
+	if l.acceptPaused && l.watched {
+		l.accept()
+	}
+}
+
+func (l *loop) cutAll() {
+	for len(l.conns) > 0 {
+		l.closeConn(l.conns[len(l.conns)-1])
+	}
+}
+
+func (l *loop) closeConn(c *conn) {
+	if c.closed {
+		return
+	}
+	c.closed = true
+	if c.be != nil && !c.connecting {
+		c.be.Active.Add(-1)
+	}
+	l.forget(c.client.fd)
+	l.forget(c.backend.fd)
+	for _, s := range []*side{&c.client, &c.backend} {
+		if s.buf != nil && len(l.spare) < spareBuffers {
+			l.spare = append(l.spare, s.buf)
+		}
+		s.buf, s.pending = nil, nil
+	}
+	last := l.conns[len(l.conns)-1]
+	l.conns[c.index] = last
+	last.index = c.index
+	l.conns = l.conns[:len(l.conns)-1]
+	l.s.active.Add(-1)
+}
+
+// forget stops routing events to fd and closes it after the current batch.
+func (l *loop) forget(fd int) {
+	if fd < 0 {
+		return
+	}
+	l.byFD[fd] = nil
+	l.toClose = append(l.toClose, fd)
+}
+
+func (l *loop) flushCloses() {
+	for _, fd := range l.toClose {
+		unix.Close(fd)
+	}
+	l.toClose = l.toClose[:0]
+}
+
+// accept4 accepts a connection as a non-blocking socket. It decodes the
+// peer's address itself: unix.Accept4 asks the kernel for the listener's
+// protocol on every call to tell TCP from SMC, one system call more per
+// connection.
+func accept4(lfd int) (int, unix.Sockaddr, error) {
+	var rsa unix.RawSockaddrAny
+	size := uint32(unix.SizeofSockaddrAny)
+	r, _, errno := unix.Syscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&rsa)),
+		uintptr(unsafe.Pointer(&size)), unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0, 0)
+	if errno != 0 {
+		return -1, nil, errno
+	}
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
+		port := (*[2]byte)(unsafe.Pointer(&p.Port))
+		return int(r), &unix.SockaddrInet4{Port: int(port[0])<<8 | int(port[1]), Addr: p.Addr}, nil
+	case unix.AF_INET6:
+		p := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
+		port := (*[2]byte)(unsafe.Pointer(&p.Port))
+		return int(r), &unix.SockaddrInet6{Port: int(port[0])<<8 | int(port[1]), ZoneId: p.Scope_id, Addr: p.Addr}, nil
+	}
+	return int(r), &unix.SockaddrInet4{}, nil
+}
+
+func toSockaddr(a *net.TCPAddr) unix.Sockaddr {
+	if ip4 := a.IP.To4(); ip4 != nil {
+		return &unix.SockaddrInet4{Port: a.Port, Addr: [4]byte(ip4)}
+	}
+	sa := &unix.SockaddrInet6{Port: a.Port}
+	if ip16 := a.IP.To16(); ip16 != nil {
+		sa.Addr = [16]byte(ip16)
+	}
+	if a.Zone != "" {
+		if ifi, err := net.InterfaceByName(a.Zone); err == nil {
+			sa.ZoneId = uint32(ifi.Index)
+		}
+	}
+	return sa
+}
+
+func fromSockaddr(sa unix.Sockaddr) *net.TCPAddr {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return &net.TCPAddr{IP: net.IP(append([]byte(nil), a.Addr[:]...)), Port: a.Port}
+	case *unix.SockaddrInet6:
+		return &net.TCPAddr{IP: net.IP(append([]byte(nil), a.Addr[:]...)), Port: a.Port}
+	}
+	return &net.TCPAddr{}
+}
