@@ -112,6 +112,7 @@ type conn struct {
 	started, last   int64 // connect start and last bytes moved, unix nanoseconds
 	index           int   // in loop.conns
 	closed          bool
+	queued          bool // in loop.again
 }
 
 // finished reports whether both directions delivered their end of stream.
@@ -120,10 +121,14 @@ func (c *conn) finished() bool {
 }
 
 const (
-	scratchSize   = 64 << 10
-	spareBuffers  = 64
-	resolveTTL    = 30 * time.Second
-	maxEvents     = 256
+	scratchSize  = 64 << 10
+	spareBuffers = 64
+	resolveTTL   = 30 * time.Second
+	maxEvents    = 256
+	// turnReads is how many reads one direction gets before the loop
+	// serves other connections: a fast sender and receiver would
+	// otherwise keep the loop to themselves.
+	turnReads     = 8
 	connectEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 )
 
@@ -138,6 +143,8 @@ type loop struct {
 
 	byFD    []*conn // indexed by descriptor
 	conns   []*conn
+	again   []*conn // used up their turn with bytes still to read
+	later   []*conn
 	toClose []int // closed after the current batch of events, so no descriptor is reused within it
 	scratch []byte
 	spare   [][]byte
@@ -224,7 +231,11 @@ func (l *loop) run() error {
 	l.now = time.Now().UnixNano()
 	l.nextSweep = l.now + int64(l.tick)
 	for {
-		n, err := unix.EpollWait(l.epfd, l.events, int(l.tick/time.Millisecond))
+		timeout := int(l.tick / time.Millisecond)
+		if len(l.again) > 0 {
+			timeout = 0
+		}
+		n, err := unix.EpollWait(l.epfd, l.events, timeout)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			l.cutAll()
 			l.flushCloses()
@@ -241,6 +252,15 @@ func (l *loop) run() error {
 				l.accept()
 			case fd < len(l.byFD) && l.byFD[fd] != nil:
 				l.handle(l.byFD[fd], fd, ev.Events)
+			}
+		}
+		// Connections that used up their turn go again, after everyone
+		// the events named.
+		l.again, l.later = l.later[:0], l.again
+		for _, c := range l.later {
+			c.queued = false
+			if !c.closed {
+				l.pumpBoth(c)
 			}
 		}
 		if l.now >= l.nextSweep {
@@ -463,39 +483,48 @@ func (l *loop) handle(c *conn, fd int, events uint32) {
 			return
 		}
 	}
-	errIn := l.pump(c, &c.client, &c.backend, &c.be.BytesIn)
-	errOut := l.pump(c, &c.backend, &c.client, &c.be.BytesOut)
-	if errIn != nil || errOut != nil || c.finished() {
+	l.pumpBoth(c)
+}
+
+func (l *loop) pumpBoth(c *conn) {
+	moreIn, errIn := l.pump(c, &c.client, &c.backend, &c.be.BytesIn)
+	moreOut, errOut := l.pump(c, &c.backend, &c.client, &c.be.BytesOut)
+	switch {
+	case errIn != nil || errOut != nil || c.finished():
 		l.closeConn(c)
+	case (moreIn || moreOut) && !c.queued:
+		c.queued = true
+		l.again = append(l.again, c)
 	}
 }
 
-// pump moves what src has to say to dst until a socket would block, then
-// passes src's end of stream on as a half-close. Bytes go straight from the
-// loop's scratch buffer to dst; only what dst cannot take at once is kept.
-func (l *loop) pump(c *conn, src, dst *side, counter *atomic.Uint64) error {
-	for {
+// pump moves what src has to say to dst until a socket would block or the
+// turn is used up (more: src may still have bytes), then passes src's end
+// of stream on as a half-close. Bytes go straight from the loop's scratch
+// buffer to dst; only what dst cannot take at once is kept.
+func (l *loop) pump(c *conn, src, dst *side, counter *atomic.Uint64) (more bool, err error) {
+	for reads := 0; ; reads++ {
 		if len(dst.pending) > 0 {
 			if !dst.writable {
-				return nil
+				return false, nil
 			}
 			n, err := unix.Write(dst.fd, dst.pending)
 			if err != nil {
 				if errors.Is(err, unix.EAGAIN) {
 					dst.writable = false
-					return nil
+					return false, nil
 				}
 				if errors.Is(err, unix.EINTR) {
 					continue
 				}
-				return err
+				return false, err
 			}
 			counter.Add(uint64(n))
 			c.last = l.now
 			dst.pending = dst.pending[n:]
 			if len(dst.pending) > 0 {
 				dst.writable = false
-				return nil
+				return false, nil
 			}
 		}
 		if src.eof {
@@ -504,24 +533,27 @@ func (l *loop) pump(c *conn, src, dst *side, counter *atomic.Uint64) error {
 			if !dst.shut && !(dst.eof && len(src.pending) == 0) {
 				dst.shut = true
 				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
-					return err
+					return false, err
 				}
 			}
-			return nil
+			return false, nil
 		}
 		if !src.readable {
-			return nil
+			return false, nil
+		}
+		if reads == turnReads {
+			return true, nil
 		}
 		n, err := unix.Read(src.fd, l.scratch)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) {
 				src.readable = false
-				return nil
+				return false, nil
 			}
 			if errors.Is(err, unix.EINTR) {
 				continue
 			}
-			return err
+			return false, err
 		}
 		if n == 0 {
 			src.eof = true
@@ -547,7 +579,7 @@ func (l *loop) pump(c *conn, src, dst *side, counter *atomic.Uint64) error {
 				data = data[w:]
 			case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR):
 			default:
-				return err
+				return false, err
 			}
 		}
 		if len(data) > 0 {
