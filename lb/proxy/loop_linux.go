@@ -100,7 +100,16 @@ type side struct {
 	shut     bool   // writing is shut down (the half-close was passed on)
 	pending  []byte // read from the other side, not yet written to this one
 	buf      []byte // pending's storage, kept while the connection lives
+	// Once the other side sends bulk data, its bytes reach this one
+	// through a pipe with splice(2), never entering user space.
+	pipe  *pipe
+	piped int // bytes in the pipe, not yet written to this side
 }
+
+// drained reports whether everything read for this side was written to it.
+func (s *side) drained() bool { return len(s.pending) == 0 && s.piped == 0 }
+
+type pipe struct{ r, w int }
 
 // conn is one client connection and its backend connection.
 type conn struct {
@@ -117,12 +126,14 @@ type conn struct {
 
 // finished reports whether both directions delivered their end of stream.
 func (c *conn) finished() bool {
-	return c.client.eof && c.backend.eof && len(c.client.pending) == 0 && len(c.backend.pending) == 0
+	return c.client.eof && c.backend.eof && c.client.drained() && c.backend.drained()
 }
 
 const (
 	scratchSize  = 64 << 10
 	spareBuffers = 64
+	sparePipes   = 64
+	spliceFlags  = unix.SPLICE_F_MOVE | unix.SPLICE_F_NONBLOCK
 	resolveTTL   = 30 * time.Second
 	maxEvents    = 256
 	// turnReads is how many reads one direction gets before the loop
@@ -148,6 +159,7 @@ type loop struct {
 	toClose []int // closed after the current batch of events, so no descriptor is reused within it
 	scratch []byte
 	spare   [][]byte
+	pipes   []*pipe // empty pipes kept for the next bulk connection
 	events  []unix.EpollEvent
 	addrs   map[string]resolved
 
@@ -217,6 +229,11 @@ func (l *loop) watch(fd int, events uint32) error {
 }
 
 func (l *loop) release() {
+	for _, p := range l.pipes {
+		unix.Close(p.r)
+		unix.Close(p.w)
+	}
+	l.pipes = nil
 	unix.Close(l.wakefd)
 	unix.Close(l.epfd)
 }
@@ -500,37 +517,19 @@ func (l *loop) pumpBoth(c *conn) {
 
 // pump moves what src has to say to dst until a socket would block or the
 // turn is used up (more: src may still have bytes), then passes src's end
-// of stream on as a half-close. Bytes go straight from the loop's scratch
-// buffer to dst; only what dst cannot take at once is kept.
+// of stream on as a half-close. Short messages go straight from the loop's
+// scratch buffer to dst, and only what dst cannot take at once is kept;
+// once a read fills the scratch buffer the direction carries bulk data and
+// moves it with splice(2) through a pipe instead.
 func (l *loop) pump(c *conn, src, dst *side, counter *atomic.Uint64) (more bool, err error) {
 	for reads := 0; ; reads++ {
-		if len(dst.pending) > 0 {
-			if !dst.writable {
-				return false, nil
-			}
-			n, err := unix.Write(dst.fd, dst.pending)
-			if err != nil {
-				if errors.Is(err, unix.EAGAIN) {
-					dst.writable = false
-					return false, nil
-				}
-				if errors.Is(err, unix.EINTR) {
-					continue
-				}
-				return false, err
-			}
-			counter.Add(uint64(n))
-			c.last = l.now
-			dst.pending = dst.pending[n:]
-			if len(dst.pending) > 0 {
-				dst.writable = false
-				return false, nil
-			}
+		if ok, err := l.flush(c, dst, counter); !ok || err != nil {
+			return false, err
 		}
 		if src.eof {
 			// When the other direction has ended too, both sockets are
 			// about to be closed, which sends the FIN: no shutdown needed.
-			if !dst.shut && !(dst.eof && len(src.pending) == 0) {
+			if !dst.shut && !(dst.eof && src.drained()) {
 				dst.shut = true
 				if err := unix.Shutdown(dst.fd, unix.SHUT_WR); err != nil {
 					return false, err
@@ -543,6 +542,26 @@ func (l *loop) pump(c *conn, src, dst *side, counter *atomic.Uint64) (more bool,
 		}
 		if reads == turnReads {
 			return true, nil
+		}
+		if dst.pipe != nil {
+			// The pipe is empty here (flush emptied it), so EAGAIN means
+			// the socket is. A short count proves nothing (the pipe may
+			// fill up with fewer bytes than asked): read again.
+			n, err := unix.Splice(src.fd, nil, dst.pipe.w, nil, scratchSize, spliceFlags)
+			switch {
+			case errors.Is(err, unix.EAGAIN):
+				src.readable = false
+				return false, nil
+			case errors.Is(err, unix.EINTR):
+			case err != nil:
+				return false, err
+			case n == 0:
+				src.eof = true
+			default:
+				dst.piped += int(n)
+				c.last = l.now
+			}
+			continue
 		}
 		n, err := unix.Read(src.fd, l.scratch)
 		if err != nil {
@@ -568,6 +587,8 @@ func (l *loop) pump(c *conn, src, dst *side, counter *atomic.Uint64) (more bool,
 			} else {
 				src.readable = false
 			}
+		} else {
+			l.startSplice(dst)
 		}
 		c.last = l.now
 		data := l.scratch[:n]
@@ -587,6 +608,64 @@ func (l *loop) pump(c *conn, src, dst *side, counter *atomic.Uint64) (more bool,
 			dst.pending = append(l.buffer(dst), data...)
 		}
 	}
+}
+
+// flush writes to dst what it could not take before: first the copied
+// bytes, then the pipe's, in the order they came. ok means nothing is left.
+func (l *loop) flush(c *conn, dst *side, counter *atomic.Uint64) (ok bool, err error) {
+	for !dst.drained() {
+		if !dst.writable {
+			return false, nil
+		}
+		var n int
+		if len(dst.pending) > 0 {
+			n, err = unix.Write(dst.fd, dst.pending)
+		} else {
+			var n64 int64
+			n64, err = unix.Splice(dst.pipe.r, nil, dst.fd, nil, dst.piped, spliceFlags)
+			n = int(n64)
+		}
+		switch {
+		case errors.Is(err, unix.EAGAIN):
+			dst.writable = false
+			return false, nil
+		case errors.Is(err, unix.EINTR):
+			continue
+		case err != nil:
+			return false, err
+		}
+		counter.Add(uint64(n))
+		c.last = l.now
+		if len(dst.pending) > 0 {
+			dst.pending = dst.pending[n:]
+			if len(dst.pending) > 0 {
+				// A short write to a socket means its buffer is full;
+				// its writable edge comes when there is room again.
+				dst.writable = false
+				return false, nil
+			}
+		} else {
+			dst.piped -= n
+		}
+	}
+	return true, nil
+}
+
+// startSplice gives dst a pipe, from the spares or new; without one (out of
+// descriptors) the bytes keep going through the scratch buffer.
+func (l *loop) startSplice(dst *side) {
+	if dst.pipe != nil {
+		return
+	}
+	if n := len(l.pipes); n > 0 {
+		dst.pipe, l.pipes = l.pipes[n-1], l.pipes[:n-1]
+		return
+	}
+	var fds [2]int
+	if err := unix.Pipe2(fds[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		return
+	}
+	dst.pipe = &pipe{r: fds[0], w: fds[1]}
 }
 
 // buffer is dst's storage for bytes it could not take yet, empty.
@@ -643,6 +722,14 @@ func (l *loop) closeConn(c *conn) {
 			l.spare = append(l.spare, s.buf)
 		}
 		s.buf, s.pending = nil, nil
+		if p := s.pipe; p != nil {
+			if s.piped == 0 && len(l.pipes) < sparePipes {
+				l.pipes = append(l.pipes, p)
+			} else {
+				l.toClose = append(l.toClose, p.r, p.w)
+			}
+			s.pipe = nil
+		}
 	}
 	last := l.conns[len(l.conns)-1]
 	l.conns[c.index] = last

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -120,13 +121,14 @@ func TestHalfCloseIsPassedOn(t *testing.T) {
 func TestIdleConnectionIsClosed(t *testing.T) {
 	backend := echoServer(t, false, nil)
 	_, addr, _ := startProxy(t, Options{IdleTimeout: 200 * time.Millisecond}, backend)
+	// The balancer may accept before Dial returns here: start the clock first.
+	start := time.Now()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	start := time.Now()
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("want EOF from an idle close, got %v", err)
 	}
@@ -334,6 +336,7 @@ func TestSlowBackendGetsEveryByteInOrder(t *testing.T) {
 	payload := make([]byte, 64<<20)
 	rand.Read(payload)
 	wrote := make(chan error, 1)
+	c.SetWriteDeadline(time.Now().Add(20 * time.Second))
 	go func() {
 		_, err := c.Write(payload)
 		c.(*net.TCPConn).CloseWrite()
@@ -432,5 +435,167 @@ func TestDrainCutsWhatOutlivesIt(t *testing.T) {
 	}
 	if srv.Active() != 0 {
 		t.Fatalf("active %d after drain", srv.Active())
+	}
+}
+
+// socketPair is two connected non-blocking stream sockets.
+func socketPair(t *testing.T) (int, int) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	return fds[0], fds[1]
+}
+
+// tcpPair is two connected non-blocking loopback TCP sockets.
+func tcpPair(t *testing.T) (int, int) {
+	ln, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	a, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(a) })
+	if err := unix.Connect(a, toSockaddr(ln.Addr().(*net.TCPAddr))); err != nil && err != unix.EINPROGRESS {
+		t.Fatal(err)
+	}
+	var b int
+	waitFor(t, func() bool {
+		b, _, err = accept4(ln.fd)
+		return err == nil
+	})
+	t.Cleanup(func() { unix.Close(b) })
+	return a, b
+}
+
+// A receiver whose buffer is full when short messages arrive: pump keeps
+// them, in order, and delivers them before anything newer once the
+// receiver has room again.
+func TestPumpKeepsWhatAFullReceiverCannotTake(t *testing.T) {
+	srcFD, sender := socketPair(t)
+	dstFD, receiver := socketPair(t)
+	// Fill the receiver's socket.
+	filler := bytes.Repeat([]byte{'f'}, 4096)
+	filled := 0
+	for {
+		n, err := unix.Write(dstFD, filler)
+		if err != nil {
+			break
+		}
+		filled += n
+	}
+	l := &loop{s: &Server{}, scratch: make([]byte, scratchSize)}
+	c := &conn{}
+	src := &side{fd: srcFD, readable: true}
+	dst := &side{fd: dstFD, writable: true}
+	var counter atomic.Uint64
+
+	unix.Write(sender, []byte("first "))
+	if _, err := l.pump(c, src, dst, &counter); err != nil {
+		t.Fatal(err)
+	}
+	if string(dst.pending) != "first " || dst.writable || src.readable {
+		t.Fatalf("pending %q writable %v readable %v", dst.pending, dst.writable, src.readable)
+	}
+	// More arrives while the receiver is still full: it must not be read
+	// (the kept bytes go first), so it stays in the sender's socket.
+	unix.Write(sender, []byte("second"))
+	src.readable = true
+	l.pump(c, src, dst, &counter)
+	if string(dst.pending) != "first " {
+		t.Fatalf("pending %q", dst.pending)
+	}
+	// The receiver reads everything; its writable edge comes.
+	got := make([]byte, 0, filled+64)
+	buf := make([]byte, 65536)
+	drain := func() {
+		for {
+			n, err := unix.Read(receiver, buf)
+			if err != nil {
+				return
+			}
+			got = append(got, buf[:n]...)
+		}
+	}
+	drain()
+	dst.writable = true
+	if _, err := l.pump(c, src, dst, &counter); err != nil {
+		t.Fatal(err)
+	}
+	drain()
+	if len(got) != filled+12 || string(got[filled:]) != "first second" {
+		t.Fatalf("receiver got %d bytes ending %q, want %d ending %q", len(got), got[max(0, len(got)-12):], filled+12, "first second")
+	}
+	if counter.Load() != 12 {
+		t.Fatalf("counted %d bytes, want 12", counter.Load())
+	}
+}
+
+// Bulk bytes move through a pipe; when the receiver fills up, the pipe
+// holds them, and the end of stream is passed on only after the pipe is
+// empty.
+func TestPumpSplicesBulkAndEndsAfterThePipeEmpties(t *testing.T) {
+	srcFD, sender := socketPair(t)
+	// TCP (a Unix socket takes a whole splice whatever its buffer), with
+	// a small send buffer, so that splices into it come up short.
+	dstFD, receiver := tcpPair(t)
+	if err := unix.SetsockoptInt(dstFD, unix.SOL_SOCKET, unix.SO_SNDBUF, 4096); err != nil {
+		t.Fatal(err)
+	}
+	short := 0
+	l := &loop{s: &Server{}, scratch: make([]byte, 1024)} // a full read is bulk
+	t.Cleanup(l.release)
+	c := &conn{}
+	src := &side{fd: srcFD, readable: true}
+	dst := &side{fd: dstFD, writable: true}
+	var counter atomic.Uint64
+	payload := make([]byte, 256<<10)
+	rand.Read(payload)
+	var got []byte
+	buf := make([]byte, 65536)
+	sent := 0
+	deadline := time.Now().Add(10 * time.Second)
+	for round := 0; time.Now().Before(deadline) && (len(got) < len(payload) || !dst.shut); round++ {
+		if sent < len(payload) {
+			n, err := unix.Write(sender, payload[sent:min(len(payload), sent+8192)])
+			if err == nil {
+				sent += n
+			}
+			if sent == len(payload) {
+				unix.Shutdown(sender, unix.SHUT_WR)
+			}
+		}
+		src.readable, dst.writable = true, true
+		if _, err := l.pump(c, src, dst, &counter); err != nil {
+			t.Fatal(err)
+		}
+		if dst.piped > 0 {
+			short++
+		}
+		if round%3 == 0 { // the receiver reads only now and then
+			for {
+				n, err := unix.Read(receiver, buf)
+				if err != nil || n == 0 {
+					break
+				}
+				got = append(got, buf[:n]...)
+			}
+		}
+	}
+	if dst.pipe == nil || short == 0 {
+		t.Fatalf("bulk data did not switch to splice (%v) or the receiver never filled up (%d)", dst.pipe != nil, short)
+	}
+	if !bytes.Equal(got, payload) {
+		t.Fatalf("receiver got %d bytes, want the %d sent, in order (sent %d, src %+v, dst piped %d writable %v)", len(got), len(payload), sent, *src, dst.piped, dst.writable)
+	}
+	if !src.eof || !dst.shut || dst.piped != 0 {
+		t.Fatalf("eof %v shut %v piped %d", src.eof, dst.shut, dst.piped)
+	}
+	if n, _ := unix.Read(receiver, buf); n != 0 {
+		t.Fatalf("receiver read %d more bytes, want the end of stream", n)
 	}
 }
