@@ -139,7 +139,10 @@ const (
 	// turnReads is how many reads one direction gets before the loop
 	// serves other connections: a fast sender and receiver would
 	// otherwise keep the loop to themselves.
-	turnReads     = 8
+	turnReads = 8
+	// turnAccepts is how many connections one turn accepts, so that a
+	// flood of new ones does not stall those already open.
+	turnAccepts   = 64
 	connectEvents = unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP | unix.EPOLLET
 )
 
@@ -166,6 +169,7 @@ type loop struct {
 	now, nextSweep int64
 	tick           time.Duration
 	acceptPaused   bool // out of descriptors: accept again at the next tick
+	acceptMore     bool // the last turn ended with connections still waiting
 }
 
 type resolved struct {
@@ -207,12 +211,18 @@ func newLoop(s *Server, ln *Listener, tick time.Duration) (*loop, error) {
 	l := &loop{s: s, ln: ln, epfd: epfd, wakefd: wakefd, tick: tick,
 		scratch: make([]byte, scratchSize), events: make([]unix.EpollEvent, maxEvents),
 		addrs: map[string]resolved{}}
-	if err := l.watch(wakefd, unix.EPOLLIN); err != nil {
+	if err = l.watch(wakefd, unix.EPOLLIN); err != nil {
 		l.release()
 		return nil, err
 	}
-	// EPOLLEXCLUSIVE: a new connection wakes one idle loop, not all.
-	if err := l.watch(ln.fd, unix.EPOLLIN|unix.EPOLLET|unix.EPOLLEXCLUSIVE); err != nil {
+	// EPOLLEXCLUSIVE: a new connection wakes one idle loop, not all
+	// (Linux 4.5 and later; without it every loop wakes and all but one
+	// find nothing to accept).
+	err = l.watch(ln.fd, unix.EPOLLIN|unix.EPOLLET|unix.EPOLLEXCLUSIVE)
+	if errors.Is(err, unix.EINVAL) {
+		err = l.watch(ln.fd, unix.EPOLLIN|unix.EPOLLET)
+	}
+	if err != nil {
 		l.release()
 		return nil, err
 	}
@@ -249,7 +259,7 @@ func (l *loop) run() error {
 	l.nextSweep = l.now + int64(l.tick)
 	for {
 		timeout := int(l.tick / time.Millisecond)
-		if len(l.again) > 0 {
+		if len(l.again) > 0 || l.acceptMore {
 			timeout = 0
 		}
 		n, err := unix.EpollWait(l.epfd, l.events, timeout)
@@ -266,10 +276,13 @@ func (l *loop) run() error {
 				var b [8]byte
 				unix.Read(l.wakefd, b[:])
 			case fd == l.ln.fd && l.watched:
-				l.accept()
+				l.acceptMore = true
 			case fd < len(l.byFD) && l.byFD[fd] != nil:
 				l.handle(l.byFD[fd], fd, ev.Events)
 			}
+		}
+		if l.acceptMore && l.watched {
+			l.accept()
 		}
 		// Connections that used up their turn go again, after everyone
 		// the events named.
@@ -311,13 +324,16 @@ func (l *loop) stopWatching() {
 	}
 }
 
+// accept takes up to turnAccepts new connections; with more waiting it
+// leaves acceptMore set, as an edge-triggered listener raises no new event
+// for them.
 func (l *loop) accept() {
-	for {
+	for range turnAccepts {
 		fd, sa, err := accept4(l.ln.fd)
 		if err != nil {
 			switch {
 			case errors.Is(err, unix.EAGAIN):
-				l.acceptPaused = false
+				l.acceptPaused, l.acceptMore = false, false
 				return
 			case errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
 				continue
@@ -328,7 +344,7 @@ func (l *loop) accept() {
 			if !l.acceptPaused {
 				l.s.opts.Log.Warn("accept failed; trying again shortly", "err", err)
 			}
-			l.acceptPaused = true
+			l.acceptPaused, l.acceptMore = true, false
 			return
 		}
 		if max := l.s.opts.MaxConns; max > 0 && l.s.active.Load() >= max {
@@ -408,7 +424,8 @@ func (l *loop) startConnect(addr string) (int, error) {
 }
 
 // resolve turns a backend's host:port into a socket address, looking a
-// host name up again after resolveTTL.
+// host name up again after resolveTTL. A lookup holds up this loop while it
+// lasts: backends given as addresses never need one.
 func (l *loop) resolve(addr string) (unix.Sockaddr, error) {
 	if r, ok := l.addrs[addr]; ok && l.now-r.at < int64(resolveTTL) {
 		return r.sa, nil

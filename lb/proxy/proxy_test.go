@@ -591,3 +591,36 @@ func TestPumpSplicesBulkAndEndsAfterThePipeEmpties(t *testing.T) {
 		t.Fatalf("receiver read %d more bytes, want the end of stream", n)
 	}
 }
+
+// Connections that queued before the loop looked are taken in turns of
+// turnAccepts; the edge-triggered listener raises no new event for the
+// rest, so the loop must come back for them by itself.
+func TestEveryQueuedConnectionIsAccepted(t *testing.T) {
+	backend := echoServer(t, false, nil)
+	pool := balance.NewPool(balance.Options{StartHealthy: true})
+	pool.Add(backend)
+	srv := New(pool, Options{Loops: 1})
+	ln, err := Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const queued = 3*turnAccepts + 5
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		srv.Drain(ctx)
+	}()
+	for i := 0; i < queued; i++ { // the kernel completes them into the backlog
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	go srv.Serve(ln)
+	waitFor(t, func() bool { return srv.Active() == queued })
+}
