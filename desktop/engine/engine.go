@@ -12,7 +12,6 @@ import (
 	"crypto/ecdh"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -78,13 +77,13 @@ type session struct {
 	// watchChanged reopens the cluster event stream (new contacts).
 	watchChanged chan struct{}
 	inflight     *inflight
-	targets      sync.Map     // login → cachedTarget: directory entries in use
-	waiting      sync.Map     // reasons already reported for held messages
-	observed     atomic.Value // net.IP the cluster sees this client at
-	sending      sync.Map     // recipient → *sync.Mutex (see recipientLock)
-	held         sync.Map     // recipients whose queued messages wait
-	groupMembers sync.Map     // lower-case group → memberList (see inGroup)
-	holePunch    io.Closer
+	targets      sync.Map         // login → cachedTarget: directory entries in use
+	waiting      sync.Map         // reasons already reported for held messages
+	observed     atomic.Value     // net.IP the cluster sees this client at
+	sending      sync.Map         // recipient → *sync.Mutex (see recipientLock)
+	held         sync.Map         // recipients whose queued messages wait
+	groupMembers sync.Map         // lower-case group → memberList (see inGroup)
+	holePunch    *p2p.HolePuncher // nil when hole punching is off
 	states       chan stateUpdate // delivery states to record (see markSent)
 	mailMu       sync.Mutex
 	wg           sync.WaitGroup

@@ -62,7 +62,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	}
 	s.setObserved(resp.ObservedAddr)
 	if !e.cfg.RelayOnly {
-		if s.holePunch, err = p2p.StartHolePunching(h, s.observedIP); err != nil {
+		if s.holePunch, err = p2p.StartHolePunching(h, s.observedIP, e.log); err != nil {
 			e.log.Warn("no hole punching", "err", err)
 		}
 	}

@@ -9,7 +9,6 @@ package p2p
 import (
 	"context"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -96,13 +95,123 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 // public addresses come from the start: the host's own public addresses,
 // and its listen ports on the public IP the cluster saw it connect from
 // (right for NATs that keep ports; no worse than nothing for the others).
-func StartHolePunching(h host.Host, observedIP func() net.IP) (io.Closer, error) {
+// A punch that fails is tried again (see HolePuncher).
+func StartHolePunching(h host.Host, observedIP func() net.IP, log *slog.Logger) (*HolePuncher, error) {
 	idh, ok := h.(interface{ IDService() identify.IDService })
 	if !ok {
 		return nil, fmt.Errorf("host %T has no identify service", h)
 	}
 	public := func() []ma.Multiaddr { return PublicAddrs(h, observedIP()) }
-	return holepunch.NewService(h, idh.IDService(), public)
+	svc, err := holepunch.NewService(h, idh.IDService(), public)
+	if err != nil {
+		return nil, err
+	}
+	ready := func() bool {
+		for _, p := range h.Mux().Protocols() {
+			if p == holepunch.Protocol {
+				return true
+			}
+		}
+		return false
+	}
+	relayedIn := func() []peer.ID { return onlyRelayedInbound(h, punchRetry, time.Now()) }
+	hp := newHolePuncher(svc.DirectConnect, ready, relayedIn, svc.Close, log)
+	ticker := time.NewTicker(punchRetry)
+	go func() {
+		defer ticker.Stop()
+		hp.run(ticker.C)
+	}()
+	return hp, nil
+}
+
+// punchRetry is how long a relayed connection is left to libp2p's own hole
+// punch before this side tries again, and then the time between attempts.
+const punchRetry = 10 * time.Second
+
+// HolePuncher is the DCUtR service and what tries it again. libp2p punches
+// once per relayed connection, when it opens; an attempt that fails (the
+// other side's service not started yet, a lost packet, a slow machine)
+// would leave the two relayed for as long as the connection lasts. DCUtR
+// lets only the side that accepted the relayed connection start a punch,
+// so that side tries again, every punchRetry, for each peer it reaches only
+// through relays.
+type HolePuncher struct {
+	punch     func(peer.ID) error // a DCUtR exchange and simultaneous connect
+	ready     func() bool         // the service has public addresses and runs
+	relayedIn func() []peer.ID    // peers to try again
+	stop      func() error
+	log       *slog.Logger
+
+	done     chan struct{}
+	finished chan struct{}
+	attempts sync.WaitGroup
+}
+
+func newHolePuncher(punch func(peer.ID) error, ready func() bool, relayedIn func() []peer.ID, stop func() error, log *slog.Logger) *HolePuncher {
+	if log == nil {
+		log = slog.Default()
+	}
+	return &HolePuncher{punch: punch, ready: ready, relayedIn: relayedIn, stop: stop, log: log,
+		done: make(chan struct{}), finished: make(chan struct{})}
+}
+
+// run tries again at every tick until Close.
+func (hp *HolePuncher) run(tick <-chan time.Time) {
+	defer close(hp.finished)
+	for {
+		select {
+		case <-hp.done:
+			return
+		case <-tick:
+		}
+		if !hp.ready() {
+			continue
+		}
+		for _, p := range hp.relayedIn() {
+			hp.attempts.Add(1)
+			go func() {
+				defer hp.attempts.Done()
+				// libp2p refuses a second attempt while one runs.
+				if err := hp.punch(p); err != nil {
+					hp.log.Debug("hole punch tried again; still relayed", "peer", p, "err", err)
+					return
+				}
+				hp.log.Info("direct connection after another hole punch", "peer", p)
+			}()
+		}
+	}
+}
+
+// Close stops trying, stops the service and waits for attempts under way.
+func (hp *HolePuncher) Close() error {
+	close(hp.done)
+	<-hp.finished
+	err := hp.stop()
+	hp.attempts.Wait()
+	return err
+}
+
+// onlyRelayedInbound lists the peers h reaches only through relayed
+// connections, one of which it accepted at least minAge before now.
+func onlyRelayedInbound(h host.Host, minAge time.Duration, now time.Time) []peer.ID {
+	var out []peer.ID
+	for _, p := range h.Network().Peers() {
+		direct, accepted := false, false
+		for _, c := range h.Network().ConnsToPeer(p) {
+			if !isCircuit(c.RemoteMultiaddr().String()) {
+				direct = true
+				break
+			}
+			st := c.Stat()
+			if st.Direction == network.DirInbound && now.Sub(st.Opened) >= minAge {
+				accepted = true
+			}
+		}
+		if !direct && accepted {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // PublicAddrs are h's public listen addresses, plus its listen ports on
