@@ -103,6 +103,24 @@ func NewNATLab(t testing.TB, prefix, kind string) *NATLab {
 	return l
 }
 
+// Partition cuts (or, with cut false, restores) the path between the two
+// NATs' public addresses, as a lossy or broken route between two homes
+// would; both still reach the cluster.
+func (l *NATLab) Partition(t testing.TB, cut bool) {
+	t.Helper()
+	op := "-I"
+	if !cut {
+		op = "-D"
+	}
+	other := "192.0.0.71" // router 1's public address (see NewNATLab)
+	for _, rule := range [][]string{{"FORWARD", "-d", other}, {"FORWARD", "-s", other}, {"INPUT", "-s", other}} {
+		args := append([]string{"ip", "netns", "exec", l.Routers[0], "iptables", op, rule[0]}, append(rule[1:], "-j", "DROP")...)
+		if out, err := exec.Command(args[0], args[1:]...).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+}
+
 // Remove deletes the namespaces (and with them every link and rule).
 func (l *NATLab) Remove() {
 	for _, ns := range append([]string{l.Internet}, append(l.Clients[:], l.Routers[:]...)...) {

@@ -52,6 +52,23 @@ func TestNATHolePunchingConnectsDirectly(t *testing.T) {
 	sendUntil(t, a, b, "oto801", 60*time.Second, func(l ct.Line) bool { return l.S("via") == "direct" })
 }
 
+// (a, continued) The first hole punch fails — the two homes cannot reach
+// each other for a while, the relay still carries the messages — and libp2p
+// never punches again for that connection. The client tries again, so
+// once the path is back the two connect directly.
+func TestNATHolePunchIsTriedAgainAfterAnOutage(t *testing.T) {
+	lab := ct.NewNATLab(t, "e2d", ct.PortKeeping)
+	lab.Partition(t, true)
+	_, a, b := natPair(t, lab)
+	sendUntil(t, a, b, "oto801", 10*time.Second, func(l ct.Line) bool { return l.S("via") == "relay" })
+	// The outage outlasts libp2p's own attempt for the relayed connection
+	// (a direct dial and three punches, 5 s each at most), so that only
+	// trying again can bring the two together.
+	time.Sleep(25 * time.Second)
+	lab.Partition(t, false)
+	sendUntil(t, a, b, "oto801", 60*time.Second, func(l ct.Line) bool { return l.S("via") == "direct" })
+}
+
 // (b) NATs with a random port per destination: no hole punch can guess
 // it, so the messages go through a coordinator's relay.
 func TestNATRandomPortsUseTheRelay(t *testing.T) {
