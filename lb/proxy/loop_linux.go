@@ -164,17 +164,12 @@ type loop struct {
 	spare   [][]byte
 	pipes   []*pipe // empty pipes kept for the next bulk connection
 	events  []unix.EpollEvent
-	addrs   map[string]resolved
+	addrs   *resolver // shared by the loops
 
 	now, nextSweep int64
 	tick           time.Duration
 	acceptPaused   bool // out of descriptors: accept again at the next tick
 	acceptMore     bool // the last turn ended with connections still waiting
-}
-
-type resolved struct {
-	sa unix.Sockaddr
-	at int64
 }
 
 func startLoops(s *Server, ln *Listener) ([]*loop, error) {
@@ -184,8 +179,9 @@ func startLoops(s *Server, ln *Listener) ([]*loop, error) {
 	}
 	tick = max(min(tick, s.opts.DialTimeout/4), 10*time.Millisecond)
 	var loops []*loop
+	addrs := newResolver(resolveTTL)
 	for range s.opts.Loops {
-		l, err := newLoop(s, ln, tick)
+		l, err := newLoop(s, ln, addrs, tick)
 		if err != nil {
 			for _, l := range loops {
 				l.release()
@@ -198,7 +194,7 @@ func startLoops(s *Server, ln *Listener) ([]*loop, error) {
 	return loops, nil
 }
 
-func newLoop(s *Server, ln *Listener, tick time.Duration) (*loop, error) {
+func newLoop(s *Server, ln *Listener, addrs *resolver, tick time.Duration) (*loop, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, fmt.Errorf("epoll: %w", err)
@@ -210,7 +206,7 @@ func newLoop(s *Server, ln *Listener, tick time.Duration) (*loop, error) {
 	}
 	l := &loop{s: s, ln: ln, epfd: epfd, wakefd: wakefd, tick: tick,
 		scratch: make([]byte, scratchSize), events: make([]unix.EpollEvent, maxEvents),
-		addrs: map[string]resolved{}}
+		addrs: addrs}
 	if err = l.watch(wakefd, unix.EPOLLIN); err != nil {
 		l.release()
 		return nil, err
@@ -386,6 +382,9 @@ func (l *loop) connect(c *conn) {
 		}
 		c.tried = append(c.tried, b)
 		fd, err := l.startConnect(b.Addr)
+		if errors.Is(err, errResolving) {
+			continue // not the backend's fault
+		}
 		if err != nil {
 			l.connectFailed(b, err)
 			continue
@@ -399,7 +398,7 @@ func (l *loop) connect(c *conn) {
 }
 
 func (l *loop) startConnect(addr string) (int, error) {
-	sa, err := l.resolve(addr)
+	sa, err := l.addrs.get(addr, time.Unix(0, l.now))
 	if err != nil {
 		return -1, err
 	}
@@ -421,22 +420,6 @@ func (l *loop) startConnect(addr string) (int, error) {
 		return -1, err
 	}
 	return fd, nil
-}
-
-// resolve turns a backend's host:port into a socket address, looking a
-// host name up again after resolveTTL. A lookup holds up this loop while it
-// lasts: backends given as addresses never need one.
-func (l *loop) resolve(addr string) (unix.Sockaddr, error) {
-	if r, ok := l.addrs[addr]; ok && l.now-r.at < int64(resolveTTL) {
-		return r.sa, nil
-	}
-	ta, err := net.ResolveTCPAddr("tcp", addr)
-	if err != nil {
-		return nil, err
-	}
-	sa := toSockaddr(ta)
-	l.addrs[addr] = resolved{sa, l.now}
-	return sa, nil
 }
 
 // connectFailed marks a backend that refused (passive health).
