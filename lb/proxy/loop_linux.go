@@ -158,8 +158,8 @@ type loop struct {
 	byFD    []*conn // indexed by descriptor
 	conns   []*conn
 	again   []*conn // used up their turn with bytes still to read
-	later   []*conn
-	toClose []int // closed after the current batch of events, so no descriptor is reused within it
+	later   []*conn // again's previous contents, while they are served
+	toClose []int   // closed after the current batch of events, so no descriptor is reused within it
 	scratch []byte
 	spare   [][]byte
 	pipes   []*pipe // empty pipes kept for the next bulk connection
@@ -169,7 +169,7 @@ type loop struct {
 	now, nextSweep int64
 	tick           time.Duration
 	acceptPaused   bool // out of descriptors: accept again at the next tick
-	acceptMore     bool // the last turn ended with connections still waiting
+	acceptMore     bool // the listener is ready (an event, or a turn that ended early)
 }
 
 func startLoops(s *Server, ln *Listener) ([]*loop, error) {
