@@ -142,9 +142,11 @@ type HolePuncher struct {
 	stop      func() error
 	log       *slog.Logger
 
-	done     chan struct{}
-	finished chan struct{}
-	attempts sync.WaitGroup
+	done      chan struct{}
+	finished  chan struct{}
+	attempts  sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
 }
 
 func newHolePuncher(punch func(peer.ID) error, ready func() bool, relayedIn func() []peer.ID, stop func() error, log *slog.Logger) *HolePuncher {
@@ -184,11 +186,13 @@ func (hp *HolePuncher) run(tick <-chan time.Time) {
 
 // Close stops trying, stops the service and waits for attempts under way.
 func (hp *HolePuncher) Close() error {
-	close(hp.done)
-	<-hp.finished
-	err := hp.stop()
-	hp.attempts.Wait()
-	return err
+	hp.closeOnce.Do(func() {
+		close(hp.done)
+		<-hp.finished
+		hp.closeErr = hp.stop()
+		hp.attempts.Wait()
+	})
+	return hp.closeErr
 }
 
 // onlyRelayedInbound lists the peers h reaches only through relayed
