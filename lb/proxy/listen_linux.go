@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -95,15 +96,15 @@ func accept4(lfd int) (int, unix.Sockaddr, error) {
 	if errno != 0 {
 		return -1, nil, errno
 	}
+	// The port is in network byte order.
+	port := func(p *uint16) int { return int(binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(p))[:])) }
 	switch rsa.Addr.Family {
 	case unix.AF_INET:
 		p := (*unix.RawSockaddrInet4)(unsafe.Pointer(&rsa))
-		port := (*[2]byte)(unsafe.Pointer(&p.Port))
-		return int(r), &unix.SockaddrInet4{Port: int(port[0])<<8 | int(port[1]), Addr: p.Addr}, nil
+		return int(r), &unix.SockaddrInet4{Port: port(&p.Port), Addr: p.Addr}, nil
 	case unix.AF_INET6:
 		p := (*unix.RawSockaddrInet6)(unsafe.Pointer(&rsa))
-		port := (*[2]byte)(unsafe.Pointer(&p.Port))
-		return int(r), &unix.SockaddrInet6{Port: int(port[0])<<8 | int(port[1]), ZoneId: p.Scope_id, Addr: p.Addr}, nil
+		return int(r), &unix.SockaddrInet6{Port: port(&p.Port), ZoneId: p.Scope_id, Addr: p.Addr}, nil
 	}
 	return int(r), &unix.SockaddrInet4{}, nil
 }

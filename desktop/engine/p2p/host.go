@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -106,14 +107,7 @@ func StartHolePunching(h host.Host, observedIP func() net.IP, log *slog.Logger) 
 	if err != nil {
 		return nil, err
 	}
-	ready := func() bool {
-		for _, p := range h.Mux().Protocols() {
-			if p == holepunch.Protocol {
-				return true
-			}
-		}
-		return false
-	}
+	ready := func() bool { return slices.Contains(h.Mux().Protocols(), holepunch.Protocol) }
 	relayedIn := func() []peer.ID { return onlyRelayedInbound(h, punchRetry, time.Now()) }
 	hp := newHolePuncher(svc.DirectConnect, ready, relayedIn, svc.Close, log)
 	ticker := time.NewTicker(punchRetry)
@@ -200,19 +194,14 @@ func (hp *HolePuncher) Close() error {
 func onlyRelayedInbound(h host.Host, minAge time.Duration, now time.Time) []peer.ID {
 	var out []peer.ID
 	for _, p := range h.Network().Peers() {
-		direct, accepted := false, false
+		if !Relayed(h, p) {
+			continue
+		}
 		for _, c := range h.Network().ConnsToPeer(p) {
-			if !isCircuit(c.RemoteMultiaddr().String()) {
-				direct = true
+			if st := c.Stat(); st.Direction == network.DirInbound && now.Sub(st.Opened) >= minAge {
+				out = append(out, p)
 				break
 			}
-			st := c.Stat()
-			if st.Direction == network.DirInbound && now.Sub(st.Opened) >= minAge {
-				accepted = true
-			}
-		}
-		if !direct && accepted {
-			out = append(out, p)
 		}
 	}
 	return out
@@ -384,16 +373,7 @@ func isCircuit(a string) bool { return strings.Contains(a, "/p2p-circuit") }
 
 // Relayed reports whether every open connection to p goes through a relay.
 func Relayed(h host.Host, p peer.ID) bool {
-	conns := h.Network().ConnsToPeer(p)
-	if len(conns) == 0 {
-		return false
-	}
-	for _, c := range conns {
-		if !isCircuit(c.RemoteMultiaddr().String()) {
-			return false
-		}
-	}
-	return true
+	return len(h.Network().ConnsToPeer(p)) > 0 && !DirectlyConnected(h, p)
 }
 
 // DirectlyConnected reports whether some open connection to p is direct.
