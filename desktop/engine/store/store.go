@@ -16,6 +16,7 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -32,8 +33,10 @@ var (
 
 // Store is an open profile.
 type Store struct {
-	db  *badger.DB
-	dir string
+	db      *badger.DB
+	dir     string
+	history *counter // numbers history entries in the order stored
+	out     *counter // numbers queue entries in the order queued
 }
 
 // Open opens (or creates) the profile in dir. Writes reach the operating
@@ -54,7 +57,15 @@ func Open(dir string) (*Store, error) {
 		}
 		return nil, fmt.Errorf("open profile %s: %w", dir, err)
 	}
-	return &Store{db: db, dir: dir}, nil
+	s := &Store{db: db, dir: dir}
+	if s.history, err = openCounter(db, "seq/history"); err == nil {
+		s.out, err = openCounter(db, "seq/out")
+	}
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open profile %s: %w", dir, err)
+	}
+	return s, nil
 }
 
 // Close closes the profile.
@@ -272,20 +283,20 @@ func (s *Store) AddMessage(m *Message) (bool, error) {
 	added := false
 	err := s.update(func(txn *badger.Txn) error {
 		var err error
-		added, err = addMessage(txn, m)
+		added, err = s.addMessage(txn, m)
 		return err
 	})
 	return added, err
 }
 
-func addMessage(txn *badger.Txn, m *Message) (bool, error) {
+func (s *Store) addMessage(txn *badger.Txn, m *Message) (bool, error) {
 	idKey := msgIDKey(m.Conversation(), m.ID)
 	if _, err := txn.Get(idKey); err == nil {
 		return false, nil
 	} else if !errors.Is(err, badger.ErrKeyNotFound) {
 		return false, err
 	}
-	seq, err := nextSeq(txn, "seq/history")
+	seq, err := s.history.next()
 	if err != nil {
 		return false, err
 	}
@@ -310,10 +321,10 @@ func addMessage(txn *badger.Txn, m *Message) (bool, error) {
 // transaction: after it returns, a crash loses neither.
 func (s *Store) AddOutgoing(m *Message, deliveries ...*Outgoing) error {
 	return s.update(func(txn *badger.Txn) error {
-		if _, err := addMessage(txn, m); err != nil {
+		if _, err := s.addMessage(txn, m); err != nil {
 			return err
 		}
-		return enqueue(txn, deliveries)
+		return s.enqueue(txn, deliveries)
 	})
 }
 
@@ -473,9 +484,9 @@ type Outgoing struct {
 	Payload []byte `json:"payload"` // the encoded wire.Payload
 }
 
-func enqueue(txn *badger.Txn, msgs []*Outgoing) error {
+func (s *Store) enqueue(txn *badger.Txn, msgs []*Outgoing) error {
 	for _, o := range msgs {
-		seq, err := nextSeq(txn, "seq/out")
+		seq, err := s.out.next()
 		if err != nil {
 			return err
 		}
@@ -559,25 +570,61 @@ func (s *Store) MailCursor() (uint64, error) {
 // SetMailCursor records mailbox progress.
 func (s *Store) SetMailCursor(seq uint64) error { return s.put("mailcursor", seq) }
 
-func nextSeq(txn *badger.Txn, key string) (uint64, error) {
-	var n uint64
-	item, err := txn.Get([]byte(key))
-	if err == nil {
-		err = item.Value(func(b []byte) error {
+// counter hands out increasing numbers without a read and a write of the
+// counter in every transaction (which also made every two transactions that
+// numbered something conflict). It reserves numbers in blocks: the profile
+// holds the end of the block in use, written and committed before any
+// number of the block is used, so after a crash numbering resumes past
+// everything that may have been stored. Unused numbers are skipped, never
+// reused.
+type counter struct {
+	db       *badger.DB
+	key      []byte
+	mu       sync.Mutex
+	last     uint64 // the last number handed out
+	reserved uint64 // numbers up to this one may be handed out
+}
+
+const counterBlock = 1024
+
+func openCounter(db *badger.DB, key string) (*counter, error) {
+	c := &counter{db: db, key: []byte(key)}
+	err := db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get(c.key)
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
+		} else if err != nil {
+			return err
+		}
+		return item.Value(func(b []byte) error {
 			if len(b) != 8 {
 				return errors.New("damaged profile: counter")
 			}
-			n = binary.BigEndian.Uint64(b)
+			c.reserved = binary.BigEndian.Uint64(b)
 			return nil
 		})
+	})
+	// Written by an older version this was the last number used; either
+	// way, numbers above it are free.
+	c.last = c.reserved
+	return c, err
+}
+
+func (c *counter) next() (uint64, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.last == c.reserved {
+		end := c.reserved + counterBlock
+		err := c.db.Update(func(txn *badger.Txn) error {
+			return txn.Set(c.key, binary.BigEndian.AppendUint64(nil, end))
+		})
 		if err != nil {
-			return 0, err
+			return 0, fmt.Errorf("reserve numbers: %w", err)
 		}
-	} else if !errors.Is(err, badger.ErrKeyNotFound) {
-		return 0, err
+		c.reserved = end
 	}
-	n++
-	return n, txn.Set([]byte(key), binary.BigEndian.AppendUint64(nil, n))
+	c.last++
+	return c.last, nil
 }
 
 func seqKey(prefix string, seq uint64) []byte {
