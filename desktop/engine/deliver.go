@@ -494,11 +494,58 @@ func (e *Engine) acknowledged(s *session, from string, ids []string) {
 	}
 }
 
-// sendAck tells the sender a message arrived: on the session it came on,
+// ackQueue gathers the acknowledgements still to send, per sender and the
+// session their messages came on (nil: the mailbox). A route in pending has
+// a goroutine sending its acknowledgements; ids that arrive meanwhile go in
+// its next record, so a burst of messages costs a few acknowledgements,
+// not one each.
+type ackQueue struct {
+	mu      sync.Mutex
+	pending map[ackRoute][]string
+}
+
+type ackRoute struct {
+	to string
+	on *p2p.Session
+}
+
+// maxAcksPerRecord bounds an acknowledgement record (ids are 32 bytes).
+const maxAcksPerRecord = 512
+
+// queueAck acknowledges message id from to, soon and without waiting.
+func (e *Engine) queueAck(s *session, to, id string, on *p2p.Session) {
+	r := ackRoute{to: to, on: on}
+	s.acks.mu.Lock()
+	ids, sending := s.acks.pending[r]
+	s.acks.pending[r] = append(ids, id)
+	s.acks.mu.Unlock()
+	if !sending {
+		go e.sendAcks(s, r)
+	}
+}
+
+// sendAcks sends what is queued for r until nothing is.
+func (e *Engine) sendAcks(s *session, r ackRoute) {
+	for {
+		s.acks.mu.Lock()
+		ids := s.acks.pending[r]
+		if len(ids) == 0 {
+			delete(s.acks.pending, r)
+			s.acks.mu.Unlock()
+			return
+		}
+		n := min(len(ids), maxAcksPerRecord)
+		s.acks.pending[r] = ids[n:]
+		s.acks.mu.Unlock()
+		e.sendAck(s, r.to, ids[:n], r.on)
+	}
+}
+
+// sendAck tells the sender messages arrived: on the session they came on,
 // else directly, else through the mailbox.
-func (e *Engine) sendAck(s *session, to string, id string, on *p2p.Session) {
+func (e *Engine) sendAck(s *session, to string, ids []string, on *p2p.Session) {
 	payload, err := proto.Marshal(&wire.Payload{Id: newID(), SentUnixNano: time.Now().UnixNano(), From: s.login,
-		Kind: &wire.Payload_Ack{Ack: &wire.Ack{Ids: []string{id}}}})
+		Kind: &wire.Payload_Ack{Ack: &wire.Ack{Ids: ids}}})
 	if err != nil {
 		return
 	}

@@ -85,6 +85,7 @@ type session struct {
 	groupMembers sync.Map         // lower-case group → memberList (see inGroup)
 	holePunch    *p2p.HolePuncher // nil when hole punching is off
 	states       chan stateUpdate // delivery states to record (see markSent)
+	acks         ackQueue         // acknowledgements to send (see queueAck)
 	mailMu       sync.Mutex
 	wg           sync.WaitGroup
 }

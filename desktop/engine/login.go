@@ -59,6 +59,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 		login: loginID, token: resp.Token, static: static, key: key, host: h,
 		ctx: sctx, cancel: scancel, kick: make(chan struct{}, 1), inflight: newInflight(),
 		watchChanged: make(chan struct{}, 1), states: make(chan stateUpdate, 4096),
+		acks: ackQueue{pending: map[ackRoute][]string{}},
 	}
 	s.setObserved(resp.ObservedAddr)
 	if !e.cfg.RelayOnly {

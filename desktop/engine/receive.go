@@ -66,13 +66,12 @@ func (e *Engine) handlePayload(s *session, from string, p *wire.Payload, on *p2p
 			e.log.Error("save an incoming message", "err", err)
 			return // not acknowledged: the sender will send it again
 		}
+		// Acknowledged beside, not before, showing it: the one who reads
+		// the events runs next, while another goroutine seals and sends the
+		// acknowledgement.
+		e.queueAck(s, from, p.Id, on)
 		if added {
 			e.emit(Event{Kind: EventMessage, ID: p.Id, From: from, Group: k.Text.Group, Body: k.Text.Body, Time: m.Sent, Received: time.Now()})
-		}
-		if on != nil {
-			e.sendAck(s, from, p.Id, on)
-		} else {
-			go e.sendAck(s, from, p.Id, nil)
 		}
 	}
 }

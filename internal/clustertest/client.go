@@ -137,6 +137,14 @@ func (cl *Client) Do(line string) Line {
 	return r
 }
 
+// Type writes lines as one burst, without waiting for any answer.
+func (cl *Client) Type(lines ...string) {
+	cl.t.Helper()
+	if _, err := io.WriteString(cl.stdin, strings.Join(lines, "\n")+"\n"); err != nil {
+		cl.t.Fatalf("%s: write %d lines: %v", cl.Name, len(lines), err)
+	}
+}
+
 // Try sends one command and returns its result line, failed or not.
 func (cl *Client) Try(line string) Line {
 	cl.t.Helper()

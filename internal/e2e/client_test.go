@@ -39,10 +39,23 @@ func TestDirectMessagesBothWays(t *testing.T) {
 	if sent.S("via") != "direct" {
 		t.Fatalf("two clients on one machine should talk directly, went %q", sent.S("via"))
 	}
+	// A burst arrives faster than one acknowledgement each could go back:
+	// every message shows once and every one is acknowledged.
+	var burst []string
+	for i := 0; i < 100; i++ {
+		burst = append(burst, fmt.Sprintf("Send ben702 burst %d", i))
+	}
+	alice.Type(burst...)
+	alice.WaitCount(wait, 101, "result", map[string]string{"text": "Message Sent!"}) // with the greeting
+	bob.WaitCount(wait, 101, "message", map[string]string{"from": "ann701"})
+	alice.WaitCount(wait, 101, "delivered", map[string]string{"to": "ben702"})
+	if n := bob.Count("message", map[string]string{"from": "ann701"}); n != 101 {
+		t.Fatalf("bob shows %d messages from ann, want 101", n)
+	}
 	// Answer by username alone: it names one account.
 	bob.Do("Send ann fine, thanks")
 	alice.WaitEvent(wait, "message", map[string]string{"from": "ben702", "body": "fine, thanks"})
-	h := alice.Do("History ben702")
+	h := alice.Do("History ben702 200")
 	if !strings.Contains(h.S("text"), "hello ben, how are you? [delivered]") || !strings.Contains(h.S("text"), "ben702 : fine, thanks") {
 		t.Fatalf("history:\n%s", h.S("text"))
 	}
