@@ -186,7 +186,7 @@ func run(o *options, log *slog.Logger) error {
 	o.srv.Logger = log
 	srv := server.New(o.srv, st, hub, fwd)
 
-	gs := grpc.NewServer(
+	gs := grpc.NewServer(append(api.ServerWindowOptions(),
 		grpc.Creds(credentials.NewTLS(serverTLS)),
 		grpc.UnaryInterceptor(srv.UnaryInterceptor),
 		grpc.StreamInterceptor(srv.StreamInterceptor),
@@ -194,7 +194,7 @@ func run(o *options, log *slog.Logger) error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: time.Minute, Timeout: 20 * time.Second}),
 		grpc.ConnectionTimeout(10*time.Second),
-	)
+	)...)
 	api.RegisterCoordinatorServer(gs, srv)
 	api.RegisterClusterServer(gs, srv)
 	hs := health.NewServer()

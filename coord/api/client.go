@@ -22,6 +22,26 @@ const TokenKey = "authorization"
 // framing fits, anything much larger is refused before it is read.
 const MaxMessageBytes = 2 << 20
 
+// Flow-control windows of the API's HTTP/2 connections, on both ends. Set,
+// they turn off grpc-go's bandwidth-delay estimation, which otherwise sends
+// a PING after the first data of nearly every call and waits for its
+// answer: with small calls the windows never grow, so it never stops, and
+// each call carried an extra frame each way. A stream's window holds the
+// largest message (MaxMessageBytes) without a window update.
+const (
+	StreamWindow = 2 << 20
+	ConnWindow   = 8 << 20
+)
+
+// ServerWindowOptions set a server's flow-control windows (see StreamWindow).
+func ServerWindowOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.InitialWindowSize(StreamWindow), grpc.InitialConnWindowSize(ConnWindow)}
+}
+
+func windowDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithInitialWindowSize(StreamWindow), grpc.WithInitialConnWindowSize(ConnWindow)}
+}
+
 // Dial connects to a coordinator or balancer at addr over TLS, trusting the
 // cluster CA in caFile. The server name checked is addr's host.
 func Dial(addr, caFile string, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
@@ -49,6 +69,7 @@ func DialTLS(addr string, cfg *tls.Config, opts ...grpc.DialOption) (*grpc.Clien
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second, PermitWithoutStream: false}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 	}, opts...)
+	all = append(all, windowDialOptions()...)
 	return grpc.NewClient(addr, all...)
 }
 
