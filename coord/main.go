@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
 
 	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/coord/relay"
@@ -199,6 +200,9 @@ func run(o *options, log *slog.Logger) error {
 	api.RegisterClusterServer(gs, srv)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
+	// Server reflection: grpcurl and other tools list and call the API
+	// without a copy of coord.proto.
+	reflection.Register(gs)
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 
 	ln, err := listenAPI(o.apiAddr, o.trustedProxies)

@@ -37,7 +37,7 @@ func sessionFrom(ctx context.Context) Session {
 // this cluster issued, not expired and not logged out.
 func (s *Server) authorize(ctx context.Context, method string) (context.Context, error) {
 	switch {
-	case strings.HasPrefix(method, "/grpc.health."), publicMethods[method]:
+	case strings.HasPrefix(method, "/grpc.health."), strings.HasPrefix(method, "/grpc.reflection."), publicMethods[method]:
 		return ctx, nil
 	case strings.HasPrefix(method, "/"+api.Cluster_ServiceDesc.ServiceName+"/"):
 		if !hasClusterCert(ctx) {

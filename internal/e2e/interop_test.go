@@ -11,6 +11,7 @@ import (
 	"testing"
 
 	"google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/e2em/e2em/coord/api"
@@ -113,5 +114,40 @@ func TestNonGoGRPCClientThroughBalancer(t *testing.T) {
 		&api.SignUpRequest{Username: "curly two", RollNumber: "42", Password: "password123"})
 	if want := "3"; bad.status != want || bad.message == "" || len(bad.body) != 0 {
 		t.Fatalf("bad sign-up: want status %s (InvalidArgument) with a message, got %s %q, %d body bytes", want, bad.status, bad.message, len(bad.body))
+	}
+}
+
+// grpcurl and other tools find the API by server reflection, without a
+// copy of coord.proto, and without logging in.
+func TestServerReflectionListsTheAPI(t *testing.T) {
+	c := sharedCluster(t)
+	stream, err := reflectionpb.NewServerReflectionClient(c.Conn(c.Layout.LB)).ServerReflectionInfo(ctx(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{
+		MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		have[s.Name] = true
+	}
+	for _, want := range []string{api.Coordinator_ServiceDesc.ServiceName, "grpc.health.v1.Health"} {
+		if !have[want] {
+			t.Fatalf("reflection lists %v, not %s", have, want)
+		}
+	}
+	// And describes the API's messages, so a tool can encode a call.
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{
+		MessageRequest: &reflectionpb.ServerReflectionRequest_FileContainingSymbol{FileContainingSymbol: api.Coordinator_ServiceDesc.ServiceName}}); err != nil {
+		t.Fatal(err)
+	}
+	if resp, err = stream.Recv(); err != nil || len(resp.GetFileDescriptorResponse().GetFileDescriptorProto()) == 0 {
+		t.Fatalf("no file descriptor for the API: %v %v", resp.GetErrorResponse(), err)
 	}
 }
