@@ -509,15 +509,24 @@ type ackRoute struct {
 	on *p2p.Session
 }
 
-// maxAcksPerRecord bounds an acknowledgement record (ids are 32 bytes).
-const maxAcksPerRecord = 512
+const (
+	// maxAcksPerRecord bounds an acknowledgement record (ids are 32 bytes).
+	maxAcksPerRecord = 512
+	// maxPendingAcks bounds what waits for one route (a sender that
+	// floods and never reads): beyond it an id is not acknowledged, and its
+	// sender sends the message again, which is shown once and acknowledged
+	// then.
+	maxPendingAcks = 1 << 16
+)
 
 // queueAck acknowledges message id from to, soon and without waiting.
 func (e *Engine) queueAck(s *session, to, id string, on *p2p.Session) {
 	r := ackRoute{to: to, on: on}
 	s.acks.mu.Lock()
 	ids, sending := s.acks.pending[r]
-	s.acks.pending[r] = append(ids, id)
+	if len(ids) < maxPendingAcks {
+		s.acks.pending[r] = append(ids, id)
+	}
 	s.acks.mu.Unlock()
 	if !sending {
 		go e.sendAcks(s, r)
