@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -50,6 +51,17 @@ func TestNATHolePunchingConnectsDirectly(t *testing.T) {
 	lab := ct.NewNATLab(t, "e2a", ct.PortKeeping)
 	_, a, b := natPair(t, lab)
 	sendUntil(t, a, b, "oto801", 60*time.Second, func(l ct.Line) bool { return l.S("via") == "direct" })
+	// The relayed connection is let go (it held a circuit on a
+	// coordinator), and the two go on talking directly.
+	ct.Eventually(t, 30*time.Second, func() error {
+		if !strings.Contains(a.Log()+b.Log(), "relayed connection closed: a direct one is open") {
+			return fmt.Errorf("neither client closed its relayed connection")
+		}
+		return nil
+	})
+	if sent := a.Deliver(b, "oto801", "still direct after the relay is gone"); sent.S("via") != "direct" {
+		t.Fatalf("after the relayed connection closed, a message went %q", sent.S("via"))
+	}
 }
 
 // (a, continued) The first hole punch fails — the two homes cannot reach

@@ -85,7 +85,43 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 		cm.Close()
 		return nil, fmt.Errorf("start libp2p on port %d: %w", cfg.Port, err)
 	}
+	CloseRelayedOnceDirect(h, relayGrace, cfg.Log)
 	return h, nil
+}
+
+// relayGrace is how long a relayed connection outlives a direct one to the
+// same peer: long enough for what is under way on it (a hole punch's last
+// messages, a record in flight) to end.
+const relayGrace = 5 * time.Second
+
+// CloseRelayedOnceDirect makes h close its relayed connections to a peer
+// grace after it has a direct one too. libp2p keeps both (and sends new
+// streams on the direct one), but a relayed connection holds a circuit on
+// the coordinator — two streams and buffers of the relay service, of which
+// a coordinator has a few hundred — until its time limit, hours with
+// ours: every pair that hole-punched would keep one for nothing, and the
+// relay would refuse the next people who need it. A message that was on
+// the closed connection is sent again on the direct one (it had no
+// acknowledgement), and shown once.
+func CloseRelayedOnceDirect(h host.Host, grace time.Duration, log *slog.Logger) {
+	if log == nil {
+		log = slog.Default()
+	}
+	check := func(p peer.ID) {
+		if !DirectlyConnected(h, p) {
+			return
+		}
+		for _, c := range h.Network().ConnsToPeer(p) {
+			if isCircuit(c.RemoteMultiaddr().String()) {
+				c.Close()
+				log.Info("relayed connection closed: a direct one is open", "peer", p, "relayed", c.RemoteMultiaddr().String())
+			}
+		}
+	}
+	h.Network().Notify(&network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		p := c.RemotePeer()
+		time.AfterFunc(grace, func() { check(p) })
+	}})
 }
 
 // StartHolePunching runs DCUtR (libp2p's direct connection upgrade
