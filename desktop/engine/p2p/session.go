@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -73,18 +74,82 @@ type Messenger struct {
 	mu       sync.Mutex
 	sessions map[string]*Session
 	dialing  map[string]*sync.Mutex
+
+	relayIdle time.Duration // see closeIdleRelayed
+	stop      chan struct{}
+	stopOnce  sync.Once
 }
+
+// RelayIdle is how long a relayed session may carry nothing before it
+// and its connection are closed (see closeIdleRelayed).
+const RelayIdle = 2 * time.Minute
 
 // NewMessenger registers the protocol handler on h.
 func NewMessenger(h host.Host, self Self, verify Verifier, handler Handler, log *slog.Logger) *Messenger {
+	return newMessenger(h, self, verify, handler, log, RelayIdle)
+}
+
+func newMessenger(h host.Host, self Self, verify Verifier, handler Handler, log *slog.Logger, relayIdle time.Duration) *Messenger {
 	m := &Messenger{h: h, self: self, verify: verify, handler: handler, log: log,
-		sessions: map[string]*Session{}, dialing: map[string]*sync.Mutex{}}
+		sessions: map[string]*Session{}, dialing: map[string]*sync.Mutex{},
+		relayIdle: relayIdle, stop: make(chan struct{})}
 	h.SetStreamHandler(ProtocolID, m.accept)
+	go m.closeIdleRelayedLoop()
 	return m
+}
+
+func (m *Messenger) closeIdleRelayedLoop() {
+	tick := time.NewTicker(m.relayIdle / 4)
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case now := <-tick.C:
+			m.closeIdleRelayed(now)
+		}
+	}
+}
+
+// closeIdleRelayed ends the relayed sessions that carried nothing for
+// relayIdle, and their connections when nothing else uses them. A relayed
+// connection holds a circuit on a coordinator for as long as it is open
+// (libp2p closes it only at the relay's limit, hours with ours), and a
+// coordinator has a few hundred; a conversation that went quiet sets up a
+// new one in a few round trips when it speaks again.
+func (m *Messenger) closeIdleRelayed(now time.Time) {
+	m.mu.Lock()
+	var idle []*Session
+	for _, s := range m.sessions {
+		if s.Relayed() && now.Sub(time.Unix(0, s.active.Load())) >= m.relayIdle {
+			idle = append(idle, s)
+		}
+	}
+	m.mu.Unlock()
+	for _, s := range idle {
+		c := s.st.Conn()
+		s.Close()
+		if onlyMessages(c) {
+			c.Close()
+			m.log.Info("idle relayed connection closed", "peer", s.peer, "relayed", c.RemoteMultiaddr().String())
+		}
+	}
+}
+
+// onlyMessages reports whether every open stream on c is a message session
+// (or not yet named): nothing else would be cut by closing c.
+func onlyMessages(c network.Conn) bool {
+	for _, st := range c.GetStreams() {
+		if p := st.Protocol(); p != "" && p != ProtocolID {
+			return false
+		}
+	}
+	return true
 }
 
 // Close ends every session.
 func (m *Messenger) Close() {
+	m.stopOnce.Do(func() { close(m.stop) })
 	m.h.RemoveStreamHandler(ProtocolID)
 	m.mu.Lock()
 	sessions := m.sessions
@@ -282,6 +347,7 @@ type Session struct {
 	recv   *e2e.Receiver
 	done   chan struct{}
 	once   sync.Once
+	active atomic.Int64 // when a record last went or came, in Unix nanoseconds
 }
 
 func (m *Messenger) newSession(st network.Stream, br *bufio.Reader, peerLogin string, send, recv []byte) (*Session, error) {
@@ -294,6 +360,7 @@ func (m *Messenger) newSession(st network.Stream, br *bufio.Reader, peerLogin st
 		return nil, err
 	}
 	s := &Session{m: m, st: st, peer: peerLogin, sender: snd, recv: rcv, done: make(chan struct{})}
+	s.active.Store(time.Now().UnixNano())
 	go s.readLoop(br)
 	return s, nil
 }
@@ -333,6 +400,7 @@ func (s *Session) Send(payload []byte) error {
 	}
 	s.st.SetWriteDeadline(time.Now().Add(handshakeTimeout))
 	defer s.st.SetWriteDeadline(time.Time{})
+	s.active.Store(time.Now().UnixNano())
 	return wire.WriteFrame(s.st, &wire.Frame{Kind: &wire.Frame_Record{Record: rec}})
 }
 
@@ -378,6 +446,7 @@ func (s *Session) readLoop(br *bufio.Reader) {
 	bad := 0
 	for {
 		f, err := wire.ReadFrame(br)
+		s.active.Store(time.Now().UnixNano())
 		if err != nil {
 			if !s.Closed() {
 				s.m.log.Debug("session ended", "peer", s.peer, "err", err)

@@ -79,7 +79,9 @@ type node struct {
 	peers map[string]peer.ID // login → the peer the directory names
 }
 
-func newNode(t *testing.T, login string) *node {
+// newNode starts a client's host and messenger; relayIdle (at most one)
+// replaces RelayIdle.
+func newNode(t *testing.T, login string, relayIdle ...time.Duration) *node {
 	key, _, _ := crypto.GenerateEd25519Key(rand.Reader)
 	h, err := NewHost(HostConfig{Key: key, Listen: "127.0.0.1"})
 	if err != nil {
@@ -95,7 +97,12 @@ func newNode(t *testing.T, login string) *node {
 		}
 		return k, nil
 	}
-	n.m = NewMessenger(h, n.self, verify, n.rec, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	idle := RelayIdle
+	if len(relayIdle) > 0 {
+		idle = relayIdle[0]
+	}
+	n.m = newMessenger(h, n.self, verify, n.rec, slog.New(slog.NewTextHandler(io.Discard, nil)), idle)
+	t.Cleanup(n.m.Close)
 	return n
 }
 
