@@ -78,6 +78,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.Int64Var(&o.relay.MaxBytes, "relay-max-bytes", o.relay.MaxBytes, "most bytes relayed each way per connection")
 	fs.IntVar(&o.relay.MaxReservations, "relay-max-reservations", o.relay.MaxReservations, "clients that may hold a relay reservation (libp2p's connection limits are sized for them)")
 	fs.IntVar(&o.relay.MaxConnsPerIP, "relay-max-conns-per-ip", o.relay.MaxConnsPerIP, "libp2p connections from one IP address (people behind one NAT share it)")
+	fs.IntVar(&o.relay.Circuits, "relay-circuits", o.relay.Circuits, "relayed connections carried at once, in all, each reserving 128 KiB of buffers (0: libp2p's memory-scaled size)")
 	fs.DurationVar(&o.heartbeat, "raft-heartbeat-timeout", time.Second, "Raft heartbeat timeout")
 	fs.BoolVar(&o.leaseReads, "lease-reads", true, "serve read barriers on the leader's lease; false confirms leadership with a heartbeat round for every batch of reads")
 	fs.DurationVar(&o.election, "raft-election-timeout", time.Second, "Raft election timeout")

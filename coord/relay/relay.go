@@ -14,8 +14,10 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	ma "github.com/multiformats/go-multiaddr"
 
@@ -36,11 +38,20 @@ type Config struct {
 	// How many clients may hold a reservation, and circuits per client.
 	MaxReservations int
 	MaxCircuits     int
+	// Circuits is how many relayed connections the relay carries at once,
+	// in all; 0 leaves libp2p's size, which follows the machine's memory
+	// (about 500 circuits on a 24 GiB machine). Each circuit reserves two
+	// copy buffers (bufferSize).
+	Circuits int
 	// MaxConnsPerIP bounds connections from one IP address. libp2p's
 	// default, 8, would shut out a campus or an office whose people share
 	// one NAT address.
 	MaxConnsPerIP int
 }
+
+// bufferSize is each direction's copy buffer of a circuit: libp2p's 2 KiB
+// would cost a system call per 2 KiB of a relayed file.
+const bufferSize = 64 << 10
 
 // DefaultConfig sizes the relay for file transfer.
 func DefaultConfig() Config {
@@ -49,6 +60,7 @@ func DefaultConfig() Config {
 		MaxBytes:        16 << 30,
 		MaxReservations: 1024,
 		MaxCircuits:     64,
+		Circuits:        1024,
 		MaxConnsPerIP:   1024,
 	}
 }
@@ -63,10 +75,17 @@ func Start(cfg Config) (host.Host, error) {
 	res.Limit = &relayv2.RelayLimit{Duration: cfg.MaxDuration, Data: cfg.MaxBytes}
 	res.MaxReservations = cfg.MaxReservations
 	res.MaxCircuits = cfg.MaxCircuits
-	res.BufferSize = 64 << 10
+	res.BufferSize = bufferSize
 	res.MaxReservationsPerIP = cfg.MaxReservations
 	res.MaxReservationsPerASN = cfg.MaxReservations
-	rm, cm, err := p2plimits.New(cfg.MaxReservations, cfg.MaxConnsPerIP)
+	var rm network.ResourceManager
+	var cm connmgr.ConnManager
+	if cfg.Circuits > 0 {
+		rm, cm, err = p2plimits.NewForRelay(cfg.MaxReservations, cfg.MaxConnsPerIP,
+			p2plimits.Relay{Circuits: cfg.Circuits, MemoryPerCircuit: 2 * bufferSize})
+	} else {
+		rm, cm, err = p2plimits.New(cfg.MaxReservations, cfg.MaxConnsPerIP)
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -122,3 +122,75 @@ func TestClientTakesConnectionsFromAWholeClass(t *testing.T) {
 	// Still answering afterwards.
 	cl.Do("Show_my_groups")
 }
+
+// One coordinator carries 600 relayed connections at once (15 people each
+// talking through it to the same 40 others): libp2p sizes its relay service
+// from the machine's memory, about 500 circuits here.
+func TestRelayCarriesHundredsOfCircuits(t *testing.T) {
+	c := ct.Start(t, ct.Options{N: 1})
+	relays, err := c.LB().Relays(ctx(t), &api.RelaysRequest{})
+	if err != nil || len(relays.Relays) == 0 {
+		t.Fatalf("relays: %v %v", relays, err)
+	}
+	r := relays.Relays[0]
+	relay := tcpInfo(t, r.PeerId, r.Addrs)
+	const sources, destinations = 15, 40
+	newHost := func() host.Host {
+		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
+			libp2p.ResourceManager(&network.NullResourceManager{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { h.Close() })
+		return h
+	}
+	var dst []peer.AddrInfo
+	for i := 0; i < destinations; i++ {
+		h := newHost()
+		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		if err := h.Connect(cctx, relay); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := client.Reserve(cctx, h, relay); err != nil {
+			t.Fatalf("reservation %d: %v", i, err)
+		}
+		cancel()
+		circuit, err := ma.NewMultiaddr(relay.Addrs[0].String() + "/p2p/" + relay.ID.String() + "/p2p-circuit")
+		if err != nil {
+			t.Fatal(err)
+		}
+		dst = append(dst, peer.AddrInfo{ID: h.ID(), Addrs: []ma.Multiaddr{circuit}})
+	}
+	var open atomic.Int32
+	var firstErr atomic.Value
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 32)
+	for i := 0; i < sources; i++ {
+		h := newHost()
+		for _, d := range dst {
+			wg.Add(1)
+			sem <- struct{}{}
+			go func() {
+				defer wg.Done()
+				defer func() { <-sem }()
+				cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				if err := h.Connect(network.WithAllowLimitedConn(cctx, "test"), d); err != nil {
+					firstErr.CompareAndSwap(nil, err.Error())
+					return
+				}
+				for _, c := range h.Network().ConnsToPeer(d.ID) {
+					if strings.Contains(c.RemoteMultiaddr().String(), "/p2p-circuit") {
+						open.Add(1)
+						return
+					}
+				}
+				firstErr.CompareAndSwap(nil, "connected, but not through the relay")
+			}()
+		}
+	}
+	wg.Wait()
+	if n := int(open.Load()); n != sources*destinations {
+		t.Fatalf("%d of %d relayed connections open at once; first refusal: %v", n, sources*destinations, firstErr.Load())
+	}
+}

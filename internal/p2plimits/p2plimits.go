@@ -15,16 +15,35 @@ import (
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/protocol"
 	rcmgr "github.com/libp2p/go-libp2p/p2p/host/resource-manager"
 	basicconnmgr "github.com/libp2p/go-libp2p/p2p/net/connmgr"
+	circuit "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
+	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	"github.com/libp2p/go-libp2p/x/rate"
 )
+
+// Relay sizes a circuit relay v2 service's own scope: how many relayed
+// connections it carries at once, and the memory each reserves (the relay
+// reserves two copy buffers per circuit).
+type Relay struct {
+	Circuits         int
+	MemoryPerCircuit int64
+}
 
 // New returns a resource manager and a connection manager for a host that
 // keeps up to peers connections from others, up to perIP of them from one
 // address. Every limit not named here keeps libp2p's scaled default.
 func New(peers, perIP int) (network.ResourceManager, connmgr.ConnManager, error) {
-	l := limits(peers)
+	return build(limits(peers, nil), perIP)
+}
+
+// NewForRelay is New for a host that also runs the relay service r sizes.
+func NewForRelay(peers, perIP int, r Relay) (network.ResourceManager, connmgr.ConnManager, error) {
+	return build(limits(peers, &r), perIP)
+}
+
+func build(l rcmgr.ConcreteLimitConfig, perIP int) (network.ResourceManager, connmgr.ConnManager, error) {
 	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(l),
 		rcmgr.WithLimitPerSubnet(
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: perIP}},
@@ -48,7 +67,12 @@ func New(peers, perIP int) (network.ResourceManager, connmgr.ConnManager, error)
 // connections in all and 79 in their handshake at once (half that on an
 // 8 GiB laptop): a coordinator could not hold more than about 250 people
 // (TestRelayHoldsHundredsOfReservations: 252 of 400 got a reservation).
-func limits(peers int) rcmgr.ConcreteLimitConfig {
+//
+// With r, it also raises the relay service's streams and memory to carry
+// r.Circuits at once: libp2p scales them with the machine's memory (1,009
+// streams and 63 MiB on a 24 GiB machine: about 500 circuits with 64 KiB
+// buffers, a quarter of that on a 2 GiB VM).
+func limits(peers int, r *Relay) rcmgr.ConcreteLimitConfig {
 	base := rcmgr.DefaultLimits
 	libp2p.SetDefaultServiceLimits(&base)
 	auto := base.AutoScale()
@@ -58,6 +82,12 @@ func limits(peers int) rcmgr.ConcreteLimitConfig {
 			return v
 		}
 		return rcmgr.LimitVal(to)
+	}
+	raiseMemory := func(v rcmgr.LimitVal64, to int64) rcmgr.LimitVal64 {
+		if v == rcmgr.Unlimited64 || int64(v) >= to {
+			return v
+		}
+		return rcmgr.LimitVal64(to)
 	}
 	inbound := peers + peers/4
 	partial := rcmgr.PartialLimitConfig{
@@ -70,6 +100,27 @@ func limits(peers int) rcmgr.ConcreteLimitConfig {
 			ConnsInbound: raise(def.Transient.ConnsInbound, peers/4),
 			Conns:        raise(def.Transient.Conns, peers/4+int(def.Transient.ConnsOutbound)),
 		},
+	}
+	if r != nil {
+		// A circuit is a hop stream in (from its source) and a stop
+		// stream out (to its destination); reservations being made are
+		// hop streams too, briefly.
+		in, out := r.Circuits+peers/4, r.Circuits
+		memory := int64(r.Circuits) * r.MemoryPerCircuit
+		svc := def.Service[relayv2.ServiceName]
+		partial.Service = map[string]rcmgr.ResourceLimits{relayv2.ServiceName: {
+			StreamsInbound:  raise(svc.StreamsInbound, in),
+			StreamsOutbound: raise(svc.StreamsOutbound, out),
+			Streams:         raise(svc.Streams, in+out),
+			Memory:          raiseMemory(svc.Memory, memory),
+		}}
+		hop, stop := def.Protocol[circuit.ProtoIDv2Hop], def.Protocol[circuit.ProtoIDv2Stop]
+		partial.Protocol = map[protocol.ID]rcmgr.ResourceLimits{
+			circuit.ProtoIDv2Hop:  {StreamsInbound: raise(hop.StreamsInbound, in), Streams: raise(hop.Streams, in+int(hop.StreamsOutbound))},
+			circuit.ProtoIDv2Stop: {StreamsOutbound: raise(stop.StreamsOutbound, out), Streams: raise(stop.Streams, out+int(stop.StreamsInbound))},
+		}
+		partial.System.Streams = raise(def.System.Streams, in+out+int(def.System.Streams))
+		partial.System.Memory = raiseMemory(def.System.Memory, memory+int64(def.System.Memory))
 	}
 	return partial.Build(auto)
 }
