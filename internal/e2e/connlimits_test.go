@@ -83,17 +83,22 @@ func crowd(t *testing.T, target peer.AddrInfo, n int, then func(context.Context,
 	}
 }
 
-// One coordinator holds a relay reservation for each of 400 people online
-// at once (libp2p's memory-scaled defaults stopped at 252 inbound
-// connections on this machine).
-func TestRelayHoldsHundredsOfReservations(t *testing.T) {
+// soleRelay starts a one-coordinator cluster and returns its relay.
+func soleRelay(t *testing.T) peer.AddrInfo {
 	c := ct.Start(t, ct.Options{N: 1})
 	relays, err := c.LB().Relays(ctx(t), &api.RelaysRequest{})
 	if err != nil || len(relays.Relays) == 0 {
 		t.Fatalf("relays: %v %v", relays, err)
 	}
 	r := relays.Relays[0]
-	info := tcpInfo(t, r.PeerId, r.Addrs)
+	return tcpInfo(t, r.PeerId, r.Addrs)
+}
+
+// One coordinator holds a relay reservation for each of 400 people online
+// at once (libp2p's memory-scaled defaults stopped at 252 inbound
+// connections on this machine).
+func TestRelayHoldsHundredsOfReservations(t *testing.T) {
+	info := soleRelay(t)
 	crowd(t, info, 400, func(ctx context.Context, h host.Host) error {
 		_, err := client.Reserve(ctx, h, info)
 		return err
@@ -127,13 +132,7 @@ func TestClientTakesConnectionsFromAWholeClass(t *testing.T) {
 // talking through it to the same 40 others): libp2p sizes its relay service
 // from the machine's memory, about 500 circuits here.
 func TestRelayCarriesHundredsOfCircuits(t *testing.T) {
-	c := ct.Start(t, ct.Options{N: 1})
-	relays, err := c.LB().Relays(ctx(t), &api.RelaysRequest{})
-	if err != nil || len(relays.Relays) == 0 {
-		t.Fatalf("relays: %v %v", relays, err)
-	}
-	r := relays.Relays[0]
-	relay := tcpInfo(t, r.PeerId, r.Addrs)
+	relay := soleRelay(t)
 	const sources, destinations = 15, 40
 	newHost := func() host.Host {
 		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"),
