@@ -160,6 +160,8 @@ func run(o *options, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	reg := prometheus.NewRegistry()
+	o.relay.Metrics = reg // libp2p's own: swarm, relay service, identify
 	p2p, err := relay.Start(o.relay)
 	if err != nil {
 		return err
@@ -214,7 +216,6 @@ func run(o *options, log *slog.Logger) error {
 	go func() { serveErr <- gs.Serve(ln) }()
 	log.Info("API listening", "addr", ln.Addr().String(), "raft", st.RaftAddr())
 
-	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	server.RegisterMetrics(reg)
 	registerStoreMetrics(reg, st)

@@ -20,6 +20,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/network"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	ma "github.com/multiformats/go-multiaddr"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/e2em/e2em/internal/p2plimits"
 )
@@ -38,6 +39,9 @@ type Config struct {
 	// How many clients may hold a reservation, and circuits per client.
 	MaxReservations int
 	MaxCircuits     int
+	// Metrics, when set, receives libp2p's own metrics (libp2p_swarm_*,
+	// libp2p_relaysvc_*: reservations and circuits opened and closed).
+	Metrics prometheus.Registerer
 	// Circuits is how many relayed connections the relay carries at once,
 	// in all; 0 leaves libp2p's size, which follows the machine's memory
 	// (about 500 circuits on a 24 GiB machine). Each circuit reserves two
@@ -98,6 +102,9 @@ func Start(cfg Config) (host.Host, error) {
 		libp2p.ForceReachabilityPublic(),
 		libp2p.EnableNATService(),
 		libp2p.EnableAutoNATv2(),
+	}
+	if cfg.Metrics != nil {
+		opts = append(opts, libp2p.PrometheusRegisterer(cfg.Metrics))
 	}
 	if len(cfg.Announce) > 0 {
 		announce := make([]ma.Multiaddr, 0, len(cfg.Announce))

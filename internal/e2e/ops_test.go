@@ -143,7 +143,7 @@ func TestMetricsArePrometheusText(t *testing.T) {
 	c := sharedCluster(t)
 	want := map[string][]string{
 		c.Layout.LBMetrics:               {"e2em_lb_backend_active_connections", "e2em_lb_backend_bytes_total", "e2em_lb_backend_healthy", "e2em_lb_connections_accepted_total"},
-		c.Layout.Coordinators[0].Metrics: {"e2em_coord_requests_total", "e2em_raft_applied_index", "e2em_raft_has_leader"},
+		c.Layout.Coordinators[0].Metrics: {"e2em_coord_requests_total", "e2em_raft_applied_index", "e2em_raft_has_leader", "libp2p_relaysvc_status"},
 	}
 	for addr, names := range want {
 		resp, err := http.Get("http://" + addr + "/metrics")

@@ -39,17 +39,24 @@ func New(peers, perIP int) (network.ResourceManager, connmgr.ConnManager, error)
 }
 
 // NewForRelay is New for a host that also runs the relay service r sizes.
+// Its resource manager reports what it admits and refuses to libp2p's
+// libp2p_rcmgr_* metrics (registered by libp2p.PrometheusRegisterer), so an
+// operator sees a relay reaching its limits.
 func NewForRelay(peers, perIP int, r Relay) (network.ResourceManager, connmgr.ConnManager, error) {
-	return build(limits(peers, &r), perIP)
+	stats, err := rcmgr.NewStatsTraceReporter()
+	if err != nil {
+		return nil, nil, fmt.Errorf("libp2p resource manager metrics: %w", err)
+	}
+	return build(limits(peers, &r), perIP, rcmgr.WithTraceReporter(stats))
 }
 
-func build(l rcmgr.ConcreteLimitConfig, perIP int) (network.ResourceManager, connmgr.ConnManager, error) {
-	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(l),
+func build(l rcmgr.ConcreteLimitConfig, perIP int, extra ...rcmgr.Option) (network.ResourceManager, connmgr.ConnManager, error) {
+	rm, err := rcmgr.NewResourceManager(rcmgr.NewFixedLimiter(l), append([]rcmgr.Option{
 		rcmgr.WithLimitPerSubnet(
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 32, ConnCount: perIP}},
 			[]rcmgr.ConnLimitPerSubnet{{PrefixLength: 56, ConnCount: perIP}, {PrefixLength: 48, ConnCount: 8 * perIP}},
 		),
-		rcmgr.WithConnRateLimiters(rateLimiter(perIP)))
+		rcmgr.WithConnRateLimiters(rateLimiter(perIP))}, extra...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("libp2p resource manager: %w", err)
 	}
