@@ -14,10 +14,8 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
-	"github.com/libp2p/go-libp2p/core/connmgr"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
-	"github.com/libp2p/go-libp2p/core/network"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -82,14 +80,8 @@ func Start(cfg Config) (host.Host, error) {
 	res.BufferSize = bufferSize
 	res.MaxReservationsPerIP = cfg.MaxReservations
 	res.MaxReservationsPerASN = cfg.MaxReservations
-	var rm network.ResourceManager
-	var cm connmgr.ConnManager
-	if cfg.Circuits > 0 {
-		rm, cm, err = p2plimits.NewForRelay(cfg.MaxReservations, cfg.MaxConnsPerIP,
-			p2plimits.Relay{Circuits: cfg.Circuits, MemoryPerCircuit: 2 * bufferSize})
-	} else {
-		rm, cm, err = p2plimits.New(cfg.MaxReservations, cfg.MaxConnsPerIP)
-	}
+	rm, cm, err := p2plimits.NewForRelay(cfg.MaxReservations, cfg.MaxConnsPerIP,
+		p2plimits.Relay{Circuits: cfg.Circuits, MemoryPerCircuit: 2 * bufferSize})
 	if err != nil {
 		return nil, err
 	}

@@ -31,6 +31,14 @@ type Relay struct {
 	MemoryPerCircuit int64
 }
 
+// atLeast raises a limit to n, leaving a larger or unlimited one alone.
+func atLeast[V rcmgr.LimitVal | rcmgr.LimitVal64, N int | int64](v V, n N) V {
+	if v == V(rcmgr.Unlimited) || int64(v) >= int64(n) {
+		return v
+	}
+	return V(n)
+}
+
 // New returns a resource manager and a connection manager for a host that
 // keeps up to peers connections from others, up to perIP of them from one
 // address. Every limit not named here keeps libp2p's scaled default.
@@ -38,7 +46,8 @@ func New(peers, perIP int) (network.ResourceManager, connmgr.ConnManager, error)
 	return build(limits(peers, nil), perIP)
 }
 
-// NewForRelay is New for a host that also runs the relay service r sizes.
+// NewForRelay is New for a host that also runs the relay service r sizes
+// (r.Circuits 0: libp2p's memory-scaled size).
 // Its resource manager reports what it admits and refuses to libp2p's
 // libp2p_rcmgr_* metrics (registered by libp2p.PrometheusRegisterer), so an
 // operator sees a relay reaching its limits.
@@ -75,8 +84,8 @@ func build(l rcmgr.ConcreteLimitConfig, perIP int, extra ...rcmgr.Option) (netwo
 // 8 GiB laptop): a coordinator could not hold more than about 250 people
 // (TestRelayHoldsHundredsOfReservations: 252 of 400 got a reservation).
 //
-// With r, it also raises the relay service's streams and memory to carry
-// r.Circuits at once: libp2p scales them with the machine's memory (1,009
+// With r (and r.Circuits > 0), it also raises the relay service's streams
+// and memory to carry r.Circuits at once: libp2p scales them with the machine's memory (1,009
 // streams and 63 MiB on a 24 GiB machine: about 500 circuits with 64 KiB
 // buffers, a quarter of that on a 2 GiB VM).
 func limits(peers int, r *Relay) rcmgr.ConcreteLimitConfig {
@@ -84,31 +93,19 @@ func limits(peers int, r *Relay) rcmgr.ConcreteLimitConfig {
 	libp2p.SetDefaultServiceLimits(&base)
 	auto := base.AutoScale()
 	def := auto.ToPartialLimitConfig()
-	raise := func(v rcmgr.LimitVal, to int) rcmgr.LimitVal {
-		if v == rcmgr.Unlimited || int(v) >= to {
-			return v
-		}
-		return rcmgr.LimitVal(to)
-	}
-	raiseMemory := func(v rcmgr.LimitVal64, to int64) rcmgr.LimitVal64 {
-		if v == rcmgr.Unlimited64 || int64(v) >= to {
-			return v
-		}
-		return rcmgr.LimitVal64(to)
-	}
 	inbound := peers + peers/4
 	partial := rcmgr.PartialLimitConfig{
 		System: rcmgr.ResourceLimits{
-			ConnsInbound: raise(def.System.ConnsInbound, inbound),
-			Conns:        raise(def.System.Conns, inbound+int(def.System.ConnsOutbound)),
-			FD:           raise(def.System.FD, inbound+int(def.System.ConnsOutbound)),
+			ConnsInbound: atLeast(def.System.ConnsInbound, inbound),
+			Conns:        atLeast(def.System.Conns, inbound+int(def.System.ConnsOutbound)),
+			FD:           atLeast(def.System.FD, inbound+int(def.System.ConnsOutbound)),
 		},
 		Transient: rcmgr.ResourceLimits{
-			ConnsInbound: raise(def.Transient.ConnsInbound, peers/4),
-			Conns:        raise(def.Transient.Conns, peers/4+int(def.Transient.ConnsOutbound)),
+			ConnsInbound: atLeast(def.Transient.ConnsInbound, peers/4),
+			Conns:        atLeast(def.Transient.Conns, peers/4+int(def.Transient.ConnsOutbound)),
 		},
 	}
-	if r != nil {
+	if r != nil && r.Circuits > 0 {
 		// A circuit is a hop stream in (from its source) and a stop
 		// stream out (to its destination); reservations being made are
 		// hop streams too, briefly.
@@ -116,18 +113,18 @@ func limits(peers int, r *Relay) rcmgr.ConcreteLimitConfig {
 		memory := int64(r.Circuits) * r.MemoryPerCircuit
 		svc := def.Service[relayv2.ServiceName]
 		partial.Service = map[string]rcmgr.ResourceLimits{relayv2.ServiceName: {
-			StreamsInbound:  raise(svc.StreamsInbound, in),
-			StreamsOutbound: raise(svc.StreamsOutbound, out),
-			Streams:         raise(svc.Streams, in+out),
-			Memory:          raiseMemory(svc.Memory, memory),
+			StreamsInbound:  atLeast(svc.StreamsInbound, in),
+			StreamsOutbound: atLeast(svc.StreamsOutbound, out),
+			Streams:         atLeast(svc.Streams, in+out),
+			Memory:          atLeast(svc.Memory, memory),
 		}}
 		hop, stop := def.Protocol[circuit.ProtoIDv2Hop], def.Protocol[circuit.ProtoIDv2Stop]
 		partial.Protocol = map[protocol.ID]rcmgr.ResourceLimits{
-			circuit.ProtoIDv2Hop:  {StreamsInbound: raise(hop.StreamsInbound, in), Streams: raise(hop.Streams, in+int(hop.StreamsOutbound))},
-			circuit.ProtoIDv2Stop: {StreamsOutbound: raise(stop.StreamsOutbound, out), Streams: raise(stop.Streams, out+int(stop.StreamsInbound))},
+			circuit.ProtoIDv2Hop:  {StreamsInbound: atLeast(hop.StreamsInbound, in), Streams: atLeast(hop.Streams, in+int(hop.StreamsOutbound))},
+			circuit.ProtoIDv2Stop: {StreamsOutbound: atLeast(stop.StreamsOutbound, out), Streams: atLeast(stop.Streams, out+int(stop.StreamsInbound))},
 		}
-		partial.System.Streams = raise(def.System.Streams, in+out+int(def.System.Streams))
-		partial.System.Memory = raiseMemory(def.System.Memory, memory+int64(def.System.Memory))
+		partial.System.Streams = atLeast(def.System.Streams, in+out+int(def.System.Streams))
+		partial.System.Memory = atLeast(def.System.Memory, memory+int64(def.System.Memory))
 	}
 	return partial.Build(auto)
 }

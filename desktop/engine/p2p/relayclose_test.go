@@ -13,6 +13,8 @@ import (
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/proto"
 	ma "github.com/multiformats/go-multiaddr"
+
+	ct "github.com/e2em/e2em/internal/clustertest"
 )
 
 func loopbackHost(t *testing.T, opts ...libp2p.Option) host.Host {
@@ -34,7 +36,7 @@ func reserveOnNewRelay(t *testing.T, b host.Host) (host.Host, ma.Multiaddr) {
 	defer cancel()
 	info := peer.AddrInfo{ID: relay.ID(), Addrs: relay.Addrs()}
 	// The relay service starts once the host counts itself public.
-	waitFor(t, 10*time.Second, func() error {
+	ct.Eventually(t, 10*time.Second, func() error {
 		_, err := client.Reserve(ctx, b, info)
 		return err
 	})
@@ -59,21 +61,6 @@ func relayedPair(t *testing.T, a, b host.Host) host.Host {
 		t.Fatal("the two are not connected through the relay")
 	}
 	return relay
-}
-
-func waitFor(t *testing.T, d time.Duration, cond func() error) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := cond()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %v", d, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // circuitsAt counts the circuit streams the relay holds open.
@@ -113,7 +100,7 @@ func TestRelayedConnectionClosedOnceDirect(t *testing.T) {
 	if _, err := a.Network().DialPeer(network.WithForceDirectDial(ctx, "test"), b.ID()); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 10*time.Second, func() error {
+	ct.Eventually(t, 10*time.Second, func() error {
 		for _, c := range a.Network().ConnsToPeer(b.ID()) {
 			if isCircuit(c.RemoteMultiaddr().String()) {
 				return fmt.Errorf("relayed connection still open beside the direct one")
@@ -158,7 +145,7 @@ func TestIdleRelayedSessionLetsTheCircuitGo(t *testing.T) {
 	}
 	bob.rec.waitFor(t, func() bool { return len(bob.rec.payloads) == 13 })
 	// Quiet: the session, the connection and the circuit go.
-	waitFor(t, 10*time.Second, func() error {
+	ct.Eventually(t, 10*time.Second, func() error {
 		if !first.Closed() {
 			return fmt.Errorf("the idle session is open")
 		}
