@@ -3,7 +3,7 @@
 # is missing: Debian packages with apt-get, protoc plugins with go install.
 set -euo pipefail
 
-pkgs=(gcc libgl1-mesa-dev xorg-dev xvfb xdotool imagemagick protobuf-compiler haproxy iptables iproute2 openssl curl)
+pkgs=(gcc libgl1-mesa-dev xorg-dev xvfb xdotool imagemagick protobuf-compiler haproxy nghttp2-client iptables iproute2 openssl curl)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

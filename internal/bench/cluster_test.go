@@ -2,11 +2,15 @@ package bench
 
 import (
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +19,9 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/e2em/e2em/coord/api"
 	ct "github.com/e2em/e2em/internal/clustertest"
@@ -80,16 +87,19 @@ func BenchmarkClusterThroughBalancer(b *testing.B) {
 	}
 	envelope := make([]byte, 256)
 	for i := 0; i < b.N; i++ {
-		profile(b, c, "write")
+		stop := profile(b, c, "write")
 		wRate, wP50, wP99, wErr := load(writers, d, func(w int) error {
 			_, err := clients[w].PutMail(authed, &api.PutMailRequest{To: "bench1", Envelope: envelope})
 			return err
 		})
-		profile(b, c, "lookup")
+		stop()
+		stop = profile(b, c, "lookup")
 		rRate, rP50, rP99, rErr := load(writers, d, func(w int) error {
 			_, err := clients[w].LookUp(authed, &api.LookUpRequest{Query: "bench1"})
 			return err
 		})
+		stop()
+		hRate, hMean := h2loadLookups(b, c, resp.Token, writers, d)
 		if wErr+rErr > 0 {
 			b.Logf("errors: %d writes, %d lookups", wErr, rErr)
 		}
@@ -104,7 +114,112 @@ func BenchmarkClusterThroughBalancer(b *testing.B) {
 		b.ReportMetric(rRate, "lookups/s")
 		b.ReportMetric(us(rP50), "lookup-p50-µs")
 		b.ReportMetric(us(rP99), "lookup-p99-µs")
+		b.ReportMetric(hRate, "h2load-lookups/s")
+		b.ReportMetric(us(hMean), "h2load-lookup-mean-µs")
 	}
+}
+
+// h2loadLookups measures lookups per second through the balancer with a
+// load generator written in C (nghttp2's h2load: 64 TLS HTTP/2
+// connections, one call at a time on each, gRPC framed by hand), which
+// leaves more of the two cores to the cluster than 64 grpc-go clients in
+// this process do. The rate is counted by the coordinators themselves
+// (e2em_coord_requests_total for LookUp with code OK, summed over all
+// three), so a gRPC error inside an HTTP 200 is not counted; any call that
+// is not OK fails the benchmark.
+func h2loadLookups(b *testing.B, c *ct.Cluster, token string, conns int, d time.Duration) (rate float64, mean time.Duration) {
+	h2load, err := exec.LookPath("h2load")
+	if err != nil {
+		b.Log("h2load not installed (Debian's nghttp2-client): the C load generator's lookups are not measured")
+		return 0, 0
+	}
+	msg, err := proto.Marshal(&api.LookUpRequest{Query: "bench1"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	body := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg)))
+	body = append(body, msg...)
+	bodyFile := filepath.Join(b.TempDir(), "lookup.grpc")
+	if err := os.WriteFile(bodyFile, body, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	okBefore, badBefore := lookupCounts(b, c)
+	cmd := exec.Command(h2load, "-t", "1", "-c", fmt.Sprint(conns), "-m", "1",
+		"-D", fmt.Sprint(int(d.Seconds())), "--warm-up-time", "1",
+		"-d", bodyFile,
+		"-H", "content-type: application/grpc", "-H", "te: trailers",
+		"-H", api.TokenKey+": Bearer "+token,
+		"https://"+c.Layout.LB+"/e2em.coord.v1.Coordinator/LookUp")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		b.Fatalf("h2load: %v\n%s", err, out)
+	}
+	okAfter, badAfter := lookupCounts(b, c)
+	// h2load's summary (for the main duration, after the warm-up):
+	//   finished in 5.00s, 12345.60 req/s, 1.23MB/s
+	//   requests: 61728 total, 61792 started, 61728 done, 61728 succeeded, 0 failed, ...
+	//   time for request:  min  max  mean  sd  +/- sd
+	var succeeded float64
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(strings.ReplaceAll(line, ",", ""))
+		switch {
+		case strings.HasPrefix(line, "finished in") && len(f) >= 4:
+			rate, _ = strconv.ParseFloat(f[3], 64)
+		case strings.HasPrefix(line, "requests:") && len(f) >= 9:
+			succeeded, _ = strconv.ParseFloat(f[7], 64)
+		case strings.HasPrefix(line, "time for request:") && len(f) >= 6:
+			mean, _ = time.ParseDuration(strings.ReplaceAll(f[5], "us", "µs"))
+		}
+	}
+	// Every call h2load counts as a success (an HTTP 200) must have been a
+	// LookUp the coordinators answered OK, and none may have failed.
+	if bad := badAfter - badBefore; bad > 0 || rate == 0 || okAfter-okBefore < succeeded {
+		b.Fatalf("h2load: %.0f lookups OK and %.0f refused by the coordinators, %.0f succeeded for h2load\n%s",
+			okAfter-okBefore, bad, succeeded, out)
+	}
+	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
+	b.Logf("h2load used %v of CPU for %.0f lookups (%.1f µs each, warm-up included)",
+		cpu.Round(time.Millisecond), okAfter-okBefore, float64(cpu.Microseconds())/(okAfter-okBefore))
+	return rate, mean
+}
+
+// lookupCounts sums, over the coordinators, the LookUp calls answered OK
+// and those that failed; calls the client cancelled (h2load resets the
+// ones in flight when its time is up) are neither.
+func lookupCounts(b *testing.B, c *ct.Cluster) (ok, bad float64) {
+	for _, co := range c.Layout.Coordinators {
+		resp, err := http.Get("http://" + co.Metrics + "/metrics")
+		if err != nil {
+			b.Fatal(err)
+		}
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		families, err := parser.TextToMetricFamilies(resp.Body)
+		resp.Body.Close()
+		if err != nil {
+			b.Fatal(err)
+		}
+		fam := families["e2em_coord_requests_total"]
+		if fam == nil {
+			continue
+		}
+		for _, m := range fam.Metric {
+			labels := map[string]string{}
+			for _, l := range m.Label {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if labels["method"] != "/e2em.coord.v1.Coordinator/LookUp" {
+				continue
+			}
+			switch labels["code"] {
+			case "OK":
+				ok += m.GetCounter().GetValue()
+			case "Canceled": // in flight when h2load stopped
+			default:
+				bad += m.GetCounter().GetValue()
+			}
+		}
+	}
+	return ok, bad
 }
 
 // floorFSM only sets one key in badger per entry.
@@ -171,13 +286,25 @@ func raftFloor(b *testing.B, writers int, d time.Duration) (float64, time.Durati
 	return rate, p50, p99
 }
 
-// profile takes a 4 s CPU profile of the leader and of a follower while the
-// next load runs, when E2EM_PROFILE names a folder (for finding where the
-// time goes; not part of the measurement).
-func profile(b *testing.B, c *ct.Cluster, phase string) {
+// profile takes a 4 s CPU profile of each coordinator while the next load
+// runs, and one of the benchmark's own process (the clients) until the
+// returned stop is called, when E2EM_PROFILE names a folder (for finding
+// where the time goes; not part of the measurement).
+func profile(b *testing.B, c *ct.Cluster, phase string) (stop func()) {
 	dir := os.Getenv("E2EM_PROFILE")
 	if dir == "" {
-		return
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, phase+"-clients.prof"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		b.Fatal(err)
+	}
+	stop = func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 	leader, err := c.Leader()
 	if err != nil {
@@ -191,4 +318,5 @@ func profile(b *testing.B, c *ct.Cluster, phase string) {
 		out := filepath.Join(dir, phase+"-"+role+"-"+co.ID+".prof")
 		go exec.Command("curl", "-s", "-o", out, "http://"+co.Metrics+"/debug/pprof/profile?seconds=4").Run()
 	}
+	return stop
 }
