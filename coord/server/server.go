@@ -128,7 +128,12 @@ func storeErr(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+	if errors.Is(err, context.Canceled) {
+		// The caller went away (or cancelled): not the cluster's doing, and
+		// the metrics should not count it as a slow answer.
+		return status.Error(codes.Canceled, "the call was cancelled")
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
 		return status.Error(codes.DeadlineExceeded, "the cluster did not answer in time; try again")
 	}
 	return status.Errorf(codes.Unavailable, "the cluster cannot take this call right now: %v", err)

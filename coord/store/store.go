@@ -325,6 +325,9 @@ func (s *Store) applyOnce(ctx context.Context, data []byte) (*statepb.Result, er
 		return nil, fmt.Errorf("decode result from leader: %w", err)
 	}
 	if err := s.applied.Wait(ctx, idx); err != nil {
+		if errors.Is(err, context.Canceled) {
+			return nil, status.Error(codes.Canceled, "the call was cancelled")
+		}
 		return nil, status.Errorf(codes.DeadlineExceeded, "waiting for this coordinator to apply index %d: %v", idx, err)
 	}
 	return &res, nil
