@@ -68,8 +68,8 @@ const clusterRounds = 3
 // puts) per second through the balancer, TLS and gRPC included, beside a
 // bare Raft floor measured in the same run: three hashicorp/raft nodes on
 // loopback with raft-wal and a state machine that only sets a key in badger.
-// Each round measures the floor, then the cluster's writes, lookups from
-// grpc-go clients and lookups from h2load, one after another.
+// Each round measures the floor, then the cluster's writes and lookups from
+// grpc-go clients, then both again from h2load, one after another.
 func BenchmarkClusterThroughBalancer(b *testing.B) {
 	const writers = 64
 	const d = 5 * time.Second
@@ -115,12 +115,13 @@ func BenchmarkClusterThroughBalancer(b *testing.B) {
 				return err
 			})
 			stop()
-			hRate, hMean := h2loadLookups(b, c, resp.Token, writers, d)
+			hwRate, hwMean := h2loadCalls(b, c, resp.Token, writers, d, "PutMail", &api.PutMailRequest{To: "bench1", Envelope: envelope})
+			hRate, hMean := h2loadCalls(b, c, resp.Token, writers, d, "LookUp", &api.LookUpRequest{Query: "bench1"})
 			if wErr+rErr > 0 {
 				b.Logf("errors: %d writes, %d lookups", wErr, rErr)
 			}
-			b.Logf("round %d: floor %.0f writes/s, cluster %.0f writes/s (ratio %.2f), lookups %.0f/s (grpc-go) %.0f/s (h2load)",
-				r+1, floor, wRate, wRate/floor, rRate, hRate)
+			b.Logf("round %d: floor %.0f writes/s; grpc-go clients: %.0f writes/s (ratio %.2f), %.0f lookups/s; h2load: %.0f writes/s (ratio %.2f), %.0f lookups/s",
+				r+1, floor, wRate, wRate/floor, rRate, hwRate, hwRate/floor, hRate)
 			add("floor-writes/s", floor)
 			add("floor-p50-µs", us(fP50))
 			add("floor-p99-µs", us(fP99))
@@ -132,6 +133,9 @@ func BenchmarkClusterThroughBalancer(b *testing.B) {
 			add("lookup-p50-µs", us(rP50))
 			add("lookup-p99-µs", us(rP99))
 			if hRate > 0 {
+				add("h2load-writes/s", hwRate)
+				add("h2load-write-mean-µs", us(hwMean))
+				add("h2load-write-ratio", hwRate/floor)
 				add("h2load-lookups/s", hRate)
 				add("h2load-lookup-mean-µs", us(hMean))
 			}
@@ -149,42 +153,43 @@ func median(vs []float64) float64 {
 	return s[len(s)/2]
 }
 
-// h2loadLookups measures lookups per second through the balancer with a
-// load generator written in C (nghttp2's h2load: 64 TLS HTTP/2
-// connections, one call at a time on each, gRPC framed by hand), which
-// leaves more of the two cores to the cluster than 64 grpc-go clients in
-// this process do. The rate is counted by the coordinators themselves
-// (e2em_coord_requests_total for LookUp with code OK, summed over all
-// three), so a gRPC error inside an HTTP 200 is not counted; any call that
-// is not OK fails the benchmark.
-func h2loadLookups(b *testing.B, c *ct.Cluster, token string, conns int, d time.Duration) (rate float64, mean time.Duration) {
+// h2loadCalls measures calls of one API method per second through the
+// balancer with a load generator written in C (nghttp2's h2load: `conns`
+// TLS HTTP/2 connections, one call at a time on each, the same request
+// every time, gRPC framed by hand), which leaves more of the two cores to
+// the cluster than grpc-go clients in this process do. Every call h2load
+// counts must also have been answered OK by a coordinator
+// (e2em_coord_requests_total, summed over all of them), so a gRPC error
+// inside an HTTP 200 cannot pass; any failed call fails the benchmark.
+func h2loadCalls(b *testing.B, c *ct.Cluster, token string, conns int, d time.Duration, method string, req proto.Message) (rate float64, mean time.Duration) {
 	h2load, err := exec.LookPath("h2load")
 	if err != nil {
-		b.Log("h2load not installed (Debian's nghttp2-client): the C load generator's lookups are not measured")
+		b.Log("h2load not installed (Debian's nghttp2-client): the C load generator's rates are not measured")
 		return 0, 0
 	}
-	msg, err := proto.Marshal(&api.LookUpRequest{Query: "bench1"})
+	path := "/" + api.Coordinator_ServiceDesc.ServiceName + "/" + method
+	msg, err := proto.Marshal(req)
 	if err != nil {
 		b.Fatal(err)
 	}
 	body := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg)))
 	body = append(body, msg...)
-	bodyFile := filepath.Join(b.TempDir(), "lookup.grpc")
+	bodyFile := filepath.Join(b.TempDir(), method+".grpc")
 	if err := os.WriteFile(bodyFile, body, 0o600); err != nil {
 		b.Fatal(err)
 	}
-	okBefore, badBefore := lookupCounts(b, c)
+	okBefore, badBefore := callCounts(b, c, path)
 	cmd := exec.Command(h2load, "-t", "1", "-c", fmt.Sprint(conns), "-m", "1",
 		"-D", fmt.Sprint(int(d.Seconds())), "--warm-up-time", "1",
 		"-d", bodyFile,
 		"-H", "content-type: application/grpc", "-H", "te: trailers",
 		"-H", api.TokenKey+": Bearer "+token,
-		"https://"+c.Layout.LB+"/e2em.coord.v1.Coordinator/LookUp")
+		"https://"+c.Layout.LB+path)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		b.Fatalf("h2load: %v\n%s", err, out)
 	}
-	okAfter, badAfter := lookupCounts(b, c)
+	okAfter, badAfter := callCounts(b, c, path)
 	// h2load's summary (for the main duration, after the warm-up):
 	//   finished in 5.00s, 12345.60 req/s, 1.23MB/s
 	//   requests: 61728 total, 61792 started, 61728 done, 61728 succeeded, 0 failed, ...
@@ -202,21 +207,22 @@ func h2loadLookups(b *testing.B, c *ct.Cluster, token string, conns int, d time.
 		}
 	}
 	// Every call h2load counts as a success (an HTTP 200) must have been a
-	// LookUp the coordinators answered OK, and none may have failed.
+	// call the coordinators answered OK, and none may have failed.
 	if bad := badAfter - badBefore; bad > 0 || rate == 0 || okAfter-okBefore < succeeded {
-		b.Fatalf("h2load: %.0f lookups OK and %.0f refused by the coordinators, %.0f succeeded for h2load\n%s",
-			okAfter-okBefore, bad, succeeded, out)
+		b.Fatalf("h2load: %.0f %s calls OK and %.0f refused by the coordinators, %.0f succeeded for h2load\n%s",
+			okAfter-okBefore, method, bad, succeeded, out)
 	}
 	cpu := cmd.ProcessState.UserTime() + cmd.ProcessState.SystemTime()
-	b.Logf("h2load used %v of CPU for %.0f lookups (%.1f µs each, warm-up included)",
-		cpu.Round(time.Millisecond), okAfter-okBefore, float64(cpu.Microseconds())/(okAfter-okBefore))
+	b.Logf("h2load used %v of CPU for %.0f %s calls (%.1f µs each, warm-up included)",
+		cpu.Round(time.Millisecond), okAfter-okBefore, method, float64(cpu.Microseconds())/(okAfter-okBefore))
 	return rate, mean
 }
 
-// lookupCounts sums, over the coordinators, the LookUp calls answered OK
-// and those that failed; calls the client cancelled (h2load resets the
-// ones in flight when its time is up) are neither.
-func lookupCounts(b *testing.B, c *ct.Cluster) (ok, bad float64) {
+// callCounts sums, over the coordinators, the calls of one method (its
+// full gRPC path) answered OK and those that failed; calls the client
+// cancelled (h2load resets the ones in flight when its time is up) are
+// neither.
+func callCounts(b *testing.B, c *ct.Cluster, path string) (ok, bad float64) {
 	for _, co := range c.Layout.Coordinators {
 		resp, err := http.Get("http://" + co.Metrics + "/metrics")
 		if err != nil {
@@ -237,7 +243,7 @@ func lookupCounts(b *testing.B, c *ct.Cluster) (ok, bad float64) {
 			for _, l := range m.Label {
 				labels[l.GetName()] = l.GetValue()
 			}
-			if labels["method"] != "/e2em.coord.v1.Coordinator/LookUp" {
+			if labels["method"] != path {
 				continue
 			}
 			switch labels["code"] {
