@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,8 +19,6 @@ import (
 	"github.com/dgraph-io/badger/v4"
 	"github.com/hashicorp/raft"
 	wal "github.com/hashicorp/raft-wal"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/e2em/e2em/coord/api"
@@ -224,13 +221,7 @@ func h2loadCalls(b *testing.B, c *ct.Cluster, token string, conns int, d time.Du
 // neither.
 func callCounts(b *testing.B, c *ct.Cluster, path string) (ok, bad float64) {
 	for _, co := range c.Layout.Coordinators {
-		resp, err := http.Get("http://" + co.Metrics + "/metrics")
-		if err != nil {
-			b.Fatal(err)
-		}
-		parser := expfmt.NewTextParser(model.UTF8Validation)
-		families, err := parser.TextToMetricFamilies(resp.Body)
-		resp.Body.Close()
+		families, err := ct.Metrics(co.Metrics)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -3,13 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net/http"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/e2em/e2em/coord/api"
@@ -146,15 +143,9 @@ func TestMetricsArePrometheusText(t *testing.T) {
 		c.Layout.Coordinators[0].Metrics: {"e2em_coord_requests_total", "e2em_raft_applied_index", "e2em_raft_has_leader", "libp2p_relaysvc_status"},
 	}
 	for addr, names := range want {
-		resp, err := http.Get("http://" + addr + "/metrics")
+		families, err := ct.Metrics(addr)
 		if err != nil {
 			t.Fatal(err)
-		}
-		p := expfmt.NewTextParser(model.UTF8Validation)
-		families, err := p.TextToMetricFamilies(resp.Body)
-		resp.Body.Close()
-		if err != nil {
-			t.Fatalf("%s: not Prometheus text: %v", addr, err)
 		}
 		for _, n := range names {
 			if _, ok := families[n]; !ok {
