@@ -18,6 +18,7 @@ import (
 	p2ppeer "github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
@@ -460,7 +461,8 @@ func (s *Server) AckMail(ctx context.Context, req *api.AckMailRequest) (*api.Ack
 	return &api.AckMailResponse{}, nil
 }
 
-// Events streams the caller's events until it goes away.
+// Events streams the caller's events until it goes away. The response
+// headers are sent once the subscription is in place.
 func (s *Server) Events(req *api.EventsRequest, stream api.Coordinator_EventsServer) error {
 	if len(req.Watch) > 10000 {
 		return status.Error(codes.InvalidArgument, "watch at most 10000 accounts")
@@ -470,6 +472,12 @@ func (s *Server) Events(req *api.EventsRequest, stream api.Coordinator_EventsSer
 	}
 	sub := s.hub.Subscribe(sessionFrom(stream.Context()).LoginID, req.Watch)
 	defer s.hub.Unsubscribe(sub)
+	// Response headers now, before any event: a client that waits for them
+	// knows every later change will reach it, so it can fetch what is
+	// already waiting without missing what arrives meanwhile.
+	if err := stream.SendHeader(metadata.MD{}); err != nil {
+		return err
+	}
 	for {
 		select {
 		case <-stream.Context().Done():

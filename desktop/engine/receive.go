@@ -221,6 +221,12 @@ func (e *Engine) watchEvents(s *session) {
 		}()
 		stream, err := e.coord.Events(sctx, &api.EventsRequest{Watch: e.contacts()})
 		if err == nil {
+			// The coordinator sends the headers once it is subscribed: mail
+			// put from then on raises an event, mail put before is fetched
+			// now. Fetching before that could miss one put in between.
+			_, err = stream.Header()
+		}
+		if err == nil {
 			e.fetchMail(s)
 			for {
 				ev, err := stream.Recv()

@@ -162,10 +162,15 @@ func TestGroupsAndMailThroughBalancer(t *testing.T) {
 	_, err = c.LB().JoinGroup(b, &api.GroupRequest{Name: "no-such-group"})
 	wantCode(t, err, codes.NotFound, "join unknown group")
 	// Hugo subscribes to events, then joins: Gina's group change and mail
-	// reach him as pushes.
+	// reach him as pushes. The stream's response headers come once the
+	// subscription is in place, before any event: everything after them
+	// reaches him.
 	events, err := c.LB().Events(b, &api.EventsRequest{})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if _, err := events.Header(); err != nil {
+		t.Fatalf("events stream headers: %v", err)
 	}
 	if _, err := c.LB().JoinGroup(b, &api.GroupRequest{Name: "CHESS"}); err != nil {
 		t.Fatal(err)
