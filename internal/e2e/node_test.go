@@ -142,17 +142,15 @@ func jsonLines(t *testing.T, who string, out io.Reader) (next func(what string, 
 
 // nodeProject installs testdata/node's pinned packages (npm ci, no install
 // scripts) in a folder of the test's and returns it. It skips where Node.js
-// 20 or later is missing, outside CI.
+// 20 or later is missing (Debian 12's own nodejs is 18; this project's
+// machines have 20): these tests check other implementations against ours,
+// and no part of e2em needs Node.js.
 func nodeProject(t *testing.T) string {
 	t.Helper()
 	out, err := exec.Command("node", "--version").Output()
 	major, _ := strconv.Atoi(strings.SplitN(strings.TrimPrefix(strings.TrimSpace(string(out)), "v"), ".", 2)[0])
 	if err != nil || major < 20 {
-		msg := "Node.js 20 or later is needed for the interoperability tests (node --version: " + strings.TrimSpace(string(out)) + ")"
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		t.Skip("Node.js 20 or later is needed for the interoperability tests (node --version: " + strings.TrimSpace(string(out)) + ")")
 	}
 	dir := t.TempDir()
 	files, err := filepath.Glob(filepath.Join("testdata", "node", "*"))
