@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -194,5 +195,113 @@ func BenchmarkMessages(b *testing.B) {
 		}
 		close(drain)
 		b.ReportMetric(float64(burst)/end.Sub(start).Seconds(), "msgs/s")
+	}
+}
+
+// bareFanOut is the floor for a group message on libp2p: one host writes
+// size bytes on an open stream to each of n hosts, which echo them, and the
+// time until every echo is back (a round trip to n peers at once).
+func bareFanOut(b *testing.B, n, size, rounds int) []time.Duration {
+	src, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer src.Close()
+	var streams []network.Stream
+	for i := 0; i < n; i++ {
+		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer h.Close()
+		h.SetStreamHandler("/echo/1", func(s network.Stream) { io.Copy(s, s); s.Close() })
+		if err := src.Connect(context.Background(), peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()}); err != nil {
+			b.Fatal(err)
+		}
+		s, err := src.NewStream(context.Background(), h.ID(), "/echo/1")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer s.Close()
+		streams = append(streams, s)
+	}
+	out := make([]time.Duration, 0, rounds)
+	done := make(chan error, n)
+	for r := 0; r < rounds; r++ {
+		start := time.Now()
+		for _, s := range streams {
+			go func() {
+				buf := make([]byte, size)
+				if _, err := s.Write(buf); err != nil {
+					done <- err
+					return
+				}
+				_, err := io.ReadFull(s, buf)
+				done <- err
+			}()
+		}
+		for range streams {
+			if err := <-done; err != nil {
+				b.Fatal(err)
+			}
+		}
+		out = append(out, time.Since(start))
+	}
+	return out
+}
+
+// BenchmarkGroupFanOut measures a group message to N members: from
+// SendGroup until every member's engine has stored it and reports it,
+// beside bareFanOut to as many peers in the same run; and how long
+// SendGroup itself takes (asking the cluster for the members, storing one
+// queue entry per member, handing each its sealed copy).
+func BenchmarkGroupFanOut(b *testing.B) {
+	const members, rounds = 24, 50
+	c := ct.Start(b, ct.Options{N: 3, CoordArgs: []string{"-log-level", "warn"}})
+	ctx := context.Background()
+	sender := newPerson(b, c, "sender", false)
+	if _, err := sender.eng.CreateGroup(ctx, "fanout"); err != nil {
+		b.Fatal(err)
+	}
+	var group []*person
+	for i := 0; i < members; i++ {
+		p := newPerson(b, c, fmt.Sprintf("member%d", i), false)
+		if _, err := p.eng.JoinGroup(ctx, "fanout"); err != nil {
+			b.Fatal(err)
+		}
+		group = append(group, p)
+	}
+	go func() { // the sender's own events are not the point here
+		for range sender.eng.Events() {
+		}
+	}()
+	var queued []time.Duration
+	// send one group message and wait until each member reports it.
+	send := func(text string) time.Duration {
+		start := time.Now()
+		n, err := sender.eng.SendGroup(ctx, []string{"fanout"}, text)
+		if err != nil || n != members {
+			b.Fatalf("send to the group: %d members, %v", n, err)
+		}
+		queued = append(queued, time.Since(start))
+		for _, p := range group {
+			waitFor(b, p, func(ev engine.Event) bool { return ev.Kind == engine.EventMessage && ev.Body == text })
+		}
+		return time.Since(start)
+	}
+	for i := 0; i < b.N; i++ {
+		send("warm up") // sessions with every member
+		var fan []time.Duration
+		for r := 0; r < rounds; r++ {
+			fan = append(fan, send(fmt.Sprintf("round %d %s", r, strings.Repeat("x", 90))))
+		}
+		ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+		bare := bareFanOut(b, members, 100, rounds)
+		b.ReportMetric(ms(percentile(fan, 0.5)), "fanout-p50-ms")
+		b.ReportMetric(ms(percentile(fan, 0.99)), "fanout-p99-ms")
+		b.ReportMetric(ms(percentile(bare, 0.5)), "bare-fanout-p50-ms")
+		b.ReportMetric(float64(percentile(fan, 0.5))/float64(percentile(bare, 0.5)), "fanout/bare-p50")
+		b.ReportMetric(members, "members")
+		b.ReportMetric(ms(percentile(queued, 0.5)), "sendgroup-returns-p50-ms")
 	}
 }
