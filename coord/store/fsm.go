@@ -77,7 +77,8 @@ type applyOutcome struct {
 }
 
 // FSM is the coordinator state machine: it applies committed commands to
-// badger. Reads go straight to badger; writes only through Apply.
+// badger. Writes go only through Apply; reads go to badger through a cache
+// that each commit invalidates (readCache).
 type FSM struct {
 	db      *badger.DB
 	log     *slog.Logger
@@ -89,6 +90,8 @@ type FSM struct {
 	batchTime int64
 	// cluster caches the cluster identity (see ClusterInfo).
 	cluster atomic.Pointer[statepb.InitCluster]
+	// cache holds recent point reads and FindAccounts answers.
+	cache *readCache
 }
 
 // NewFSM wraps an open badger database. publish, if not nil, is called after
@@ -97,7 +100,7 @@ func NewFSM(db *badger.DB, log *slog.Logger, publish func(Event)) *FSM {
 	if publish == nil {
 		publish = func(Event) {}
 	}
-	return &FSM{db: db, log: log, publish: publish}
+	return &FSM{db: db, log: log, publish: publish, cache: newReadCache()}
 }
 
 // Apply implements raft.FSM for single entries.
@@ -109,16 +112,17 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 // batch of committed entries, which is what lets writes scale with load. A
 // batch too big for one transaction is applied an entry at a time.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
-	out, events, err := f.applyInTxn(logs)
+	out, events, written, err := f.applyInTxn(logs)
 	if errors.Is(err, badger.ErrTxnTooBig) && len(logs) > 1 {
-		out, events = make([]interface{}, 0, len(logs)), nil
+		out, events, written = make([]interface{}, 0, len(logs)), nil, nil
 		for _, l := range logs {
-			o, evs, err := f.applyInTxn([]*raft.Log{l})
+			o, evs, w, err := f.applyInTxn([]*raft.Log{l})
 			if err != nil {
 				panic(fmt.Sprintf("apply raft index %d: %v", l.Index, err))
 			}
 			out = append(out, o[0])
 			events = append(events, evs...)
+			written = append(written, w...)
 		}
 		err = nil
 	}
@@ -126,6 +130,9 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 		// The disk failed under us; a replica that cannot apply must stop.
 		panic(fmt.Sprintf("apply raft entries: %v", err))
 	}
+	// Before anyone can learn of these entries (events, the applied index
+	// that reads wait for), no cached read of what they changed remains.
+	f.cache.drop(written)
 	for _, e := range events {
 		f.publish(e)
 	}
@@ -135,12 +142,14 @@ func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
 	return out
 }
 
-func (f *FSM) applyInTxn(logs []*raft.Log) ([]interface{}, []Event, error) {
-	txn := f.db.NewTransaction(true)
+// applyInTxn applies logs in one transaction and commits it; it returns
+// the outcomes, the events and the keys the transaction wrote.
+func (f *FSM) applyInTxn(logs []*raft.Log) ([]interface{}, []Event, []string, error) {
+	txn := &writeTxn{Txn: f.db.NewTransaction(true)}
 	defer txn.Discard()
 	applied, err := readApplied(txn)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	out := make([]interface{}, len(logs))
 	var events []Event
@@ -153,7 +162,7 @@ func (f *FSM) applyInTxn(logs []*raft.Log) ([]interface{}, []Event, error) {
 		}
 		res, evs, err := f.applyOne(txn, l)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		out[i] = &applyOutcome{result: res}
 		events = append(events, evs...)
@@ -164,16 +173,16 @@ func (f *FSM) applyInTxn(logs []*raft.Log) ([]interface{}, []Event, error) {
 	// square of the batch size.
 	if f.batchTime > 0 {
 		if err := f.prune(txn, f.batchTime); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	}
 	if err := txn.Set([]byte(keyApplied), u64(applied)); err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return out, events, txn.Commit()
+	return out, events, txn.written, txn.Commit()
 }
 
-func (f *FSM) applyOne(txn *badger.Txn, l *raft.Log) (*statepb.Result, []Event, error) {
+func (f *FSM) applyOne(txn *writeTxn, l *raft.Log) (*statepb.Result, []Event, error) {
 	if l.Type != raft.LogCommand {
 		return &statepb.Result{}, nil, nil
 	}
@@ -225,7 +234,7 @@ func (f *FSM) applyOne(txn *badger.Txn, l *raft.Log) (*statepb.Result, []Event, 
 	return res, evs, nil
 }
 
-func (f *FSM) dispatch(txn *badger.Txn, cmd *statepb.Command) (*statepb.Result, []Event, error) {
+func (f *FSM) dispatch(txn *writeTxn, cmd *statepb.Command) (*statepb.Result, []Event, error) {
 	now := cmd.GetTimeUnixNano()
 	switch op := cmd.Op.(type) {
 	case *statepb.Command_InitCluster:
@@ -253,7 +262,7 @@ func (f *FSM) dispatch(txn *badger.Txn, cmd *statepb.Command) (*statepb.Result, 
 	}
 }
 
-func (f *FSM) initCluster(txn *badger.Txn, c *statepb.InitCluster) (*statepb.Result, []Event, error) {
+func (f *FSM) initCluster(txn *writeTxn, c *statepb.InitCluster) (*statepb.Result, []Event, error) {
 	var have statepb.InitCluster
 	found, err := getProto(txn, keyCluster, &have)
 	if err != nil || found {
@@ -265,7 +274,7 @@ func (f *FSM) initCluster(txn *badger.Txn, c *statepb.InitCluster) (*statepb.Res
 	return ok(), nil, setProto(txn, keyCluster, c)
 }
 
-func (f *FSM) createAccount(txn *badger.Txn, a *statepb.Account, now int64) (*statepb.Result, []Event, error) {
+func (f *FSM) createAccount(txn *writeTxn, a *statepb.Account, now int64) (*statepb.Result, []Event, error) {
 	if a == nil || a.LoginId == "" || a.Username == "" || a.RollNumber == "" || a.Password == nil {
 		return fail(codes.InvalidArgument, "incomplete account"), nil, nil
 	}
@@ -289,7 +298,7 @@ func (f *FSM) createAccount(txn *badger.Txn, a *statepb.Account, now int64) (*st
 	return &statepb.Result{LoginId: a.LoginId}, nil, nil
 }
 
-func (f *FSM) revokeSession(txn *badger.Txn, r *statepb.RevokeSession) (*statepb.Result, []Event, error) {
+func (f *FSM) revokeSession(txn *writeTxn, r *statepb.RevokeSession) (*statepb.Result, []Event, error) {
 	if len(r.GetSessionId()) == 0 {
 		return fail(codes.InvalidArgument, "no session"), nil, nil
 	}
@@ -300,7 +309,7 @@ func (f *FSM) revokeSession(txn *badger.Txn, r *statepb.RevokeSession) (*statepb
 	return ok(), nil, txn.Set([]byte(prefRevTime+string(exp)+"/"+string(r.SessionId)), nil)
 }
 
-func (f *FSM) loginFailed(txn *badger.Txn, l *statepb.LoginFailed, now int64) (*statepb.Result, []Event, error) {
+func (f *FSM) loginFailed(txn *writeTxn, l *statepb.LoginFailed, now int64) (*statepb.Result, []Event, error) {
 	for _, key := range []string{prefFailAcc + l.GetLoginId(), prefFailIP + l.GetAddress()} {
 		if strings.HasSuffix(key, "/") {
 			continue
@@ -329,7 +338,7 @@ func recentFailures(times []int64, now int64) []int64 {
 	return kept
 }
 
-func (f *FSM) publishKeys(txn *badger.Txn, k *api.Keys, now int64) (*statepb.Result, []Event, error) {
+func (f *FSM) publishKeys(txn *writeTxn, k *api.Keys, now int64) (*statepb.Result, []Event, error) {
 	var acct statepb.Account
 	if found, err := getProto(txn, prefAccount+k.GetLoginId(), &acct); err != nil || !found {
 		return fail(codes.NotFound, "no account %q", k.GetLoginId()), nil, err
@@ -342,7 +351,7 @@ func (f *FSM) publishKeys(txn *badger.Txn, k *api.Keys, now int64) (*statepb.Res
 	return ok(), []Event{{Keys: k}}, nil
 }
 
-func (f *FSM) group(txn *badger.Txn, g *statepb.GroupOp, now int64) (*statepb.Result, []Event, error) {
+func (f *FSM) group(txn *writeTxn, g *statepb.GroupOp, now int64) (*statepb.Result, []Event, error) {
 	folded := FoldGroupName(g.GetName())
 	if folded == "" || g.GetLoginId() == "" {
 		return fail(codes.InvalidArgument, "group name and member are required"), nil, nil
@@ -409,7 +418,7 @@ func (f *FSM) group(txn *badger.Txn, g *statepb.GroupOp, now int64) (*statepb.Re
 	return &statepb.Result{Name: rec.Name}, []Event{ev}, nil
 }
 
-func (f *FSM) putMail(txn *badger.Txn, m *statepb.PutMail, now int64) (*statepb.Result, []Event, error) {
+func (f *FSM) putMail(txn *writeTxn, m *statepb.PutMail, now int64) (*statepb.Result, []Event, error) {
 	if exists, err := has(txn, prefAccount+m.GetTo()); err != nil || !exists {
 		return fail(codes.NotFound, "no account %q", m.GetTo()), nil, err
 	}
@@ -435,7 +444,7 @@ func (f *FSM) putMail(txn *badger.Txn, m *statepb.PutMail, now int64) (*statepb.
 	return &statepb.Result{Seq: box.NextSeq}, []Event{ev}, nil
 }
 
-func (f *FSM) ackMail(txn *badger.Txn, a *statepb.AckMail) (*statepb.Result, []Event, error) {
+func (f *FSM) ackMail(txn *writeTxn, a *statepb.AckMail) (*statepb.Result, []Event, error) {
 	var box statepb.MailBox
 	if _, err := getProto(txn, prefMailbox+a.GetLoginId(), &box); err != nil {
 		return nil, nil, err
@@ -470,14 +479,14 @@ func (f *FSM) ackMail(txn *badger.Txn, a *statepb.AckMail) (*statepb.Result, []E
 }
 
 // prune removes retry records and revocations whose time has passed.
-func (f *FSM) prune(txn *badger.Txn, now int64) error {
+func (f *FSM) prune(txn *writeTxn, now int64) error {
 	if err := f.pruneIndex(txn, prefReqTime, prefRequest, now-int64(requestTTL)); err != nil {
 		return err
 	}
 	return f.pruneIndex(txn, prefRevTime, prefRevoked, now)
 }
 
-func (f *FSM) pruneIndex(txn *badger.Txn, index, target string, before int64) error {
+func (f *FSM) pruneIndex(txn *writeTxn, index, target string, before int64) error {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(index)})
 	var doomed [][]byte
 	for it.Rewind(); it.Valid() && len(doomed) < pruneBatch; it.Next() {
@@ -514,6 +523,7 @@ func (f *FSM) Restore(r io.ReadCloser) error {
 	if err := f.db.Load(r, 256); err != nil {
 		return fmt.Errorf("restore snapshot: load: %w", err)
 	}
+	f.cache.clear()
 	if idx, err := f.AppliedIndex(); err == nil && f.onApplied != nil {
 		f.onApplied(idx)
 	}
@@ -551,7 +561,13 @@ func u64(v uint64) []byte {
 	return b[:]
 }
 
-func has(txn *badger.Txn, key string) (bool, error) {
+// getter is a transaction to read from: badger's, or the state machine's
+// writeTxn.
+type getter interface {
+	Get(key []byte) (*badger.Item, error)
+}
+
+func has(txn getter, key string) (bool, error) {
 	_, err := txn.Get([]byte(key))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return false, nil
@@ -559,7 +575,7 @@ func has(txn *badger.Txn, key string) (bool, error) {
 	return err == nil, err
 }
 
-func getProto(txn *badger.Txn, key string, m proto.Message) (bool, error) {
+func getProto(txn getter, key string, m proto.Message) (bool, error) {
 	item, err := txn.Get([]byte(key))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return false, nil
@@ -570,7 +586,7 @@ func getProto(txn *badger.Txn, key string, m proto.Message) (bool, error) {
 	return true, item.Value(func(v []byte) error { return proto.Unmarshal(v, m) })
 }
 
-func setProto(txn *badger.Txn, key string, m proto.Message) error {
+func setProto(txn *writeTxn, key string, m proto.Message) error {
 	b, err := proto.Marshal(m)
 	if err != nil {
 		return err

@@ -27,7 +27,7 @@ func (f *FSM) AppliedIndex() (uint64, error) {
 	return idx, err
 }
 
-func readApplied(txn *badger.Txn) (uint64, error) {
+func readApplied(txn getter) (uint64, error) {
 	item, err := txn.Get([]byte(keyApplied))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return 0, nil
@@ -70,6 +70,20 @@ func (f *FSM) Account(login string) (*statepb.Account, error) {
 // username, or a roll number (which may name several accounts).
 func (f *FSM) FindAccounts(query string) ([]string, error) {
 	q := strings.ToLower(query)
+	if logins, ok := f.cache.find(q); ok {
+		return append([]string(nil), logins...), nil
+	}
+	gen := f.cache.begin()
+	logins, err := f.findAccounts(q)
+	if err != nil {
+		return nil, err
+	}
+	f.cache.putFind(gen, q, logins)
+	return append([]string(nil), logins...), nil
+}
+
+// findAccounts is FindAccounts from badger, for a lower-cased query.
+func (f *FSM) findAccounts(q string) ([]string, error) {
 	found := map[string]bool{}
 	err := f.db.View(func(txn *badger.Txn) error {
 		if ok, err := has(txn, prefAccount+q); err != nil {
@@ -193,13 +207,8 @@ func (f *FSM) Mail(login string, after uint64, limit int) ([]*api.Mail, error) {
 
 // Revoked reports whether a session was logged out.
 func (f *FSM) Revoked(sessionID []byte) (bool, error) {
-	var revoked bool
-	err := f.db.View(func(txn *badger.Txn) error {
-		var err error
-		revoked, err = has(txn, prefRevoked+string(sessionID))
-		return err
-	})
-	return revoked, err
+	v, err := f.read(prefRevoked + string(sessionID))
+	return v.found, err
 }
 
 // RecentFailures counts failed log-ins inside the window ending at now for
@@ -256,14 +265,44 @@ func (f *FSM) MailboxSize(login string) (*statepb.MailBox, error) {
 	return &b, err
 }
 
+// get reads key's value into m; ErrNotFound if there is none.
 func (f *FSM) get(key string, m proto.Message) error {
-	return f.db.View(func(txn *badger.Txn) error {
-		found, err := getProto(txn, key, m)
-		if err == nil && !found {
-			return ErrNotFound
+	v, err := f.read(key)
+	if err != nil {
+		return err
+	}
+	if !v.found {
+		return ErrNotFound
+	}
+	return proto.Unmarshal(v.val, m)
+}
+
+// read is key's value from the read cache, or else from badger (and then
+// cached). The cached bytes are shared: callers must not change them
+// (proto.Unmarshal copies what it keeps).
+func (f *FSM) read(key string) (cachedValue, error) {
+	if v, ok := f.cache.value(key); ok {
+		return v, nil
+	}
+	gen := f.cache.begin()
+	var v cachedValue
+	err := f.db.View(func(txn *badger.Txn) error {
+		item, err := txn.Get([]byte(key))
+		if errors.Is(err, badger.ErrKeyNotFound) {
+			return nil
 		}
+		if err != nil {
+			return err
+		}
+		v.found = true
+		v.val, err = item.ValueCopy(nil)
 		return err
 	})
+	if err != nil {
+		return cachedValue{}, err
+	}
+	f.cache.putValue(gen, key, v)
+	return v, nil
 }
 
 func sortedKeys(m map[string]bool) []string {
