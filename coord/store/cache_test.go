@@ -1,10 +1,8 @@
 package store
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -118,11 +116,6 @@ func TestRestoreDropsCachedReads(t *testing.T) {
 	f, _ := openFSM(t)
 	a := &applier{t: t, f: f}
 	a.apply(account("alice101", "alice", "101"))
-	snap, _ := f.Snapshot()
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
 
 	g, _ := openFSM(t)
 	b := &applier{t: t, f: g}
@@ -133,9 +126,7 @@ func TestRestoreDropsCachedReads(t *testing.T) {
 	if _, err := g.Account("alice101"); !errors.Is(err, ErrNotFound) { // cached: absent
 		t.Fatalf("alice101 before the restore: %v", err)
 	}
-	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
-		t.Fatal(err)
-	}
+	copySnapshot(t, f, g)
 	if _, err := g.Account("bob102"); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("bob102 is not in the snapshot but still reads as %v", err)
 	}

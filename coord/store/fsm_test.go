@@ -243,15 +243,8 @@ func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	a := &applier{t: t, f: f}
 	a.apply(account("alice101", "alice", "101"))
 	a.apply(group(statepb.GroupOp_CREATE, "g1", "alice101"))
-	snap, _ := f.Snapshot()
-	sink := &memSink{}
-	if err := snap.Persist(sink); err != nil {
-		t.Fatal(err)
-	}
 	g, _ := openFSM(t)
-	if err := g.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
-		t.Fatal(err)
-	}
+	copySnapshot(t, f, g)
 	if _, err := g.Account("alice101"); err != nil {
 		t.Fatalf("account lost in snapshot: %v", err)
 	}
@@ -276,6 +269,22 @@ func TestKeysPublishNeedsAccount(t *testing.T) {
 	}
 	if len(*events) != 1 || (*events)[0].Keys == nil {
 		t.Fatalf("want one key event, got %v", *events)
+	}
+}
+
+// copySnapshot restores a snapshot of from into to.
+func copySnapshot(t *testing.T, from, to *FSM) {
+	t.Helper()
+	snap, err := from.Snapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &memSink{}
+	if err := snap.Persist(sink); err != nil {
+		t.Fatal(err)
+	}
+	if err := to.Restore(io.NopCloser(bytes.NewReader(sink.Bytes()))); err != nil {
+		t.Fatal(err)
 	}
 }
 

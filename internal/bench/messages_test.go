@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/network"
 	"github.com/libp2p/go-libp2p/core/peer"
 
@@ -18,28 +19,36 @@ import (
 	ct "github.com/e2em/e2em/internal/clustertest"
 )
 
+// loopbackHost is a bare libp2p host on loopback TCP, closed when the
+// benchmark ends.
+func loopbackHost(b *testing.B) host.Host {
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { h.Close() })
+	return h
+}
+
+// echoStream opens a stream from src to a new host that echoes it back.
+func echoStream(b *testing.B, src host.Host) network.Stream {
+	h := loopbackHost(b)
+	h.SetStreamHandler("/echo/1", func(s network.Stream) { io.Copy(s, s); s.Close() })
+	if err := src.Connect(context.Background(), peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()}); err != nil {
+		b.Fatal(err)
+	}
+	s, err := src.NewStream(context.Background(), h.ID(), "/echo/1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { s.Close() })
+	return s
+}
+
 // echoRTTs measures a bare libp2p stream echo of size-byte messages on
 // loopback TCP: the floor any message protocol on libp2p stands on.
 func echoRTTs(b *testing.B, n, size int) []time.Duration {
-	h1, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer h1.Close()
-	h2, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer h2.Close()
-	h2.SetStreamHandler("/echo/1", func(s network.Stream) { io.Copy(s, s); s.Close() })
-	if err := h1.Connect(context.Background(), peer.AddrInfo{ID: h2.ID(), Addrs: h2.Addrs()}); err != nil {
-		b.Fatal(err)
-	}
-	s, err := h1.NewStream(context.Background(), h2.ID(), "/echo/1")
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer s.Close()
+	s := echoStream(b, loopbackHost(b))
 	buf := make([]byte, size)
 	out := make([]time.Duration, 0, n)
 	for i := 0; i < n; i++ {
@@ -202,28 +211,10 @@ func BenchmarkMessages(b *testing.B) {
 // size bytes on an open stream to each of n hosts, which echo them, and the
 // time until every echo is back (a round trip to n peers at once).
 func bareFanOut(b *testing.B, n, size, rounds int) []time.Duration {
-	src, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer src.Close()
+	src := loopbackHost(b)
 	var streams []network.Stream
 	for i := 0; i < n; i++ {
-		h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer h.Close()
-		h.SetStreamHandler("/echo/1", func(s network.Stream) { io.Copy(s, s); s.Close() })
-		if err := src.Connect(context.Background(), peer.AddrInfo{ID: h.ID(), Addrs: h.Addrs()}); err != nil {
-			b.Fatal(err)
-		}
-		s, err := src.NewStream(context.Background(), h.ID(), "/echo/1")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer s.Close()
-		streams = append(streams, s)
+		streams = append(streams, echoStream(b, src))
 	}
 	out := make([]time.Duration, 0, rounds)
 	done := make(chan error, n)
