@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -88,8 +87,6 @@ type FSM struct {
 	// batchTime is the latest command time in the batch being applied
 	// (only the Raft FSM goroutine touches it).
 	batchTime int64
-	// cluster caches the cluster identity (see ClusterInfo).
-	cluster atomic.Pointer[statepb.InitCluster]
 	// cache holds recent point reads and FindAccounts answers.
 	cache *readCache
 }
@@ -516,7 +513,6 @@ func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
 // Restore implements raft.FSM: it replaces all state with the snapshot.
 func (f *FSM) Restore(r io.ReadCloser) error {
 	defer r.Close()
-	f.cluster.Store(nil)
 	if err := f.db.DropAll(); err != nil {
 		return fmt.Errorf("restore snapshot: clear state: %w", err)
 	}

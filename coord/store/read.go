@@ -46,17 +46,13 @@ func readApplied(txn getter) (uint64, error) {
 	return idx, err
 }
 
-// ClusterInfo is the cluster identity and token key, once initialised.
-// It never changes once set, so it is kept in memory after the first read.
+// ClusterInfo is the cluster identity and token key, once initialised
+// (every call's token check reads it: from the read cache).
 func (f *FSM) ClusterInfo() (*statepb.InitCluster, error) {
-	if c := f.cluster.Load(); c != nil {
-		return c, nil
-	}
 	var c statepb.InitCluster
 	if err := f.get(keyCluster, &c); err != nil {
 		return nil, err
 	}
-	f.cluster.Store(&c)
 	return &c, nil
 }
 

@@ -37,31 +37,17 @@ func TestJSLibp2pThroughCoordinatorRelay(t *testing.T) {
 	relay := soleRelay(t)
 	relayAddr := relay.Addrs[0].String() + "/p2p/" + relay.ID.String()
 
-	cmd := exec.Command("node", "relay-echo.mjs", relayAddr)
-	cmd.Dir = dir
-	cmd.Stderr = os.Stderr
-	stdin, err := cmd.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
-	next := jsonLines(t, "the js-libp2p peer", stdout)
+	node := startNode(t, "the js-libp2p peer", dir, "relay-echo.mjs", relayAddr)
+	next := node.next
 	var ready map[string]string
 	next("its relay reservation", &ready)
 	jsCircuit, err := ma.NewMultiaddr(ready["circuit"])
 	if err != nil {
 		t.Fatalf("js circuit address %q: %v", ready["circuit"], err)
 	}
-	js, err := peer.AddrInfoFromP2pAddr(jsCircuit)
-	if err != nil || js.ID.String() != ready["peer"] {
-		t.Fatalf("js circuit address %s names %v (%v), the peer is %s", jsCircuit, js, err, ready["peer"])
+	jsPeer, err := peer.AddrInfoFromP2pAddr(jsCircuit)
+	if err != nil || jsPeer.ID.String() != ready["peer"] {
+		t.Fatalf("js circuit address %s names %v (%v), the peer is %s", jsCircuit, jsPeer, err, ready["peer"])
 	}
 
 	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
@@ -77,10 +63,10 @@ func TestJSLibp2pThroughCoordinatorRelay(t *testing.T) {
 	defer cancel()
 
 	// go-libp2p → js-libp2p, through the coordinator.
-	if err := h.Connect(cctx, *js); err != nil {
+	if err := h.Connect(cctx, *jsPeer); err != nil {
 		t.Fatalf("connect to the js-libp2p peer through the relay: %v", err)
 	}
-	s, err := h.NewStream(cctx, js.ID, interopEcho)
+	s, err := h.NewStream(cctx, jsPeer.ID, interopEcho)
 	if err != nil {
 		t.Fatalf("open an echo stream to the js-libp2p peer: %v", err)
 	}
@@ -103,7 +89,7 @@ func TestJSLibp2pThroughCoordinatorRelay(t *testing.T) {
 		t.Fatalf("go-libp2p reservation: %v", err)
 	}
 	goCircuit := relayAddr + "/p2p-circuit/p2p/" + h.ID().String()
-	if _, err := io.WriteString(stdin, "dial "+goCircuit+"\n"); err != nil {
+	if _, err := io.WriteString(node.stdin, "dial "+goCircuit+"\n"); err != nil {
 		t.Fatal(err)
 	}
 	var m map[string]string
@@ -112,19 +98,47 @@ func TestJSLibp2pThroughCoordinatorRelay(t *testing.T) {
 	}
 }
 
-// jsonLines reads one JSON object a line from a Node.js program's output;
-// next decodes the next one into v, failing the test if none comes within
-// 60 s.
-func jsonLines(t *testing.T, who string, out io.Reader) (next func(what string, v any)) {
+// nodeProgram is a Node.js program of testdata/node running for a test.
+type nodeProgram struct {
+	stdin io.WriteCloser
+	// next decodes the next JSON line the program printed into v, failing
+	// the test if none comes within 60 s.
+	next   func(what string, v any)
+	exited chan struct{}
+	err    error // how it exited, once exited is closed
+}
+
+// startNode runs script with args in dir (see nodeProject); it is killed
+// when the test ends.
+func startNode(t *testing.T, who, dir, script string, args ...string) *nodeProgram {
+	t.Helper()
+	cmd := exec.Command("node", append([]string{script}, args...)...)
+	cmd.Dir = dir
+	cmd.Stderr = os.Stderr
+	p := &nodeProgram{exited: make(chan struct{})}
+	var err error
+	if p.stdin, err = cmd.StdinPipe(); err != nil {
+		t.Fatal(err)
+	}
+	// Not StdoutPipe: Wait closes that as soon as the program exits, and
+	// its last lines could be lost; Wait waits for a pipe of ours to take
+	// them all.
+	stdout, w := io.Pipe()
+	cmd.Stdout = w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = cmd.Wait(); w.Close(); close(p.exited) }()
+	t.Cleanup(func() { stdout.Close(); p.stdin.Close(); cmd.Process.Kill(); <-p.exited })
 	lines := make(chan []byte, 16)
 	go func() {
-		sc := bufio.NewScanner(out)
+		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
 			lines <- append([]byte(nil), sc.Bytes()...)
 		}
 		close(lines)
 	}()
-	return func(what string, v any) {
+	p.next = func(what string, v any) {
 		t.Helper()
 		select {
 		case line, ok := <-lines:
@@ -138,6 +152,7 @@ func jsonLines(t *testing.T, who string, out io.Reader) (next func(what string, 
 			t.Fatalf("%s did not report %s within 60 s", who, what)
 		}
 	}
+	return p
 }
 
 // nodeProject installs testdata/node's pinned packages (npm ci, no install
@@ -202,21 +217,8 @@ func TestGRPCJSClientThroughBalancer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command("node", "grpc-client.mjs", c.Layout.LB, c.CAFile(), protoFile)
-	cmd.Dir = dir
-	cmd.Stderr = os.Stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	var exitErr error
-	exited := make(chan struct{})
-	go func() { exitErr = cmd.Wait(); close(exited) }()
-	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-	next := jsonLines(t, "the grpc-js client", stdout)
+	node := startNode(t, "the grpc-js client", dir, "grpc-client.mjs", c.Layout.LB, c.CAFile(), protoFile)
+	next := node.next
 	expect := func(what string, ok func(l grpcJSLine) bool) {
 		t.Helper()
 		var l grpcJSLine
@@ -238,9 +240,9 @@ func TestGRPCJSClientThroughBalancer(t *testing.T) {
 		return len(l.Mail) == 1 && l.Mail[0].From == "gopher78" && l.Mail[0].Envelope == "sealed"
 	})
 	select {
-	case <-exited:
-		if exitErr != nil {
-			t.Fatalf("grpc-js client: %v", exitErr)
+	case <-node.exited:
+		if node.err != nil {
+			t.Fatalf("grpc-js client: %v", node.err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the grpc-js client did not exit after fetching its mail")
