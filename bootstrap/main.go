@@ -181,9 +181,12 @@ func loadOrPlanLayout(o *options) (*Layout, error) {
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return nil, err
 	}
+	// Ports the layout holds are not free for new members even while
+	// nothing listens on them yet (this very start launches their owners).
+	taken := l.ports()
 	port := func(p int) (string, error) {
 		if p == 0 || o.basePort == 0 {
-			return freePort(o.host)
+			return freePort(o.host, taken)
 		}
 		return net.JoinHostPort(o.host, strconv.Itoa(p)), nil
 	}
@@ -213,7 +216,7 @@ func loadOrPlanLayout(o *options) (*Layout, error) {
 		}
 		p2p := net.JoinHostPort(o.host, strconv.Itoa(o.basePort+200+i))
 		if o.basePort == 0 {
-			if p2p, err = freePort(o.host); err != nil {
+			if p2p, err = freePort(o.host, taken); err != nil {
 				return nil, err
 			}
 		}
@@ -236,13 +239,43 @@ func hostCIDR(host string) string {
 	return host + "/32"
 }
 
-// freePort picks a port nobody uses now. It draws from 20000–32767, below
-// Linux's ephemeral range (32768–60999): a port the kernel handed out for
-// "any port" would likely be handed out again to some other program's
-// listener or outgoing connection before the child binds it.
-func freePort(host string) (string, error) {
+// ports is every port the layout assigns.
+func (l *Layout) ports() map[int]bool {
+	taken := map[int]bool{}
+	add := func(addr string) {
+		if _, p, err := net.SplitHostPort(addr); err == nil {
+			if n, err := strconv.Atoi(p); err == nil {
+				taken[n] = true
+			}
+		}
+	}
+	add(l.LB)
+	add(l.LBMetrics)
+	for _, c := range l.Coordinators {
+		add(c.API)
+		add(c.Raft)
+		add(c.Metrics)
+		taken[c.P2P] = true
+	}
+	return taken
+}
+
+// freePort picks a port nobody uses now and not in taken, and adds it to
+// taken. It draws from 20000–32767, below Linux's ephemeral range
+// (32768–60999): a port the kernel handed out for "any port" would likely
+// be handed out again to some other program's listener or outgoing
+// connection before the child binds it.
+func freePort(host string, taken map[int]bool) (string, error) {
+	return pickPort(host, taken, func() int { return 20000 + mrand.IntN(12768) })
+}
+
+// pickPort is freePort with the candidates drawn by next.
+func pickPort(host string, taken map[int]bool, next func() int) (string, error) {
 	for range 200 {
-		port := 20000 + mrand.IntN(12768)
+		port := next()
+		if taken[port] {
+			continue
+		}
 		addr := net.JoinHostPort(host, strconv.Itoa(port))
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -252,6 +285,7 @@ func freePort(host string) (string, error) {
 		// QUIC uses the UDP port of the same number.
 		if pc, err := net.ListenPacket("udp", addr); err == nil {
 			pc.Close()
+			taken[port] = true
 			return addr, nil
 		}
 	}
