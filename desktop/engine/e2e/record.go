@@ -148,16 +148,8 @@ func Open(k *Keys, record []byte) (Header, []byte, error) {
 	cipher.NewCBCDecrypter(block, iv).CryptBlocks(pt, body[headerLen+ivLen:])
 	// The MAC already vouched for the bytes, so a padding error here means
 	// a sender bug, not an oracle for an attacker.
-	pad := int(pt[len(pt)-1])
-	if pad == 0 || pad > des.BlockSize || pad > len(pt) {
-		return h, nil, ErrPadding
-	}
-	for _, b := range pt[len(pt)-pad:] {
-		if int(b) != pad {
-			return h, nil, ErrPadding
-		}
-	}
-	return h, pt[:len(pt)-pad], nil
+	pt, err = unpad(pt)
+	return h, pt, err
 }
 
 // ReplayWindow accepts each counter once and rejects counters more than

@@ -22,12 +22,24 @@ const MaxFrame = 1<<20 + 4096
 var ErrFrameTooLarge = errors.New("frame too large")
 
 // WriteFrame writes one length-prefixed frame.
-func WriteFrame(w io.Writer, f *Frame) error {
-	b, err := proto.Marshal(f)
+func WriteFrame(w io.Writer, f *Frame) error { return writeMessage(w, f, MaxFrame) }
+
+// ReadFrame reads one length-prefixed frame.
+func ReadFrame(r *bufio.Reader) (*Frame, error) {
+	f := &Frame{}
+	if err := readMessage(r, f, MaxFrame); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// writeMessage writes m after its length as a uvarint, in one Write.
+func writeMessage(w io.Writer, m proto.Message, max int) error {
+	b, err := proto.Marshal(m)
 	if err != nil {
 		return err
 	}
-	if len(b) > MaxFrame {
+	if len(b) > max {
 		return ErrFrameTooLarge
 	}
 	buf := make([]byte, 0, binary.MaxVarintLen64+len(b))
@@ -36,22 +48,99 @@ func WriteFrame(w io.Writer, f *Frame) error {
 	return err
 }
 
-// ReadFrame reads one length-prefixed frame.
-func ReadFrame(r *bufio.Reader) (*Frame, error) {
+// readMessage reads what writeMessage wrote, refusing lengths over max
+// before reading (or allocating) them.
+func readMessage(r *bufio.Reader, m proto.Message, max int) error {
 	n, err := binary.ReadUvarint(r)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if n > MaxFrame {
-		return nil, ErrFrameTooLarge
+	if n > uint64(max) {
+		return ErrFrameTooLarge
 	}
 	b := make([]byte, n)
 	if _, err := io.ReadFull(r, b); err != nil {
-		return nil, fmt.Errorf("truncated frame: %w", err)
+		return fmt.Errorf("truncated frame: %w", err)
 	}
-	f := &Frame{}
-	if err := proto.Unmarshal(b, f); err != nil {
-		return nil, fmt.Errorf("malformed frame: %w", err)
+	if err := proto.Unmarshal(b, m); err != nil {
+		return fmt.Errorf("malformed frame: %w", err)
+	}
+	return nil
+}
+
+// Limits of the file protocol, which every receiver enforces on what
+// peers send (ValidateOffer, ReadFileFrame).
+const (
+	// ChunkSize is the chunk size senders use: its sealed record, in a
+	// FileChunk payload, in an envelope, stays under the mailbox's 1 MiB.
+	ChunkSize = 512 << 10
+	// MinChunkSize and MaxChunkSize bound what an offer may name.
+	MinChunkSize = 16 << 10
+	MaxChunkSize = ChunkSize
+	// MaxChunks bounds a file's chunk count (and so the have-bitmap of a
+	// FileGet: 256 KiB): a terabyte in 512 KiB chunks.
+	MaxChunks = 1 << 21
+	// MaxFileFrame bounds one frame on a file stream: a sealed chunk of
+	// MaxChunkSize with its fields, or a FileGet with a full bitmap.
+	MaxFileFrame = MaxChunkSize + 4096
+	// MaxFileNameBytes bounds the name an offer carries (it is sanitized
+	// again before anything is written).
+	MaxFileNameBytes = 4096
+)
+
+// ChunkCount is how many chunks a file of size bytes has (an empty file
+// has none).
+func ChunkCount(size uint64, chunkSize uint32) uint64 {
+	if chunkSize == 0 {
+		return 0
+	}
+	return (size + uint64(chunkSize) - 1) / uint64(chunkSize)
+}
+
+// ValidateOffer checks a manifest from a peer before anything is made for
+// it: every field present and within bounds.
+func ValidateOffer(o *FileOffer) error {
+	switch {
+	case !ValidTransferID(o.GetTransferId()):
+		return errors.New("file offer: bad transfer id")
+	case o.Name == "" || len(o.Name) > MaxFileNameBytes:
+		return errors.New("file offer: bad file name")
+	case o.ChunkSize < MinChunkSize || o.ChunkSize > MaxChunkSize:
+		return fmt.Errorf("file offer: chunk size %d out of range", o.ChunkSize)
+	case ChunkCount(o.Size, o.ChunkSize) > MaxChunks:
+		return fmt.Errorf("file offer: %d bytes is too large", o.Size)
+	case len(o.Sha256) != 32 || len(o.FileKey) != 32:
+		return errors.New("file offer: bad hash or key")
+	case len(o.Token) < 16 || len(o.Token) > 64:
+		return errors.New("file offer: bad token")
+	case len(o.Group) > 256:
+		return errors.New("file offer: bad group")
+	}
+	return nil
+}
+
+// ValidTransferID reports whether id has the form transfer ids have
+// (lower-case hex, 64 characters at most).
+func ValidTransferID(id string) bool {
+	if id == "" || len(id) > 64 {
+		return false
+	}
+	for _, c := range id {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+// WriteFileFrame writes one length-prefixed frame on a file stream.
+func WriteFileFrame(w io.Writer, f *FileFrame) error { return writeMessage(w, f, MaxFileFrame) }
+
+// ReadFileFrame reads one length-prefixed frame from a file stream.
+func ReadFileFrame(r *bufio.Reader) (*FileFrame, error) {
+	f := &FileFrame{}
+	if err := readMessage(r, f, MaxFileFrame); err != nil {
+		return nil, err
 	}
 	return f, nil
 }

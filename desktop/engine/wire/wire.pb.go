@@ -313,6 +313,10 @@ type Payload struct {
 	//
 	//	*Payload_Text
 	//	*Payload_Ack
+	//	*Payload_FileOffer
+	//	*Payload_FileResult
+	//	*Payload_FileCancel
+	//	*Payload_FileChunk
 	Kind          isPayload_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -394,6 +398,42 @@ func (x *Payload) GetAck() *Ack {
 	return nil
 }
 
+func (x *Payload) GetFileOffer() *FileOffer {
+	if x != nil {
+		if x, ok := x.Kind.(*Payload_FileOffer); ok {
+			return x.FileOffer
+		}
+	}
+	return nil
+}
+
+func (x *Payload) GetFileResult() *FileResult {
+	if x != nil {
+		if x, ok := x.Kind.(*Payload_FileResult); ok {
+			return x.FileResult
+		}
+	}
+	return nil
+}
+
+func (x *Payload) GetFileCancel() *FileCancel {
+	if x != nil {
+		if x, ok := x.Kind.(*Payload_FileCancel); ok {
+			return x.FileCancel
+		}
+	}
+	return nil
+}
+
+func (x *Payload) GetFileChunk() *FileChunk {
+	if x != nil {
+		if x, ok := x.Kind.(*Payload_FileChunk); ok {
+			return x.FileChunk
+		}
+	}
+	return nil
+}
+
 type isPayload_Kind interface {
 	isPayload_Kind()
 }
@@ -406,9 +446,33 @@ type Payload_Ack struct {
 	Ack *Ack `protobuf:"bytes,11,opt,name=ack,proto3,oneof"`
 }
 
+type Payload_FileOffer struct {
+	FileOffer *FileOffer `protobuf:"bytes,12,opt,name=file_offer,json=fileOffer,proto3,oneof"`
+}
+
+type Payload_FileResult struct {
+	FileResult *FileResult `protobuf:"bytes,13,opt,name=file_result,json=fileResult,proto3,oneof"`
+}
+
+type Payload_FileCancel struct {
+	FileCancel *FileCancel `protobuf:"bytes,14,opt,name=file_cancel,json=fileCancel,proto3,oneof"`
+}
+
+type Payload_FileChunk struct {
+	FileChunk *FileChunk `protobuf:"bytes,15,opt,name=file_chunk,json=fileChunk,proto3,oneof"`
+}
+
 func (*Payload_Text) isPayload_Kind() {}
 
 func (*Payload_Ack) isPayload_Kind() {}
+
+func (*Payload_FileOffer) isPayload_Kind() {}
+
+func (*Payload_FileResult) isPayload_Kind() {}
+
+func (*Payload_FileCancel) isPayload_Kind() {}
+
+func (*Payload_FileChunk) isPayload_Kind() {}
 
 type Text struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -587,6 +651,628 @@ func (x *Envelope) GetRecord() []byte {
 	return nil
 }
 
+// FileOffer is a file's manifest, sent to each recipient as an ordinary
+// end-to-end message: only its recipients learn the file key. Chunk i of
+// the file is the record SealChunk(file_key, i, bytes [i*chunk_size,
+// (i+1)*chunk_size)). The recipient fetches the chunks from the sender on
+// a /e2em/file/1.0.0 stream, proving with token that it is this recipient;
+// chunks may also come through the mailbox (FileChunk).
+type FileOffer struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TransferId string                 `protobuf:"bytes,1,opt,name=transfer_id,json=transferId,proto3" json:"transfer_id,omitempty"`
+	Name       string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Size       uint64                 `protobuf:"varint,3,opt,name=size,proto3" json:"size,omitempty"`
+	ChunkSize  uint32                 `protobuf:"varint,4,opt,name=chunk_size,json=chunkSize,proto3" json:"chunk_size,omitempty"`
+	Sha256     []byte                 `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	FileKey    []byte                 `protobuf:"bytes,6,opt,name=file_key,json=fileKey,proto3" json:"file_key,omitempty"`
+	Token      []byte                 `protobuf:"bytes,7,opt,name=token,proto3" json:"token,omitempty"`
+	// Set for a group file: the group it was sent to.
+	Group         string `protobuf:"bytes,8,opt,name=group,proto3" json:"group,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileOffer) Reset() {
+	*x = FileOffer{}
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileOffer) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileOffer) ProtoMessage() {}
+
+func (x *FileOffer) ProtoReflect() protoreflect.Message {
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileOffer.ProtoReflect.Descriptor instead.
+func (*FileOffer) Descriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *FileOffer) GetTransferId() string {
+	if x != nil {
+		return x.TransferId
+	}
+	return ""
+}
+
+func (x *FileOffer) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FileOffer) GetSize() uint64 {
+	if x != nil {
+		return x.Size
+	}
+	return 0
+}
+
+func (x *FileOffer) GetChunkSize() uint32 {
+	if x != nil {
+		return x.ChunkSize
+	}
+	return 0
+}
+
+func (x *FileOffer) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *FileOffer) GetFileKey() []byte {
+	if x != nil {
+		return x.FileKey
+	}
+	return nil
+}
+
+func (x *FileOffer) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *FileOffer) GetGroup() string {
+	if x != nil {
+		return x.Group
+	}
+	return ""
+}
+
+// FileResult is the recipient's word on a transfer: it has the whole file
+// and its hash matched (ok), or it refused or lost it, and why.
+type FileResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TransferId    string                 `protobuf:"bytes,1,opt,name=transfer_id,json=transferId,proto3" json:"transfer_id,omitempty"`
+	Ok            bool                   `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
+	Reason        string                 `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileResult) Reset() {
+	*x = FileResult{}
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileResult) ProtoMessage() {}
+
+func (x *FileResult) ProtoReflect() protoreflect.Message {
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileResult.ProtoReflect.Descriptor instead.
+func (*FileResult) Descriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *FileResult) GetTransferId() string {
+	if x != nil {
+		return x.TransferId
+	}
+	return ""
+}
+
+func (x *FileResult) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *FileResult) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// FileCancel stops a transfer, from either side.
+type FileCancel struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TransferId    string                 `protobuf:"bytes,1,opt,name=transfer_id,json=transferId,proto3" json:"transfer_id,omitempty"`
+	Reason        string                 `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileCancel) Reset() {
+	*x = FileCancel{}
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileCancel) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileCancel) ProtoMessage() {}
+
+func (x *FileCancel) ProtoReflect() protoreflect.Message {
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileCancel.ProtoReflect.Descriptor instead.
+func (*FileCancel) Descriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *FileCancel) GetTransferId() string {
+	if x != nil {
+		return x.TransferId
+	}
+	return ""
+}
+
+func (x *FileCancel) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+// FileChunk is one sealed chunk through the mailbox, for a recipient who
+// was offline when the file was sent.
+type FileChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TransferId    string                 `protobuf:"bytes,1,opt,name=transfer_id,json=transferId,proto3" json:"transfer_id,omitempty"`
+	Index         uint64                 `protobuf:"varint,2,opt,name=index,proto3" json:"index,omitempty"`
+	Sealed        []byte                 `protobuf:"bytes,3,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileChunk) Reset() {
+	*x = FileChunk{}
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileChunk) ProtoMessage() {}
+
+func (x *FileChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileChunk.ProtoReflect.Descriptor instead.
+func (*FileChunk) Descriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *FileChunk) GetTransferId() string {
+	if x != nil {
+		return x.TransferId
+	}
+	return ""
+}
+
+func (x *FileChunk) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *FileChunk) GetSealed() []byte {
+	if x != nil {
+		return x.Sealed
+	}
+	return nil
+}
+
+// FileFrame is one length-prefixed message on a /e2em/file/1.0.0 stream,
+// which a recipient opens to the sender of a file. The recipient sends Get,
+// then Credit as it stores chunks; the sender answers with Data frames,
+// never more bytes than the credit allows, or Refuse.
+type FileFrame struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Kind:
+	//
+	//	*FileFrame_Get
+	//	*FileFrame_Credit
+	//	*FileFrame_Data
+	//	*FileFrame_Refuse
+	Kind          isFileFrame_Kind `protobuf_oneof:"kind"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileFrame) Reset() {
+	*x = FileFrame{}
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileFrame) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileFrame) ProtoMessage() {}
+
+func (x *FileFrame) ProtoReflect() protoreflect.Message {
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileFrame.ProtoReflect.Descriptor instead.
+func (*FileFrame) Descriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *FileFrame) GetKind() isFileFrame_Kind {
+	if x != nil {
+		return x.Kind
+	}
+	return nil
+}
+
+func (x *FileFrame) GetGet() *FileGet {
+	if x != nil {
+		if x, ok := x.Kind.(*FileFrame_Get); ok {
+			return x.Get
+		}
+	}
+	return nil
+}
+
+func (x *FileFrame) GetCredit() *FileCredit {
+	if x != nil {
+		if x, ok := x.Kind.(*FileFrame_Credit); ok {
+			return x.Credit
+		}
+	}
+	return nil
+}
+
+func (x *FileFrame) GetData() *FileData {
+	if x != nil {
+		if x, ok := x.Kind.(*FileFrame_Data); ok {
+			return x.Data
+		}
+	}
+	return nil
+}
+
+func (x *FileFrame) GetRefuse() *FileRefuse {
+	if x != nil {
+		if x, ok := x.Kind.(*FileFrame_Refuse); ok {
+			return x.Refuse
+		}
+	}
+	return nil
+}
+
+type isFileFrame_Kind interface {
+	isFileFrame_Kind()
+}
+
+type FileFrame_Get struct {
+	Get *FileGet `protobuf:"bytes,1,opt,name=get,proto3,oneof"`
+}
+
+type FileFrame_Credit struct {
+	Credit *FileCredit `protobuf:"bytes,2,opt,name=credit,proto3,oneof"`
+}
+
+type FileFrame_Data struct {
+	Data *FileData `protobuf:"bytes,3,opt,name=data,proto3,oneof"`
+}
+
+type FileFrame_Refuse struct {
+	Refuse *FileRefuse `protobuf:"bytes,4,opt,name=refuse,proto3,oneof"`
+}
+
+func (*FileFrame_Get) isFileFrame_Kind() {}
+
+func (*FileFrame_Credit) isFileFrame_Kind() {}
+
+func (*FileFrame_Data) isFileFrame_Kind() {}
+
+func (*FileFrame_Refuse) isFileFrame_Kind() {}
+
+type FileGet struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	TransferId string                 `protobuf:"bytes,1,opt,name=transfer_id,json=transferId,proto3" json:"transfer_id,omitempty"`
+	Token      []byte                 `protobuf:"bytes,2,opt,name=token,proto3" json:"token,omitempty"`
+	// Bit i (of byte i/8, least significant first) set: chunk i is stored
+	// already; the sender sends the others, in order.
+	Have []byte `protobuf:"bytes,3,opt,name=have,proto3" json:"have,omitempty"`
+	// Bytes the sender may send before the first Credit.
+	Window        uint64 `protobuf:"varint,4,opt,name=window,proto3" json:"window,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileGet) Reset() {
+	*x = FileGet{}
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileGet) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileGet) ProtoMessage() {}
+
+func (x *FileGet) ProtoReflect() protoreflect.Message {
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileGet.ProtoReflect.Descriptor instead.
+func (*FileGet) Descriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *FileGet) GetTransferId() string {
+	if x != nil {
+		return x.TransferId
+	}
+	return ""
+}
+
+func (x *FileGet) GetToken() []byte {
+	if x != nil {
+		return x.Token
+	}
+	return nil
+}
+
+func (x *FileGet) GetHave() []byte {
+	if x != nil {
+		return x.Have
+	}
+	return nil
+}
+
+func (x *FileGet) GetWindow() uint64 {
+	if x != nil {
+		return x.Window
+	}
+	return 0
+}
+
+// FileCredit: chunk index is verified and stored; bytes more may come.
+type FileCredit struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Bytes         uint64                 `protobuf:"varint,2,opt,name=bytes,proto3" json:"bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileCredit) Reset() {
+	*x = FileCredit{}
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileCredit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileCredit) ProtoMessage() {}
+
+func (x *FileCredit) ProtoReflect() protoreflect.Message {
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileCredit.ProtoReflect.Descriptor instead.
+func (*FileCredit) Descriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *FileCredit) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *FileCredit) GetBytes() uint64 {
+	if x != nil {
+		return x.Bytes
+	}
+	return 0
+}
+
+type FileData struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Index         uint64                 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	Sealed        []byte                 `protobuf:"bytes,2,opt,name=sealed,proto3" json:"sealed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileData) Reset() {
+	*x = FileData{}
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileData) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileData) ProtoMessage() {}
+
+func (x *FileData) ProtoReflect() protoreflect.Message {
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileData.ProtoReflect.Descriptor instead.
+func (*FileData) Descriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *FileData) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *FileData) GetSealed() []byte {
+	if x != nil {
+		return x.Sealed
+	}
+	return nil
+}
+
+type FileRefuse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileRefuse) Reset() {
+	*x = FileRefuse{}
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileRefuse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileRefuse) ProtoMessage() {}
+
+func (x *FileRefuse) ProtoReflect() protoreflect.Message {
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileRefuse.ProtoReflect.Descriptor instead.
+func (*FileRefuse) Descriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *FileRefuse) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
 var File_desktop_engine_wire_wire_proto protoreflect.FileDescriptor
 
 const file_desktop_engine_wire_wire_proto_rawDesc = "" +
@@ -608,14 +1294,22 @@ const file_desktop_engine_wire_wire_proto_rawDesc = "" +
 	"HelloReply\x12\x1c\n" +
 	"\tephemeral\x18\x01 \x01(\fR\tephemeral\" \n" +
 	"\x06Reject\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\xac\x01\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x9a\x03\n" +
 	"\aPayload\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12$\n" +
 	"\x0esent_unix_nano\x18\x02 \x01(\x03R\fsentUnixNano\x12\x12\n" +
 	"\x04from\x18\x03 \x01(\tR\x04from\x12(\n" +
 	"\x04text\x18\n" +
 	" \x01(\v2\x12.e2em.wire.v1.TextH\x00R\x04text\x12%\n" +
-	"\x03ack\x18\v \x01(\v2\x11.e2em.wire.v1.AckH\x00R\x03ackB\x06\n" +
+	"\x03ack\x18\v \x01(\v2\x11.e2em.wire.v1.AckH\x00R\x03ack\x128\n" +
+	"\n" +
+	"file_offer\x18\f \x01(\v2\x17.e2em.wire.v1.FileOfferH\x00R\tfileOffer\x12;\n" +
+	"\vfile_result\x18\r \x01(\v2\x18.e2em.wire.v1.FileResultH\x00R\n" +
+	"fileResult\x12;\n" +
+	"\vfile_cancel\x18\x0e \x01(\v2\x18.e2em.wire.v1.FileCancelH\x00R\n" +
+	"fileCancel\x128\n" +
+	"\n" +
+	"file_chunk\x18\x0f \x01(\v2\x17.e2em.wire.v1.FileChunkH\x00R\tfileChunkB\x06\n" +
 	"\x04kind\"0\n" +
 	"\x04Text\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\tR\x04body\x12\x14\n" +
@@ -627,7 +1321,56 @@ const file_desktop_engine_wire_wire_proto_rawDesc = "" +
 	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x03 \x01(\tR\x02to\x12\x1c\n" +
 	"\tephemeral\x18\x04 \x01(\fR\tephemeral\x12\x16\n" +
-	"\x06record\x18\x05 \x01(\fR\x06recordB/Z-github.com/e2em/e2em/desktop/engine/wire;wireb\x06proto3"
+	"\x06record\x18\x05 \x01(\fR\x06record\"\xd2\x01\n" +
+	"\tFileOffer\x12\x1f\n" +
+	"\vtransfer_id\x18\x01 \x01(\tR\n" +
+	"transferId\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04size\x18\x03 \x01(\x04R\x04size\x12\x1d\n" +
+	"\n" +
+	"chunk_size\x18\x04 \x01(\rR\tchunkSize\x12\x16\n" +
+	"\x06sha256\x18\x05 \x01(\fR\x06sha256\x12\x19\n" +
+	"\bfile_key\x18\x06 \x01(\fR\afileKey\x12\x14\n" +
+	"\x05token\x18\a \x01(\fR\x05token\x12\x14\n" +
+	"\x05group\x18\b \x01(\tR\x05group\"U\n" +
+	"\n" +
+	"FileResult\x12\x1f\n" +
+	"\vtransfer_id\x18\x01 \x01(\tR\n" +
+	"transferId\x12\x0e\n" +
+	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"E\n" +
+	"\n" +
+	"FileCancel\x12\x1f\n" +
+	"\vtransfer_id\x18\x01 \x01(\tR\n" +
+	"transferId\x12\x16\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\"Z\n" +
+	"\tFileChunk\x12\x1f\n" +
+	"\vtransfer_id\x18\x01 \x01(\tR\n" +
+	"transferId\x12\x14\n" +
+	"\x05index\x18\x02 \x01(\x04R\x05index\x12\x16\n" +
+	"\x06sealed\x18\x03 \x01(\fR\x06sealed\"\xd4\x01\n" +
+	"\tFileFrame\x12)\n" +
+	"\x03get\x18\x01 \x01(\v2\x15.e2em.wire.v1.FileGetH\x00R\x03get\x122\n" +
+	"\x06credit\x18\x02 \x01(\v2\x18.e2em.wire.v1.FileCreditH\x00R\x06credit\x12,\n" +
+	"\x04data\x18\x03 \x01(\v2\x16.e2em.wire.v1.FileDataH\x00R\x04data\x122\n" +
+	"\x06refuse\x18\x04 \x01(\v2\x18.e2em.wire.v1.FileRefuseH\x00R\x06refuseB\x06\n" +
+	"\x04kind\"l\n" +
+	"\aFileGet\x12\x1f\n" +
+	"\vtransfer_id\x18\x01 \x01(\tR\n" +
+	"transferId\x12\x14\n" +
+	"\x05token\x18\x02 \x01(\fR\x05token\x12\x12\n" +
+	"\x04have\x18\x03 \x01(\fR\x04have\x12\x16\n" +
+	"\x06window\x18\x04 \x01(\x04R\x06window\"8\n" +
+	"\n" +
+	"FileCredit\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x14\n" +
+	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"8\n" +
+	"\bFileData\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
+	"\x06sealed\x18\x02 \x01(\fR\x06sealed\"$\n" +
+	"\n" +
+	"FileRefuse\x12\x16\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reasonB/Z-github.com/e2em/e2em/desktop/engine/wire;wireb\x06proto3"
 
 var (
 	file_desktop_engine_wire_wire_proto_rawDescOnce sync.Once
@@ -641,7 +1384,7 @@ func file_desktop_engine_wire_wire_proto_rawDescGZIP() []byte {
 	return file_desktop_engine_wire_wire_proto_rawDescData
 }
 
-var file_desktop_engine_wire_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_desktop_engine_wire_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_desktop_engine_wire_wire_proto_goTypes = []any{
 	(*Frame)(nil),      // 0: e2em.wire.v1.Frame
 	(*Hello)(nil),      // 1: e2em.wire.v1.Hello
@@ -651,18 +1394,35 @@ var file_desktop_engine_wire_wire_proto_goTypes = []any{
 	(*Text)(nil),       // 5: e2em.wire.v1.Text
 	(*Ack)(nil),        // 6: e2em.wire.v1.Ack
 	(*Envelope)(nil),   // 7: e2em.wire.v1.Envelope
+	(*FileOffer)(nil),  // 8: e2em.wire.v1.FileOffer
+	(*FileResult)(nil), // 9: e2em.wire.v1.FileResult
+	(*FileCancel)(nil), // 10: e2em.wire.v1.FileCancel
+	(*FileChunk)(nil),  // 11: e2em.wire.v1.FileChunk
+	(*FileFrame)(nil),  // 12: e2em.wire.v1.FileFrame
+	(*FileGet)(nil),    // 13: e2em.wire.v1.FileGet
+	(*FileCredit)(nil), // 14: e2em.wire.v1.FileCredit
+	(*FileData)(nil),   // 15: e2em.wire.v1.FileData
+	(*FileRefuse)(nil), // 16: e2em.wire.v1.FileRefuse
 }
 var file_desktop_engine_wire_wire_proto_depIdxs = []int32{
-	1, // 0: e2em.wire.v1.Frame.hello:type_name -> e2em.wire.v1.Hello
-	2, // 1: e2em.wire.v1.Frame.hello_reply:type_name -> e2em.wire.v1.HelloReply
-	3, // 2: e2em.wire.v1.Frame.reject:type_name -> e2em.wire.v1.Reject
-	5, // 3: e2em.wire.v1.Payload.text:type_name -> e2em.wire.v1.Text
-	6, // 4: e2em.wire.v1.Payload.ack:type_name -> e2em.wire.v1.Ack
-	5, // [5:5] is the sub-list for method output_type
-	5, // [5:5] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	1,  // 0: e2em.wire.v1.Frame.hello:type_name -> e2em.wire.v1.Hello
+	2,  // 1: e2em.wire.v1.Frame.hello_reply:type_name -> e2em.wire.v1.HelloReply
+	3,  // 2: e2em.wire.v1.Frame.reject:type_name -> e2em.wire.v1.Reject
+	5,  // 3: e2em.wire.v1.Payload.text:type_name -> e2em.wire.v1.Text
+	6,  // 4: e2em.wire.v1.Payload.ack:type_name -> e2em.wire.v1.Ack
+	8,  // 5: e2em.wire.v1.Payload.file_offer:type_name -> e2em.wire.v1.FileOffer
+	9,  // 6: e2em.wire.v1.Payload.file_result:type_name -> e2em.wire.v1.FileResult
+	10, // 7: e2em.wire.v1.Payload.file_cancel:type_name -> e2em.wire.v1.FileCancel
+	11, // 8: e2em.wire.v1.Payload.file_chunk:type_name -> e2em.wire.v1.FileChunk
+	13, // 9: e2em.wire.v1.FileFrame.get:type_name -> e2em.wire.v1.FileGet
+	14, // 10: e2em.wire.v1.FileFrame.credit:type_name -> e2em.wire.v1.FileCredit
+	15, // 11: e2em.wire.v1.FileFrame.data:type_name -> e2em.wire.v1.FileData
+	16, // 12: e2em.wire.v1.FileFrame.refuse:type_name -> e2em.wire.v1.FileRefuse
+	13, // [13:13] is the sub-list for method output_type
+	13, // [13:13] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_desktop_engine_wire_wire_proto_init() }
@@ -679,6 +1439,16 @@ func file_desktop_engine_wire_wire_proto_init() {
 	file_desktop_engine_wire_wire_proto_msgTypes[4].OneofWrappers = []any{
 		(*Payload_Text)(nil),
 		(*Payload_Ack)(nil),
+		(*Payload_FileOffer)(nil),
+		(*Payload_FileResult)(nil),
+		(*Payload_FileCancel)(nil),
+		(*Payload_FileChunk)(nil),
+	}
+	file_desktop_engine_wire_wire_proto_msgTypes[12].OneofWrappers = []any{
+		(*FileFrame_Get)(nil),
+		(*FileFrame_Credit)(nil),
+		(*FileFrame_Data)(nil),
+		(*FileFrame_Refuse)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -686,7 +1456,7 @@ func file_desktop_engine_wire_wire_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_desktop_engine_wire_wire_proto_rawDesc), len(file_desktop_engine_wire_wire_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   8,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
