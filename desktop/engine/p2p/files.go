@@ -1,0 +1,366 @@
+package p2p
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/network"
+	"github.com/libp2p/go-libp2p/core/peer"
+	"github.com/libp2p/go-libp2p/core/peerstore"
+	"github.com/libp2p/go-libp2p/core/protocol"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/e2em/e2em/desktop/engine/wire"
+)
+
+// FileProtocolID is the file protocol: the recipient of a file opens a
+// stream to its sender and fetches the sealed chunks it does not have yet.
+// The chunks are sealed end to end under the file key (which only the
+// recipients got, in the offer); the stream adds flow control: the sender
+// never has more than the recipient's credit in flight, and the recipient
+// grants credit for a chunk only once it has checked and stored it. So a
+// recipient is never flooded, and whatever was in flight when a connection
+// died (at most one window) is all that is ever sent twice.
+const FileProtocolID = protocol.ID("/e2em/file/1.0.0")
+
+// FileWindow is the credit a recipient grants before its first chunk is
+// stored: one and a half sealed chunks, so the next chunk is half on its
+// way while one is decrypted, and a connection that dies costs less than
+// two chunks again.
+const FileWindow = (wire.MaxFileFrame * 3) / 2
+
+// maxFileCredit bounds the credit a sender believes; a recipient cannot
+// make it hold more in memory by granting more.
+const maxFileCredit = 64 << 20
+
+// fileIdle is how long either side of a file stream waits for the other
+// before giving up on the stream (the recipient then fetches again).
+const fileIdle = 60 * time.Second
+
+// FileRequest is a fetch that arrived: what it asks and who asks.
+type FileRequest struct {
+	Get     *wire.FileGet
+	Peer    peer.ID
+	Relayed bool
+}
+
+// ChunkFeed is what a sender serves on one stream.
+type ChunkFeed interface {
+	// Next returns the next chunk to send, in order, or io.EOF when every
+	// chunk the recipient lacks has been returned.
+	Next(ctx context.Context) (index uint64, sealed []byte, err error)
+	// Sent reports bytes written to the stream (resends included).
+	Sent(n int)
+	// Stored reports that the recipient checked and stored chunk index.
+	Stored(index uint64)
+	// Close ends the feed (the stream ended).
+	Close()
+}
+
+// FileServer decides what a fetch gets: a feed, or an error whose text the
+// recipient reads as the refusal's reason.
+type FileServer func(ctx context.Context, req FileRequest) (ChunkFeed, error)
+
+// ServeFiles answers file fetches on h with serve until ctx ends.
+func ServeFiles(ctx context.Context, h host.Host, serve FileServer, log *slog.Logger) {
+	h.SetStreamHandler(FileProtocolID, func(st network.Stream) {
+		serveFileStream(ctx, st, serve, log)
+	})
+	go func() {
+		<-ctx.Done()
+		h.RemoveStreamHandler(FileProtocolID)
+	}()
+}
+
+// RefusedError is a sender refusing a fetch, with its reason.
+type RefusedError struct{ Reason string }
+
+func (e *RefusedError) Error() string { return "the sender refused: " + e.Reason }
+
+func serveFileStream(ctx context.Context, st network.Stream, serve FileServer, log *slog.Logger) {
+	defer st.Close()
+	st.SetDeadline(time.Now().Add(handshakeTimeout))
+	br := bufio.NewReader(st)
+	f, err := wire.ReadFileFrame(br)
+	if err != nil || f.GetGet() == nil {
+		st.Reset()
+		return
+	}
+	get := f.GetGet()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	feed, err := serve(ctx, FileRequest{Get: get, Peer: st.Conn().RemotePeer(), Relayed: isCircuit(st.Conn().RemoteMultiaddr().String())})
+	if err != nil {
+		wire.WriteFileFrame(st, &wire.FileFrame{Kind: &wire.FileFrame_Refuse{Refuse: &wire.FileRefuse{Reason: err.Error()}}})
+		st.CloseWrite()
+		return
+	}
+	defer feed.Close()
+	st.SetDeadline(time.Time{})
+	cr := newCredit(min(get.Window, maxFileCredit))
+	// Credits come back while chunks go out.
+	outstanding := map[uint64]bool{}
+	var mu sync.Mutex
+	allSent := make(chan struct{})
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		defer cr.close()
+		for {
+			st.SetReadDeadline(time.Now().Add(fileIdle))
+			f, err := wire.ReadFileFrame(br)
+			if err != nil {
+				cancel()
+				return
+			}
+			c := f.GetCredit()
+			if c == nil {
+				continue
+			}
+			cr.add(c.Bytes)
+			mu.Lock()
+			known := outstanding[c.Index]
+			delete(outstanding, c.Index)
+			left := len(outstanding)
+			mu.Unlock()
+			if known {
+				feed.Stored(c.Index)
+			}
+			select {
+			case <-allSent:
+				if left == 0 {
+					return
+				}
+			default:
+			}
+		}
+	}()
+	for {
+		idx, sealed, err := feed.Next(ctx)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				log.Warn("file stream: cannot serve a chunk", "err", err)
+				wire.WriteFileFrame(st, &wire.FileFrame{Kind: &wire.FileFrame_Refuse{Refuse: &wire.FileRefuse{Reason: err.Error()}}})
+			}
+			st.CloseWrite()
+			return
+		}
+		frame, err := encodeFileFrame(&wire.FileFrame{Kind: &wire.FileFrame_Data{Data: &wire.FileData{Index: idx, Sealed: sealed}}})
+		if err != nil {
+			st.Reset()
+			return
+		}
+		mu.Lock()
+		outstanding[idx] = true
+		mu.Unlock()
+		for len(frame) > 0 {
+			n, err := cr.take(ctx, len(frame))
+			if err != nil {
+				st.Reset()
+				return
+			}
+			st.SetWriteDeadline(time.Now().Add(fileIdle))
+			if _, err := st.Write(frame[:n]); err != nil {
+				st.Reset()
+				return
+			}
+			feed.Sent(n)
+			frame = frame[n:]
+		}
+	}
+	mu.Lock()
+	close(allSent)
+	left := len(outstanding)
+	mu.Unlock()
+	st.CloseWrite()
+	if left == 0 {
+		return
+	}
+	// Wait for the last credits: they say the recipient stored the end.
+	select {
+	case <-finished:
+	case <-ctx.Done():
+	}
+}
+
+// encodeFileFrame is a frame as WriteFileFrame would write it.
+func encodeFileFrame(f *wire.FileFrame) ([]byte, error) {
+	b, err := proto.Marshal(f)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > wire.MaxFileFrame {
+		return nil, wire.ErrFrameTooLarge
+	}
+	return append(protowire.AppendVarint(nil, uint64(len(b))), b...), nil
+}
+
+// frameLen is how many bytes f took on the stream.
+func frameLen(f *wire.FileFrame) uint64 {
+	n := proto.Size(f)
+	return uint64(protowire.SizeVarint(uint64(n)) + n)
+}
+
+// credit is the sender's side of the flow control: bytes it may still
+// send.
+type credit struct {
+	mu     sync.Mutex
+	avail  uint64
+	more   chan struct{}
+	closed bool
+}
+
+func newCredit(initial uint64) *credit {
+	return &credit{avail: initial, more: make(chan struct{}, 1)}
+}
+
+func (c *credit) add(n uint64) {
+	c.mu.Lock()
+	c.avail = min(c.avail+n, maxFileCredit)
+	c.mu.Unlock()
+	select {
+	case c.more <- struct{}{}:
+	default:
+	}
+}
+
+func (c *credit) close() {
+	c.mu.Lock()
+	c.closed = true
+	c.mu.Unlock()
+	select {
+	case c.more <- struct{}{}:
+	default:
+	}
+}
+
+// take waits for credit and takes up to want bytes of it.
+func (c *credit) take(ctx context.Context, want int) (int, error) {
+	for {
+		c.mu.Lock()
+		if c.avail > 0 {
+			n := int(min(uint64(want), c.avail))
+			c.avail -= uint64(n)
+			c.mu.Unlock()
+			return n, nil
+		}
+		closed := c.closed
+		c.mu.Unlock()
+		if closed {
+			return 0, io.ErrClosedPipe
+		}
+		select {
+		case <-c.more:
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(fileIdle):
+			return 0, errors.New("the recipient granted no credit for a minute")
+		}
+	}
+}
+
+// ChunkSink is where a recipient puts the chunks it fetches.
+type ChunkSink interface {
+	// Store checks chunk index and stores it; it returns only once the
+	// chunk is safely stored (credit is granted then). An error ends the
+	// fetch (a chunk that failed its check is fetched again next time).
+	Store(index uint64, sealed []byte) error
+}
+
+// FetchStats is what one fetch moved.
+type FetchStats struct {
+	Chunks  int
+	Relayed bool
+}
+
+// ErrOverrun is a sender that sent more than its credit allowed.
+var ErrOverrun = errors.New("the sender sent more than it was asked for")
+
+// Fetch opens a file stream to t, asks for what get names, and stores what
+// arrives in sink until the sender has sent everything (nil), refuses
+// (*RefusedError), misbehaves, or the stream dies.
+func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink ChunkSink) (FetchStats, error) {
+	var stats FetchStats
+	h.Peerstore().AddAddrs(t.PeerID, t.Addrs, peerstore.TempAddrTTL)
+	dctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(ctx, "e2em files"), handshakeTimeout)
+	st, err := h.NewStream(dctx, t.PeerID, FileProtocolID)
+	cancel()
+	if err != nil {
+		return stats, fmt.Errorf("reach %s: %w", t.LoginID, err)
+	}
+	defer st.Close()
+	stop := context.AfterFunc(ctx, func() { st.Reset() })
+	defer stop()
+	stats.Relayed = isCircuit(st.Conn().RemoteMultiaddr().String())
+	if get.Window == 0 {
+		get.Window = FileWindow
+	}
+	st.SetWriteDeadline(time.Now().Add(handshakeTimeout))
+	if err := wire.WriteFileFrame(st, &wire.FileFrame{Kind: &wire.FileFrame_Get{Get: get}}); err != nil {
+		st.Reset()
+		return stats, fmt.Errorf("ask %s for the file: %w", t.LoginID, err)
+	}
+	// The buffer is larger than the window, so that whatever a sender has
+	// pushed beyond its credit is read ahead, counted and caught.
+	counted := &countingReader{r: st}
+	br := bufio.NewReaderSize(counted, 2*wire.MaxFileFrame)
+	granted := get.Window
+	for {
+		st.SetReadDeadline(time.Now().Add(fileIdle))
+		f, err := wire.ReadFileFrame(br)
+		if errors.Is(err, io.EOF) {
+			return stats, nil
+		}
+		if err != nil {
+			st.Reset()
+			return stats, fmt.Errorf("file stream from %s: %w", t.LoginID, err)
+		}
+		// Everything that arrived, read ahead or not, counts against the
+		// credit: a sender past it is flooding.
+		if counted.n > granted {
+			st.Reset()
+			return stats, ErrOverrun
+		}
+		if r := f.GetRefuse(); r != nil {
+			return stats, &RefusedError{Reason: r.Reason}
+		}
+		d := f.GetData()
+		if d == nil {
+			continue
+		}
+		if err := sink.Store(d.Index, d.Sealed); err != nil {
+			st.Reset()
+			return stats, err
+		}
+		stats.Chunks++
+		n := frameLen(f)
+		granted += n
+		st.SetWriteDeadline(time.Now().Add(fileIdle))
+		if err := wire.WriteFileFrame(st, &wire.FileFrame{Kind: &wire.FileFrame_Credit{Credit: &wire.FileCredit{Index: d.Index, Bytes: n}}}); err != nil {
+			st.Reset()
+			return stats, fmt.Errorf("file stream from %s: %w", t.LoginID, err)
+		}
+	}
+}
+
+type countingReader struct {
+	r io.Reader
+	n uint64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += uint64(n)
+	return n, err
+}
