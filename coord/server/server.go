@@ -436,6 +436,10 @@ func (s *Server) PutMail(ctx context.Context, req *api.PutMailRequest) (*api.Put
 	return &api.PutMailResponse{Seq: res.Seq}, nil
 }
 
+// fetchMailMaxBytes bounds one FetchMail answer below the gRPC message
+// limit: a hundred envelopes of files' chunks would be 100 MiB.
+const fetchMailMaxBytes = api.MaxMessageBytes - 64<<10
+
 // FetchMail returns the caller's waiting envelopes in order.
 func (s *Server) FetchMail(ctx context.Context, req *api.FetchMailRequest) (*api.FetchMailResponse, error) {
 	limit := int(req.Limit)
@@ -445,7 +449,7 @@ func (s *Server) FetchMail(ctx context.Context, req *api.FetchMailRequest) (*api
 	if err := s.barrier(ctx); err != nil {
 		return nil, err
 	}
-	mail, err := s.store.FSM().Mail(sessionFrom(ctx).LoginID, req.AfterSeq, limit)
+	mail, err := s.store.FSM().Mail(sessionFrom(ctx).LoginID, req.AfterSeq, limit, fetchMailMaxBytes)
 	if err != nil {
 		return nil, storeErr(err)
 	}

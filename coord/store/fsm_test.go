@@ -181,12 +181,19 @@ func TestMailboxOrderQuotaAndAck(t *testing.T) {
 	if r := a.apply(&statepb.Command_PutMail{PutMail: &statepb.PutMail{To: "nobody", Envelope: []byte("x")}}); codes.Code(r.Code) != codes.NotFound {
 		t.Fatalf("mail to nobody: %v", r)
 	}
-	mail, _ := f.Mail("bob102", 1, 10)
+	mail, _ := f.Mail("bob102", 1, 10, 1<<20)
 	if len(mail) != 2 || string(mail[0].Envelope) != "two" || string(mail[1].Envelope) != "three" {
 		t.Fatalf("mail after 1: %v", mail)
 	}
+	// An answer stops at its byte budget, but carries one envelope at least.
+	if mail, _ := f.Mail("bob102", 0, 10, proto.Size(mail[0])+1); len(mail) != 1 {
+		t.Fatalf("byte budget of one envelope gave %d", len(mail))
+	}
+	if mail, _ := f.Mail("bob102", 0, 10, 1); len(mail) != 1 {
+		t.Fatalf("a budget below one envelope gave %d", len(mail))
+	}
 	a.apply(&statepb.Command_AckMail{AckMail: &statepb.AckMail{LoginId: "bob102", UpToSeq: 2}})
-	mail, _ = f.Mail("bob102", 0, 10)
+	mail, _ = f.Mail("bob102", 0, 10, 1<<20)
 	if len(mail) != 1 || mail[0].Seq != 3 {
 		t.Fatalf("after ack: %v", mail)
 	}

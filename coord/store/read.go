@@ -183,9 +183,11 @@ func (f *FSM) Members(name string) (*statepb.Group, []string, error) {
 	return g, members, err
 }
 
-// Mail returns up to limit envelopes for login with seq > after, in order.
-func (f *FSM) Mail(login string, after uint64, limit int) ([]*api.Mail, error) {
+// Mail returns up to limit envelopes for login with seq > after, in order,
+// and no more than maxBytes of them (but always at least one).
+func (f *FSM) Mail(login string, after uint64, limit, maxBytes int) ([]*api.Mail, error) {
 	var out []*api.Mail
+	size := 0
 	err := f.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefMail + login + "/"), PrefetchValues: true})
 		defer it.Close()
@@ -193,6 +195,11 @@ func (f *FSM) Mail(login string, after uint64, limit int) ([]*api.Mail, error) {
 			m := &api.Mail{}
 			if err := it.Item().Value(func(v []byte) error { return proto.Unmarshal(v, m) }); err != nil {
 				return err
+			}
+			// One answer carries what fits in a gRPC message; the first
+			// envelope always goes (envelopes are smaller than that).
+			if size += proto.Size(m); len(out) > 0 && size > maxBytes {
+				break
 			}
 			out = append(out, m)
 		}

@@ -15,13 +15,17 @@ import (
 	"log/slog"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
+
 	"github.com/e2em/e2em/desktop/engine"
 	"github.com/e2em/e2em/desktop/engine/command"
+	"github.com/e2em/e2em/desktop/engine/downloads"
 	"github.com/e2em/e2em/desktop/engine/store"
 )
 
@@ -34,14 +38,27 @@ func main() {
 	fs.IntVar(&cfg.Port, "port", 0, "libp2p port for TCP and QUIC (0 picks any)")
 	fs.StringVar(&cfg.Listen, "listen", "", "IP for libp2p to listen on (default all)")
 	fs.BoolVar(&cfg.RelayOnly, "relay-only", false, "never reveal this machine's addresses: contacts reach you only through the coordinators' relays")
+	fs.StringVar(&cfg.Downloads, "downloads", "", "folder received files land in (default <profile>/downloads)")
 	jsonOut := fs.Bool("json", false, "print one JSON object per line")
 	logLevel := fs.String("log-level", "warn", "log level on stderr: debug, info, warn, error")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (for benchmarks)")
 	fs.Parse(os.Args[1:])
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err == nil {
+			err = pprof.StartCPUProfile(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "cpuprofile:", err)
+			os.Exit(2)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	var lvl slog.Level
 	lvl.UnmarshalText([]byte(*logLevel))
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 
-	out := &printer{w: os.Stdout, json: *jsonOut}
+	out := &printer{w: os.Stdout, json: *jsonOut, bars: map[string]*progressbar.ProgressBar{}}
 	eng, err := engine.New(cfg)
 	if err != nil {
 		out.fail("start", err)
@@ -105,7 +122,8 @@ func run(ctx context.Context, eng *engine.Engine, out *printer, lines <-chan str
 // answer is what a command printed on success.
 type answer struct {
 	name, text string
-	id         string // the message id, for Send
+	id         string // the message id (Send) or transfer id (Send_file, Send_group_File)
+	transfers  []engine.Transfer
 }
 
 // execute runs one command and returns the classic answer.
@@ -127,7 +145,38 @@ func execute(ctx context.Context, eng *engine.Engine, c *command.Command) (answe
 		n, err := eng.SendGroup(ctx, c.Groups, c.Text)
 		return ok("Send_group", fmt.Sprintf("Message Sent! (to %d members)", n), err)
 	case command.SendFile, command.SendGroupFile:
-		return ok("Send_file", "", errors.New("sending files is not available in this version yet"))
+		name, to, id := "Send_file", c.To, ""
+		var err error
+		if c.Kind == command.SendFile {
+			id, err = eng.SendFile(ctx, c.Path, c.To)
+		} else {
+			name, to = "Send_group_File", strings.Join(c.Groups, ", ")
+			id, err = eng.SendGroupFile(ctx, c.Path, c.Groups...)
+		}
+		if err != nil {
+			return ok(name, "", err)
+		}
+		t, _ := eng.Transfer(id)
+		return answer{name: name, id: id, text: fmt.Sprintf("Sending %s to %s (transfer %s)", sizeText(t.Name, t.Size), to, id)}, nil
+	case command.Transfers:
+		ts := eng.Transfers()
+		if len(ts) == 0 {
+			return answer{name: "Transfers", text: "No transfers."}, nil
+		}
+		var b strings.Builder
+		for i, t := range ts {
+			if i > 0 {
+				b.WriteByte('\n')
+			}
+			b.WriteString(transferLine(t))
+		}
+		return answer{name: "Transfers", text: b.String(), transfers: ts}, nil
+	case command.Cancel:
+		t, err := eng.Cancel(ctx, c.To)
+		if err != nil {
+			return ok("Cancel", "", err)
+		}
+		return answer{name: "Cancel", id: t.ID, text: fmt.Sprintf("Cancelled %s (transfer %s)", t.Name, t.ID)}, nil
 	case command.Create:
 		name, err := eng.CreateGroup(ctx, c.Groups[0])
 		return ok("Create", "Group Created! ("+name+")", err)
@@ -206,11 +255,14 @@ func execute(ctx context.Context, eng *engine.Engine, c *command.Command) (answe
 	return answer{}, fmt.Errorf("command not handled")
 }
 
-// printer writes results and events as lines, safely from two goroutines.
+// printer writes results and events as lines, safely from two goroutines;
+// in text mode a file on its way has a progress bar.
 type printer struct {
-	mu   sync.Mutex
-	w    io.Writer
-	json bool
+	mu      sync.Mutex
+	w       io.Writer
+	json    bool
+	bars    map[string]*progressbar.ProgressBar // by transfer id
+	barLine bool                                // a bar is drawn on the current line
 }
 
 func (p *printer) line(v any, text string) {
@@ -221,20 +273,75 @@ func (p *printer) line(v any, text string) {
 		p.w.Write(append(b, '\n'))
 		return
 	}
+	if p.barLine {
+		io.WriteString(p.w, "\n")
+		p.barLine = false
+	}
 	io.WriteString(p.w, text+"\n")
 }
 
+// barWriter is where progress bars draw: the printer's output, so that
+// a line printed meanwhile starts on a line of its own.
+type barWriter struct{ p *printer }
+
+func (b barWriter) Write(data []byte) (int, error) {
+	b.p.mu.Lock()
+	defer b.p.mu.Unlock()
+	b.p.barLine = true
+	return b.p.w.Write(data)
+}
+
+// progress draws transfer t's bar (text mode).
+func (p *printer) progress(t *engine.Transfer) {
+	p.mu.Lock()
+	bar := p.bars[t.ID]
+	if bar == nil {
+		bar = progressbar.NewOptions64(max(t.Total, 1),
+			progressbar.OptionSetWriter(barWriter{p}),
+			progressbar.OptionSetWidth(24),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionSetPredictTime(false),
+			progressbar.OptionShowDescriptionAtLineEnd())
+		p.bars[t.ID] = bar
+	}
+	p.mu.Unlock()
+	// The engine's rate (over the last moments), not the bar's own guess
+	// from when it was drawn first.
+	verb := "receiving"
+	if t.Outgoing {
+		verb = "sending"
+	}
+	desc := fmt.Sprintf("%s %s: %s of %s", verb, t.Name, downloads.HumanBytes(t.Done), downloads.HumanBytes(t.Total))
+	if t.Rate > 0 {
+		desc += fmt.Sprintf(", %s/s", downloads.HumanBytes(int64(t.Rate)))
+	}
+	bar.Describe(desc)
+	bar.Set64(t.Done)
+}
+
+// endProgress completes and forgets transfer t's bar.
+func (p *printer) endProgress(t *engine.Transfer) {
+	p.mu.Lock()
+	bar := p.bars[t.ID]
+	delete(p.bars, t.ID)
+	p.mu.Unlock()
+	if bar != nil && t.State == engine.TransferDone {
+		bar.Finish()
+	}
+}
+
 type result struct {
-	Type    string `json:"type"`
-	Command string `json:"command,omitempty"`
-	OK      bool   `json:"ok"`
-	Text    string `json:"text,omitempty"`
-	Error   string `json:"error,omitempty"`
-	ID      string `json:"id,omitempty"` // the message id, for Send
+	Type      string            `json:"type"`
+	Command   string            `json:"command,omitempty"`
+	OK        bool              `json:"ok"`
+	Text      string            `json:"text,omitempty"`
+	Error     string            `json:"error,omitempty"`
+	ID        string            `json:"id,omitempty"` // the message id (Send), the transfer id (files)
+	Transfers []engine.Transfer `json:"transfers,omitempty"`
 }
 
 func (p *printer) answer(a answer) {
-	p.line(result{Type: "result", Command: a.name, OK: true, Text: a.text, ID: a.id}, a.text)
+	p.line(result{Type: "result", Command: a.name, OK: true, Text: a.text, ID: a.id, Transfers: a.transfers}, a.text)
 }
 
 func (p *printer) ok(cmd, text string) {
@@ -269,6 +376,22 @@ func (p *printer) events(ch <-chan engine.Event) {
 			text = fmt.Sprintf("Note: messages to %s wait: %s", ev.To, ev.Text)
 		case engine.EventGroup:
 			text = fmt.Sprintf("%s : %s %s the group", ev.Group, ev.From, ev.Text)
+		case engine.EventFileOffered, engine.EventFileProgress:
+			if p.json {
+				break
+			}
+			if ev.Kind == engine.EventFileOffered && !ev.Transfer.Outgoing {
+				p.line(nil, ev.Text)
+			}
+			p.progress(ev.Transfer)
+			continue
+		case engine.EventFileWaiting:
+			text = "Note: " + ev.Text
+		case engine.EventFileDone, engine.EventFileFailed, engine.EventFileCancelled:
+			if !p.json {
+				p.endProgress(ev.Transfer)
+			}
+			text = fileEnd(ev)
 		default:
 			if !p.json {
 				continue
@@ -276,6 +399,58 @@ func (p *printer) events(ch <-chan engine.Event) {
 		}
 		p.line(ev, text)
 	}
+}
+
+// fileEnd is the line that ends a transfer: the classic "File Sent!", or
+// where a received file was saved, or what went wrong.
+func fileEnd(ev engine.Event) string {
+	t := ev.Transfer
+	switch ev.Kind {
+	case engine.EventFileDone:
+		if !t.Outgoing {
+			return ev.Text
+		}
+		if ev.Text != "" {
+			return fmt.Sprintf("File Sent! (%s; not to %s)", t.Name, ev.Text)
+		}
+		return fmt.Sprintf("File Sent! (%s)", t.Name)
+	case engine.EventFileCancelled:
+		return fmt.Sprintf("Cancelled: %s: %s", t.Name, ev.Text)
+	}
+	if t.Finished() {
+		return fmt.Sprintf("Error: %s was not sent: %s", t.Name, ev.Text)
+	}
+	return "Error: " + ev.Text
+}
+
+// transferLine is one transfer as Transfers lists it.
+func transferLine(t engine.Transfer) string {
+	who := "from " + t.Peer
+	if t.Outgoing {
+		who = "to " + t.Peer
+		if t.Peer == "" {
+			who = "to " + strings.Join(t.Groups, ", ")
+		}
+	}
+	pct := 100.0
+	if t.Total > 0 {
+		pct = 100 * float64(t.Done) / float64(t.Total)
+	}
+	line := fmt.Sprintf("%s  %s %s  %s  %.0f%%", t.ID, sizeText(t.Name, t.Size), who, t.State, pct)
+	if t.Rate > 0 {
+		line += fmt.Sprintf("  %s/s", downloads.HumanBytes(int64(t.Rate)))
+	}
+	if t.Via != "" {
+		line += "  via " + t.Via
+	}
+	if t.Error != "" {
+		line += "  (" + t.Error + ")"
+	}
+	return line
+}
+
+func sizeText(name string, size int64) string {
+	return fmt.Sprintf("%s (%s)", name, downloads.HumanBytes(size))
 }
 
 type messageLine struct {

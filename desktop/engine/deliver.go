@@ -133,6 +133,7 @@ func (e *Engine) queueText(s *session, recipients []string, group, text string) 
 // nothing of theirs is held back, the message goes on it at once instead of
 // waiting for the delivery loop. Anything else is left to the loop.
 func (e *Engine) sendNow(s *session, o *store.Outgoing) bool {
+	s.markQuiet(o)
 	lock := s.recipientLock(o.To)
 	if !lock.TryLock() {
 		return false
@@ -236,6 +237,7 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 		if s.ctx.Err() != nil {
 			return
 		}
+		s.markQuiet(o)
 		if sent, ok := s.inflight.get(to, o.ID); ok {
 			switch {
 			case sent.acked:
@@ -335,7 +337,25 @@ func (e *Engine) markSessionSent(s *session, o *store.Outgoing, sess *p2p.Sessio
 
 func (e *Engine) markSent(s *session, o *store.Outgoing, via, relay string) {
 	e.recordDelivery(s, stateUpdate{Delivery: store.Delivery{To: o.To, ID: o.ID, State: store.StateSent}})
-	e.emit(Event{Kind: EventSent, To: o.To, ID: o.ID, Group: o.Group, Via: via, Relay: relay})
+	if o.Kind == store.KindFileOffer {
+		e.offerLeft(s, o.Transfer, o.To, via)
+	}
+	if o.Kind == "" {
+		e.emit(Event{Kind: EventSent, To: o.To, ID: o.ID, Group: o.Group, Via: via, Relay: relay})
+	}
+}
+
+// markQuiet notes the ids of a file's offers and control messages: their
+// delivery is reported by the transfer's own events, not as messages.
+func (s *session) markQuiet(o *store.Outgoing) {
+	if o.Kind != "" {
+		s.quiet.Store(o.ID, true)
+	}
+}
+
+func (s *session) isQuiet(id string) bool {
+	_, ok := s.quiet.Load(id)
+	return ok
 }
 
 // Delivery states are recorded off the message's path, by recordStates:
@@ -445,7 +465,7 @@ func (e *Engine) writeDeliveries(s *session, batch []stateUpdate) {
 			continue
 		}
 		s.inflight.done(u.To, u.ID)
-		if ours[i] && !u.reported {
+		if ours[i] && !u.reported && !s.isQuiet(u.ID) {
 			e.emit(Event{Kind: EventDelivered, To: u.To, ID: u.ID})
 		}
 	}
@@ -454,21 +474,7 @@ func (e *Engine) writeDeliveries(s *session, batch []stateUpdate) {
 // putMail seals a payload as a one-shot envelope for t and leaves it in
 // the cluster's mailbox.
 func (e *Engine) putMail(s *session, t *p2p.Target, payload []byte) error {
-	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
-	if err != nil {
-		return err
-	}
-	me := e2e.Party{LoginID: s.login, Identity: s.static.PublicKey().Bytes()}
-	them := e2e.Party{LoginID: t.LoginID, Identity: t.Identity}
-	keys, err := e2e.EnvelopeKeys(true, s.static, eph.PublicKey().Bytes(), eph, me, them)
-	if err != nil {
-		return err
-	}
-	rec, err := e2e.Seal(keys, 0, 0, payload, rand.Reader)
-	if err != nil {
-		return err
-	}
-	env, err := proto.Marshal(&wire.Envelope{Version: e2e.Version, From: s.login, To: t.LoginID, Ephemeral: eph.PublicKey().Bytes(), Record: rec})
+	env, err := e.sealEnvelope(s, t, payload)
 	if err != nil {
 		return err
 	}
@@ -480,6 +486,25 @@ func (e *Engine) putMail(s *session, t *p2p.Target, payload []byte) error {
 	return nil
 }
 
+// sealEnvelope seals a payload as a one-shot envelope for t.
+func (e *Engine) sealEnvelope(s *session, t *p2p.Target, payload []byte) ([]byte, error) {
+	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	me := e2e.Party{LoginID: s.login, Identity: s.static.PublicKey().Bytes()}
+	them := e2e.Party{LoginID: t.LoginID, Identity: t.Identity}
+	keys, err := e2e.EnvelopeKeys(true, s.static, eph.PublicKey().Bytes(), eph, me, them)
+	if err != nil {
+		return nil, err
+	}
+	rec, err := e2e.Seal(keys, 0, 0, payload, rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	return proto.Marshal(&wire.Envelope{Version: e2e.Version, From: s.login, To: t.LoginID, Ephemeral: eph.PublicKey().Bytes(), Record: rec})
+}
+
 // acknowledged handles an Ack from a recipient. A message still in flight
 // on a session is reported delivered at once; the profile follows within
 // stateWindow (and the message stays in flight until then, so the delivery
@@ -487,7 +512,7 @@ func (e *Engine) putMail(s *session, t *p2p.Target, payload []byte) error {
 func (e *Engine) acknowledged(s *session, from string, ids []string) {
 	for _, id := range ids {
 		inFlight := s.inflight.claimAck(from, id)
-		if inFlight {
+		if inFlight && !s.isQuiet(id) {
 			e.emit(Event{Kind: EventDelivered, To: from, ID: id})
 		}
 		e.recordDelivery(s, stateUpdate{Delivery: store.Delivery{To: from, ID: id, State: store.StateDelivered}, reported: inFlight})

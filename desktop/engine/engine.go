@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/desktop/engine/downloads"
 	"github.com/e2em/e2em/desktop/engine/p2p"
 	"github.com/e2em/e2em/desktop/engine/store"
 )
@@ -47,6 +49,12 @@ type Config struct {
 	// published or told to peers, so contacts reach it through the
 	// coordinators' relays and never learn its IP.
 	RelayOnly bool
+	// Downloads is where received files land (default: the profile's
+	// downloads folder).
+	Downloads string
+	// MailboxFileMax is the largest file sent through the mailbox to a
+	// recipient who is offline; larger ones wait until both are online.
+	MailboxFileMax int64
 }
 
 // Engine is one signed-in (or signing-in) client.
@@ -57,6 +65,9 @@ type Engine struct {
 	conn   *grpc.ClientConn
 	coord  api.CoordinatorClient
 	events chan Event
+
+	xfers     *transferTable
+	downloads *downloads.Folder
 
 	mu      sync.Mutex
 	session *session // nil until Login
@@ -84,6 +95,7 @@ type session struct {
 	held         sync.Map         // recipients whose queued messages wait
 	groupMembers sync.Map         // lower-case group → memberList (see inGroup)
 	holePunch    *p2p.HolePuncher // nil when hole punching is off
+	quiet        sync.Map         // ids of queued file offers and controls: no sent/delivered events
 	states       chan stateUpdate // delivery states to record (see markSent)
 	acks         ackQueue         // acknowledgements to send (see queueAck)
 	mailMu       sync.Mutex
@@ -108,8 +120,23 @@ func New(cfg Config) (*Engine, error) {
 	if cfg.AckTimeout == 0 {
 		cfg.AckTimeout = 15 * time.Second
 	}
+	if cfg.Downloads == "" {
+		cfg.Downloads = filepath.Join(cfg.Profile, "downloads")
+	}
+	if cfg.MailboxFileMax == 0 {
+		cfg.MailboxFileMax = DefaultMailboxFileMax
+	}
+	folder, err := downloads.Open(cfg.Downloads)
+	if err != nil {
+		return nil, err
+	}
 	st, err := store.Open(cfg.Profile)
 	if err != nil {
+		return nil, err
+	}
+	xfers, err := newTransferTable(st)
+	if err != nil {
+		st.Close()
 		return nil, err
 	}
 	conn, err := api.Dial(cfg.LB, cfg.CAFile)
@@ -117,8 +144,12 @@ func New(cfg Config) (*Engine, error) {
 		st.Close()
 		return nil, fmt.Errorf("cluster address %s: %w", cfg.LB, err)
 	}
-	return &Engine{cfg: cfg, log: cfg.Log, store: st, conn: conn, coord: api.NewCoordinatorClient(conn), events: make(chan Event, 8192)}, nil
+	return &Engine{cfg: cfg, log: cfg.Log, store: st, conn: conn, coord: api.NewCoordinatorClient(conn),
+		events: make(chan Event, 8192), xfers: xfers, downloads: folder}, nil
 }
+
+// Downloads is the folder received files land in.
+func (e *Engine) Downloads() string { return e.downloads.Dir() }
 
 // Events is where the engine reports what happens. Read it continuously.
 func (e *Engine) Events() <-chan Event { return e.events }

@@ -27,6 +27,22 @@ const (
 	EventWaiting EventKind = "waiting"
 	// EventStatus: something worth a line in the log of the session.
 	EventStatus EventKind = "status"
+
+	// File events carry the transfer as it is now (Transfer; ID is its id).
+	// EventFileOffered: a file's offer went out, or one came in (Text).
+	EventFileOffered EventKind = "file_offered"
+	// EventFileProgress: bytes moved (at most ten a second per transfer).
+	EventFileProgress EventKind = "file_progress"
+	// EventFileWaiting: a recipient is offline and the file waits (Text
+	// says where: in their mailbox, or here until both are online).
+	EventFileWaiting EventKind = "file_waiting"
+	// EventFileDone: every recipient has the whole file (outgoing), or the
+	// file is checked and saved (incoming; Text says where).
+	EventFileDone EventKind = "file_done"
+	// EventFileFailed: the transfer, or a recipient's part, failed (Text).
+	EventFileFailed EventKind = "file_failed"
+	// EventFileCancelled: either side cancelled the transfer (Text).
+	EventFileCancelled EventKind = "file_cancelled"
 )
 
 // Via says how a message left.
@@ -51,4 +67,5 @@ type Event struct {
 	Via      string    `json:"via,omitempty"`
 	Relay    string    `json:"relay,omitempty"` // the relay's peer id, for Via relay
 	Text     string    `json:"text,omitempty"`
+	Transfer *Transfer `json:"transfer,omitempty"` // file events
 }

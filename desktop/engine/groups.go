@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 
@@ -103,34 +104,9 @@ func (e *Engine) SendGroup(ctx context.Context, groups []string, text string) (i
 	if err != nil {
 		return 0, err
 	}
-	label := map[string]string{}
-	var order []string
-	for _, g := range groups {
-		name, members, err := e.Members(ctx, g)
-		if err != nil {
-			return 0, fmt.Errorf("group %s: %w", g, err)
-		}
-		in := false
-		for _, m := range members {
-			if m == s.login {
-				in = true
-			}
-		}
-		if !in {
-			return 0, fmt.Errorf("you are not in group %s; Join %s first", name, name)
-		}
-		for _, m := range members {
-			if m == s.login {
-				continue
-			}
-			if _, ok := label[m]; !ok {
-				label[m] = name
-				order = append(order, m)
-			}
-		}
-	}
-	if len(order) == 0 {
-		return 0, fmt.Errorf("nobody else is in %s yet", strings.Join(groups, ", "))
+	order, label, _, err := e.groupRecipients(ctx, s, groups)
+	if err != nil {
+		return 0, err
 	}
 	// One queue entry per member; members sharing a label share a
 	// history line.
@@ -149,6 +125,36 @@ func (e *Engine) SendGroup(ctx context.Context, groups []string, text string) (i
 		}
 	}
 	return len(order), nil
+}
+
+// groupRecipients is everyone else in the named groups, once each, in the
+// order met, labelled with the first named group they are in; names are
+// the groups as the cluster spells them. You must be in each group.
+func (e *Engine) groupRecipients(ctx context.Context, s *session, groups []string) (order []string, label map[string]string, names []string, err error) {
+	label = map[string]string{}
+	for _, g := range groups {
+		name, members, err := e.Members(ctx, g)
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("group %s: %w", g, err)
+		}
+		names = append(names, name)
+		if !slices.Contains(members, s.login) {
+			return nil, nil, nil, fmt.Errorf("you are not in group %s; Join %s first", name, name)
+		}
+		for _, m := range members {
+			if m == s.login {
+				continue
+			}
+			if _, ok := label[m]; !ok {
+				label[m] = name
+				order = append(order, m)
+			}
+		}
+	}
+	if len(order) == 0 {
+		return nil, nil, nil, fmt.Errorf("nobody else is in %s yet", strings.Join(groups, ", "))
+	}
+	return order, label, names, nil
 }
 
 // History returns the last n messages with a contact or in a group.

@@ -95,10 +95,13 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 			s.held.Store(o.To, true)
 		}
 	}
+	p2p.ServeFiles(s.ctx, h, e.serveFile(s), e.log)
 	e.spawn(s, e.recordStates)
 	e.spawn(s, e.republish)
 	e.spawn(s, e.watchEvents)
 	e.spawn(s, e.deliverLoop)
+	e.resumeIncoming(s)
+	e.resumeOutgoing(s)
 	e.log.Info("logged in", "login_id", loginID, "peer_id", h.ID(), "addrs", p2p.ListenAddrs(h))
 	return nil
 }
@@ -236,6 +239,8 @@ func (e *Engine) stopSession() {
 	s.cancel()
 	s.msgr.Close()
 	s.wg.Wait()
+	e.closeIncomingFiles()
+	e.closeSources()
 	if s.holePunch != nil {
 		s.holePunch.Close()
 	}

@@ -39,23 +39,28 @@ func (e *Engine) handlePayload(s *session, from string, p *wire.Payload, on *p2p
 	switch k := p.Kind.(type) {
 	case *wire.Payload_Ack:
 		e.acknowledged(s, from, k.Ack.Ids)
+	case *wire.Payload_FileChunk:
+		// Not acknowledged: the sender put it in the mailbox and moved on;
+		// a missing chunk is fetched from the sender.
+		e.mailedChunk(s, from, k.FileChunk)
+	case *wire.Payload_FileOffer:
+		if g := k.FileOffer.Group; g != "" && !e.senderInGroup(s, g, from) {
+			return
+		}
+		if err := e.fileOffered(s, from, k.FileOffer); err != nil {
+			e.log.Error("record a file offer", "from", from, "err", err)
+			return // not acknowledged: it comes again
+		}
+		e.queueAck(s, from, p.Id, on)
+	case *wire.Payload_FileResult:
+		e.fileResult(s, from, k.FileResult)
+		e.queueAck(s, from, p.Id, on)
+	case *wire.Payload_FileCancel:
+		e.fileCancelled(s, from, k.FileCancel)
+		e.queueAck(s, from, p.Id, on)
 	case *wire.Payload_Text:
-		if g := k.Text.Group; g != "" {
-			// Authenticated as from, but is from in the group? The label
-			// would otherwise put words in a group that never heard them.
-			// Not acknowledged unless it is: a member who joined a moment
-			// ago is asked about again when the message comes back.
-			ok, asked, err := e.bothInGroup(s, g, from)
-			if err != nil {
-				e.log.Warn("cannot check a group message's sender", "group", g, "from", from, "err", err)
-				return
-			}
-			if !ok {
-				if asked {
-					e.emit(Event{Kind: EventSecurity, From: from, Group: g, Text: fmt.Sprintf("rejected a message from %s labelled with group %s: %s is not a member (or you are not)", from, g, from)})
-				}
-				return
-			}
+		if g := k.Text.Group; g != "" && !e.senderInGroup(s, g, from) {
+			return
 		}
 		m := &store.Message{
 			ID: p.Id, Peer: from, Group: k.Text.Group, From: from, Body: k.Text.Body,
@@ -74,6 +79,22 @@ func (e *Engine) handlePayload(s *session, from string, p *wire.Payload, on *p2p
 			e.emit(Event{Kind: EventMessage, ID: p.Id, From: from, Group: k.Text.Group, Body: k.Text.Body, Time: m.Sent, Received: time.Now()})
 		}
 	}
+}
+
+// senderInGroup checks a group label: authenticated as from, but is from
+// in the group? The label would otherwise put words in a group that never
+// heard them. A message that fails is not acknowledged: a member who joined
+// a moment ago is asked about again when the message comes back.
+func (e *Engine) senderInGroup(s *session, g, from string) bool {
+	ok, asked, err := e.bothInGroup(s, g, from)
+	if err != nil {
+		e.log.Warn("cannot check a group message's sender", "group", g, "from", from, "err", err)
+		return false
+	}
+	if !ok && asked {
+		e.emit(Event{Kind: EventSecurity, From: from, Group: g, Text: fmt.Sprintf("rejected a message from %s labelled with group %s: %s is not a member (or you are not)", from, g, from)})
+	}
+	return ok
 }
 
 // memberList is a group's members as the cluster last said.
@@ -241,6 +262,7 @@ func (e *Engine) watchEvents(s *session) {
 					e.forget(s, k.Keys.Keys.GetLoginId())
 					if _, err := e.target(s.ctx, s, k.Keys.Keys.GetLoginId(), true); err == nil {
 						e.kickQueue(s)
+						e.senderOnline(k.Keys.Keys.GetLoginId())
 					}
 				case *api.Event_Group:
 					g := k.Group

@@ -32,6 +32,8 @@ const (
 	Search
 	Verify
 	Trust
+	Transfers
+	Cancel
 	Logout
 	Help
 	Quit
@@ -44,7 +46,7 @@ type Command struct {
 	Roll     string   // Sign up
 	LoginID  string   // Login
 	Password string   // Sign up, Login
-	To       string   // Send, Send_file, History, Verify, Trust (a contact)
+	To       string   // Send, Send_file, History, Verify, Trust (a contact); Cancel (a transfer id)
 	Groups   []string // Send_group*, and the one group of Create/Join/Leave/Members
 	Text     string   // Send*, Search: the rest of the line
 	Path     string   // Send_file, Send_group_File
@@ -56,9 +58,9 @@ var Usage = map[Kind]string{
 	SignUp:        "Sign up <username> <rollnumber> <password>",
 	Login:         "Login <username+rollnumber> <password>",
 	Send:          "Send <recipient> <message>",
-	SendFile:      "Send_file <recipient> <path>",
+	SendFile:      "Send_file <file> <recipient>",
 	SendGroup:     "Send_group <n> <group1> ... <groupN> <message>",
-	SendGroupFile: "Send_group_File <n> <group1> ... <groupN> <path>",
+	SendGroupFile: "Send_group_File <file> <n> <group1> ... <groupN>",
 	Create:        "Create <group>",
 	Join:          "Join <group>",
 	Leave:         "Leave <group>",
@@ -69,20 +71,23 @@ var Usage = map[Kind]string{
 	Search:        "Search <text>",
 	Verify:        "Verify <contact>",
 	Trust:         "Trust <contact>",
+	Transfers:     "Transfers",
+	Cancel:        "Cancel <transfer id>",
 	Logout:        "Logout",
 	Help:          "Help",
 	Quit:          "Quit",
 }
 
 // Order is how Help lists the commands.
-var Order = []Kind{SignUp, Login, Send, SendGroup, Create, Join, Leave, Members, ShowMyGroups, List,
-	History, Search, Verify, Trust, SendFile, SendGroupFile, Logout, Help, Quit}
+var Order = []Kind{SignUp, Login, Send, SendGroup, SendFile, SendGroupFile, Transfers, Cancel,
+	Create, Join, Leave, Members, ShowMyGroups, List, History, Search, Verify, Trust, Logout, Help, Quit}
 
 var names = map[string]Kind{
 	"login": Login, "send": Send, "send_file": SendFile, "send_group": SendGroup,
 	"send_group_file": SendGroupFile, "create": Create, "join": Join, "leave": Leave,
 	"members": Members, "show_my_groups": ShowMyGroups, "list": List, "history": History,
 	"search": Search, "verify": Verify, "trust": Trust, "logout": Logout, "help": Help,
+	"transfers": Transfers, "cancel": Cancel,
 	"quit": Quit, "exit": Quit,
 }
 
@@ -156,15 +161,36 @@ func Parse(line string) (*Command, error) {
 		}
 		c.To, c.Text = NormalizeRecipient(to), strings.TrimLeftFunc(text, unicode.IsSpace)
 	case SendFile:
-		if len(args) < 2 {
-			return bad("give a recipient and a file")
+		// The file first, as the original program had it; a path with
+		// spaces may be quoted, or is everything before the recipient.
+		path, after, err := filePath(rest, true)
+		if err != nil {
+			return bad(err.Error())
 		}
-		to, path := next(rest)
-		if NormalizeRecipient(to) == "" {
-			return bad("give a recipient and a file")
+		to := strings.TrimSpace(after)
+		if path == "" || to == "" || strings.ContainsFunc(to, unicode.IsSpace) || NormalizeRecipient(to) == "" {
+			return bad("give the file, then the recipient")
 		}
-		c.To, c.Path = NormalizeRecipient(to), strings.TrimSpace(path)
-	case SendGroup, SendGroupFile:
+		c.To, c.Path = NormalizeRecipient(to), path
+	case SendGroupFile:
+		if reversedGroupFile(args) {
+			return bad("the file comes first, then how many groups, then the groups")
+		}
+		path, groups, err := groupFileArgs(rest)
+		if err != nil {
+			return bad(err.Error())
+		}
+		c.Path, c.Groups = path, groups
+	case Transfers:
+		if len(args) != 0 {
+			return bad("this command takes no arguments")
+		}
+	case Cancel:
+		if len(args) != 1 {
+			return bad("give the id of one transfer (Transfers lists them)")
+		}
+		c.To = strings.ToLower(args[0])
+	case SendGroup:
 		nWord, after := next(rest)
 		n, err := strconv.Atoi(nWord)
 		if err != nil || n < 1 || n > 64 {
@@ -179,16 +205,9 @@ func Parse(line string) (*Command, error) {
 			c.Groups = append(c.Groups, g)
 		}
 		if strings.TrimSpace(after) == "" {
-			if kind == SendGroup {
-				return bad("give the message after the groups")
-			}
-			return bad("give the file after the groups")
+			return bad("give the message after the groups")
 		}
-		if kind == SendGroup {
-			c.Text = strings.TrimLeftFunc(after, unicode.IsSpace)
-		} else {
-			c.Path = strings.TrimSpace(after)
-		}
+		c.Text = strings.TrimLeftFunc(after, unicode.IsSpace)
 	case Create, Join, Leave, Members:
 		if len(args) != 1 {
 			return bad("give one group name (no spaces)")
@@ -225,6 +244,73 @@ func Parse(line string) (*Command, error) {
 		}
 	}
 	return c, nil
+}
+
+// filePath reads a path at the start of s: in double quotes, or (with
+// lastWordAfter) everything up to the last word, or else the first word.
+// It returns what follows the path.
+func filePath(s string, lastWordAfter bool) (path, rest string, err error) {
+	s = strings.TrimLeftFunc(s, unicode.IsSpace)
+	if strings.HasPrefix(s, `"`) {
+		end := strings.Index(s[1:], `"`)
+		if end < 0 {
+			return "", "", errors.New("the file name's quote is not closed")
+		}
+		return s[1 : end+1], s[end+2:], nil
+	}
+	if lastWordAfter {
+		t := strings.TrimRightFunc(s, unicode.IsSpace)
+		i := strings.LastIndexFunc(t, unicode.IsSpace)
+		if i < 0 {
+			return t, "", nil
+		}
+		return strings.TrimRightFunc(t[:i], unicode.IsSpace), t[i+1:], nil
+	}
+	word, rest := next(s)
+	return word, rest, nil
+}
+
+// groupFileArgs reads "<file> <n> <group1> ... <groupN>": the groups are
+// the last n words, n the word before them, and the file everything before
+// that (or a quoted path).
+func groupFileArgs(rest string) (string, []string, error) {
+	rest = strings.TrimSpace(rest)
+	if strings.HasPrefix(rest, `"`) {
+		path, after, err := filePath(rest, false)
+		if err != nil {
+			return "", nil, err
+		}
+		words := strings.Fields(after)
+		if len(words) == 0 {
+			return "", nil, errors.New("give how many groups follow the file, then the groups")
+		}
+		n, err := strconv.Atoi(words[0])
+		if err != nil || n < 1 || n > 64 {
+			return "", nil, errors.New("after the file comes how many groups follow (1 to 64)")
+		}
+		if len(words)-1 != n {
+			return "", nil, fmt.Errorf("%d groups announced, %d given", n, len(words)-1)
+		}
+		return path, words[1:], nil
+	}
+	words := strings.Fields(rest)
+	for n := 1; n <= 64 && n+2 <= len(words); n++ {
+		if words[len(words)-n-1] == strconv.Itoa(n) {
+			cut := len(words) - n - 1
+			return strings.Join(words[:cut], " "), words[cut+1:], nil
+		}
+	}
+	return "", nil, errors.New("give the file, how many groups follow, and the groups")
+}
+
+// reversedGroupFile spots the order this program's first versions taught,
+// "<n> <groups...> <file>".
+func reversedGroupFile(args []string) bool {
+	if len(args) < 3 {
+		return false
+	}
+	n, err := strconv.Atoi(args[0])
+	return err == nil && n >= 1 && len(args) == n+2
 }
 
 func unknown(word string) error {

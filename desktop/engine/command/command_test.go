@@ -19,8 +19,15 @@ func TestParseClassicCommands(t *testing.T) {
 		{"Send bob102 hello  there, bob!", Command{Kind: Send, To: "bob102", Text: "hello  there, bob!"}},
 		{"send <bob||102> hi", Command{Kind: Send, To: "bob||102", Text: "hi"}},
 		{"Send_group 2 g1 g2 hi all", Command{Kind: SendGroup, Groups: []string{"g1", "g2"}, Text: "hi all"}},
-		{"Send_group_File 1 g1 /tmp/a b.txt", Command{Kind: SendGroupFile, Groups: []string{"g1"}, Path: "/tmp/a b.txt"}},
-		{"Send_file bob102 notes.txt", Command{Kind: SendFile, To: "bob102", Path: "notes.txt"}},
+		{"Send_group_File /tmp/a b.txt 1 g1", Command{Kind: SendGroupFile, Groups: []string{"g1"}, Path: "/tmp/a b.txt"}},
+		{"Send_group_File payload.bin 2 g1 g2", Command{Kind: SendGroupFile, Groups: []string{"g1", "g2"}, Path: "payload.bin"}},
+		{"Send_group_File 3 copies.pdf 1 g1", Command{Kind: SendGroupFile, Groups: []string{"g1"}, Path: "3 copies.pdf"}},
+		{`Send_group_File "my 2 files.zip" 2 g1 g2`, Command{Kind: SendGroupFile, Groups: []string{"g1", "g2"}, Path: "my 2 files.zip"}},
+		{"Send_file notes.txt bob102", Command{Kind: SendFile, To: "bob102", Path: "notes.txt"}},
+		{"Send_file my notes.txt bob+102", Command{Kind: SendFile, To: "bob102", Path: "my notes.txt"}},
+		{`Send_file "/tmp/x y.txt" <bob||102>`, Command{Kind: SendFile, To: "bob||102", Path: "/tmp/x y.txt"}},
+		{"Transfers", Command{Kind: Transfers}},
+		{"Cancel 3F2A9B", Command{Kind: Cancel, To: "3f2a9b"}},
 		{"Create g1", Command{Kind: Create, Groups: []string{"g1"}}},
 		{"join G1", Command{Kind: Join, Groups: []string{"G1"}}},
 		{"Show_my_groups", Command{Kind: ShowMyGroups}},
@@ -50,6 +57,8 @@ func TestBadLinesGetUsage(t *testing.T) {
 		"Send_group x g1 hi", "Send_group 2 g1 g2", "Create", "Create two words", "History",
 		"History bob 0", "List extra", "Frobnicate now", "Sign in alice",
 		"Send + 0", "Login + pw", "Verify <>", // found by FuzzParse
+		"Send_file", "Send_file a.pdf", `Send_file "a.pdf bob102`, "Send_group_File a.pdf", "Send_group_File a.pdf 2 g1",
+		"Send_group_File 2 g1 g2 a.pdf", "Send_group_File 1 g1 a.pdf", "Cancel", "Cancel a b", "Transfers now",
 	} {
 		_, err := Parse(line)
 		var ue *UsageError
@@ -95,4 +104,14 @@ func FuzzParse(f *testing.F) {
 			t.Fatal("send without recipient or text")
 		}
 	})
+}
+
+// The order this program's first versions taught is answered with the
+// right one, never guessed.
+func TestReversedFileCommandsGetTheRightSyntax(t *testing.T) {
+	_, err := Parse("Send_group_File 2 g1 g2 report.pdf")
+	var ue *UsageError
+	if !errors.As(err, &ue) || !strings.Contains(ue.Error(), "the file comes first") || ue.Usage != "Send_group_File <file> <n> <group1> ... <groupN>" {
+		t.Fatalf("reversed Send_group_File: %v", err)
+	}
 }

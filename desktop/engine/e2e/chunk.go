@@ -47,8 +47,12 @@ func SealChunk(fileKey []byte, i uint64, plaintext []byte, rnd io.Reader) ([]byt
 	if err != nil {
 		return nil, err
 	}
-	return Seal(k, 0, i, plaintext, rnd)
+	return seal(k, 0, i, plaintext, rnd, yieldStep)
 }
+
+// yieldStep is how much of a chunk is encrypted or decrypted before other
+// goroutines get a turn (about a millisecond of 3DES).
+const yieldStep = 32 << 10
 
 // OpenChunk authenticates chunk i of a file and decrypts it on up to
 // workers cores (0: all of them). A record sealed for another index, or
@@ -101,7 +105,10 @@ func openParallel(k *Keys, record []byte, workers int) ([]byte, error) {
 	}
 	blocks := len(ct) / des.BlockSize
 	if workers > 1 && len(ct) >= parallelMin {
-		per := (blocks + workers - 1) / workers
+		// More segments than cores: a core that another task holds does
+		// not leave its whole share waiting; the idle ones take more.
+		segments := max(workers, len(ct)/yieldStep)
+		per := (blocks + segments - 1) / segments
 		var wg sync.WaitGroup
 		for start := 0; start < blocks; start += per {
 			end := min(start+per, blocks)

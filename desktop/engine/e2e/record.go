@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime"
 )
 
 // Record layout (all integers big-endian):
@@ -85,6 +86,13 @@ func BlocksFor(n int) uint64 { return uint64(n/des.BlockSize + 1) }
 
 // Seal makes a record of plaintext under k. rnd supplies the IV.
 func Seal(k *Keys, epoch uint32, counter uint64, plaintext []byte, rnd io.Reader) ([]byte, error) {
+	return seal(k, epoch, counter, plaintext, rnd, 0)
+}
+
+// seal is Seal; with step > 0 it encrypts step bytes at a time and lets
+// other goroutines run in between (a file chunk takes 15 ms of 3DES, and
+// the network goroutines waiting behind it would wait that long).
+func seal(k *Keys, epoch uint32, counter uint64, plaintext []byte, rnd io.Reader, step int) ([]byte, error) {
 	if len(plaintext) > MaxPlaintext {
 		return nil, ErrTooLarge
 	}
@@ -107,7 +115,13 @@ func Seal(k *Keys, epoch uint32, counter uint64, plaintext []byte, rnd io.Reader
 	for i := len(plaintext); i < ctLen; i++ {
 		body[i] = byte(pad)
 	}
-	cipher.NewCBCEncrypter(block, iv).CryptBlocks(body, body)
+	cbc := cipher.NewCBCEncrypter(block, iv)
+	for step > 0 && len(body) > step {
+		cbc.CryptBlocks(body[:step], body[:step])
+		body = body[step:]
+		runtime.Gosched()
+	}
+	cbc.CryptBlocks(body, body)
 	mac := hmac.New(sha256.New, k.MAC[:])
 	mac.Write(out)
 	return mac.Sum(out), nil

@@ -275,7 +275,8 @@ type ChunkSink interface {
 	// Store checks chunk index and stores it; it returns only once the
 	// chunk is safely stored (credit is granted then). An error ends the
 	// fetch (a chunk that failed its check is fetched again next time).
-	Store(index uint64, sealed []byte) error
+	// relayed says whether it came through a relay.
+	Store(index uint64, sealed []byte, relayed bool) error
 }
 
 // FetchStats is what one fetch moved.
@@ -339,7 +340,7 @@ func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink C
 		if d == nil {
 			continue
 		}
-		if err := sink.Store(d.Index, d.Sealed); err != nil {
+		if err := sink.Store(d.Index, d.Sealed, stats.Relayed); err != nil {
 			st.Reset()
 			return stats, err
 		}

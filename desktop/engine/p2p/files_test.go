@@ -62,7 +62,7 @@ type mapSink struct {
 	maxAhed int
 }
 
-func (s *mapSink) Store(i uint64, sealed []byte) error {
+func (s *mapSink) Store(i uint64, sealed []byte, _ bool) error {
 	if int64(i) == s.failAt {
 		return errors.New("chunk failed its check")
 	}
@@ -161,9 +161,9 @@ type lazyFeedSink struct {
 	feed func() *sliceFeed
 }
 
-func (l *lazyFeedSink) Store(i uint64, sealed []byte) error {
+func (l *lazyFeedSink) Store(i uint64, sealed []byte, relayed bool) error {
 	l.sink.feed = l.feed()
-	return l.sink.Store(i, sealed)
+	return l.sink.Store(i, sealed, relayed)
 }
 
 func (f *sliceFeed) isClosed() bool { f.mu.Lock(); defer f.mu.Unlock(); return f.closed }
@@ -231,7 +231,7 @@ type aheadSink struct {
 	maxAhead int
 }
 
-func (s *aheadSink) Store(i uint64, sealed []byte) error {
+func (s *aheadSink) Store(i uint64, sealed []byte, _ bool) error {
 	time.Sleep(10 * time.Millisecond) // a slow disk
 	n := 0
 	s.written.Range(func(any, any) bool { n++; return true })

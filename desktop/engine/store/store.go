@@ -257,6 +257,16 @@ type Message struct {
 	Outgoing  bool      `json:"outgoing"`
 	State     string    `json:"state"` // queued, sent, delivered (outgoing); received
 	StoredSeq uint64    `json:"seq"`
+	File      *FileRef  `json:"file,omitempty"` // set when the message is a file
+}
+
+// FileRef is the file a message carries: the transfer that moves it, and
+// for a received file where it was saved.
+type FileRef struct {
+	Transfer string `json:"transfer"`
+	Name     string `json:"name"`
+	Size     int64  `json:"size"`
+	Path     string `json:"path,omitempty"`
 }
 
 // Delivery states of an outgoing message.
@@ -318,11 +328,14 @@ func (s *Store) addMessage(txn *badger.Txn, m *Message) (bool, error) {
 }
 
 // AddOutgoing stores a message you send and queues its deliveries in one
-// transaction: after it returns, a crash loses neither.
+// transaction: after it returns, a crash loses neither. A nil m queues
+// deliveries that have no line in the history (a file's control messages).
 func (s *Store) AddOutgoing(m *Message, deliveries ...*Outgoing) error {
 	return s.update(func(txn *badger.Txn) error {
-		if _, err := s.addMessage(txn, m); err != nil {
-			return err
+		if m != nil {
+			if _, err := s.addMessage(txn, m); err != nil {
+				return err
+			}
 		}
 		return s.enqueue(txn, deliveries)
 	})
@@ -482,7 +495,17 @@ type Outgoing struct {
 	Body    string `json:"body"`
 	SentAt  int64  `json:"sent_at"`
 	Payload []byte `json:"payload"` // the encoded wire.Payload
+	// Kind is "" for a text, KindFileOffer for a file's manifest and
+	// KindControl for a file's result or cancellation (no history line).
+	Kind     string `json:"kind,omitempty"`
+	Transfer string `json:"transfer,omitempty"` // the file transfer it concerns
 }
+
+// Kinds of queued deliveries besides texts.
+const (
+	KindFileOffer = "file_offer"
+	KindControl   = "control"
+)
 
 func (s *Store) enqueue(txn *badger.Txn, msgs []*Outgoing) error {
 	for _, o := range msgs {

@@ -146,6 +146,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte(`{"id":"x","peer":"bob","body":"hi","seq":3}`))
 	f.Add([]byte(`{"login_id":"a","t":3,"m":65536,"p":2}`))
 	f.Add([]byte(`{`))
+	f.Add([]byte(`{"key":"cd","from":"alice101","have":"BQ==","size":3,"recipients":[{"login":"b"}]}`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var m Message
 		decode(b, &m)
@@ -153,6 +154,10 @@ func FuzzDecode(f *testing.F) {
 		decode(b, &o)
 		var si sealedIdentity
 		decode(b, &si)
+		var ot OutTransfer
+		decode(b, &ot)
+		var it InTransfer
+		decode(b, &it)
 	})
 }
 
@@ -251,5 +256,50 @@ func TestCounterWrittenByAnOlderVersion(t *testing.T) {
 	m := &Message{ID: "x", Peer: "bob102"}
 	if _, err := s.AddMessage(m); err != nil || m.StoredSeq != 42 {
 		t.Fatalf("numbered %d (%v), want 42", m.StoredSeq, err)
+	}
+}
+
+func TestTransfersSurviveReopen(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &OutTransfer{ID: "ab", Path: "/x/a.bin", Size: 10, State: XferOffered,
+		Recipients: []*OutRecipient{{Login: "bob102", Token: []byte("t"), State: XferOffered}}}
+	in := &InTransfer{Key: "cd", From: "alice101", ID: "ef", Size: 3, State: XferActive, Have: []byte{5}}
+	if err := s.PutOutTransfer(out); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.PutInTransfer(in); err != nil {
+		t.Fatal(err)
+	}
+	// A control message queues with no history line.
+	if err := s.AddOutgoing(nil, &Outgoing{ID: "c1", To: "alice101", Kind: KindControl, Transfer: "ef", Payload: []byte{1}}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	s, err = Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	outs, err := s.OutTransfers()
+	if err != nil || len(outs) != 1 || outs[0].Recipients[0].Login != "bob102" {
+		t.Fatalf("out transfers: %v %v", outs, err)
+	}
+	got, err := s.InTransfer("cd")
+	if err != nil || got.Have[0] != 5 || got.From != "alice101" {
+		t.Fatalf("in transfer: %+v %v", got, err)
+	}
+	if _, err := s.InTransfer("zz"); err != ErrNotFound {
+		t.Fatalf("unknown transfer: %v", err)
+	}
+	q, _ := s.Queue()
+	if len(q) != 1 || q[0].Kind != KindControl || q[0].Transfer != "ef" {
+		t.Fatalf("queue: %+v", q)
+	}
+	if h, _ := s.History("@alice101", 10); len(h) != 0 {
+		t.Fatalf("a control message made history: %v", h)
 	}
 }
