@@ -230,6 +230,16 @@ func (e *Engine) Session(login string) *p2p.Session {
 	return s.msgr.Session(login)
 }
 
+// Host is the libp2p host while someone is logged in, or nil. It is for
+// diagnostics and for tests that play an attacker on the wire.
+func (e *Engine) Host() host.Host {
+	s, err := e.current()
+	if err != nil {
+		return nil
+	}
+	return s.host
+}
+
 // SignUp creates an account and returns its login id.
 func (e *Engine) SignUp(ctx context.Context, username, roll, password string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)

@@ -196,7 +196,7 @@ func (e *Engine) fetchLoop(ctx context.Context, s *session, x *inXfer) {
 		var stats p2p.FetchStats
 		t, err := e.target(ctx, s, rec.From, false)
 		if err == nil {
-			stats, err = p2p.Fetch(ctx, s.host, *t, get, &sink{e: e, s: s, x: x})
+			stats, err = p2p.Fetch(ctx, s.host, *t, get, &sink{e: e, s: s, x: x}, e.log)
 		}
 		if stats.Chunks > 0 {
 			backoff = time.Second
@@ -205,6 +205,9 @@ func (e *Engine) fetchLoop(ctx context.Context, s *session, x *inXfer) {
 		switch {
 		case err == nil:
 			continue // the sender sent all it had; check, then finish
+		case errors.As(err, &refused) && refused.Cancelled:
+			e.cancelIncoming(s, x, false, fmt.Sprintf("%s cancelled it", rec.From))
+			return
 		case errors.As(err, &refused):
 			e.endIncoming(s, x, store.XferFailed, fmt.Sprintf("%s refused: %s", rec.From, bounded(refused.Reason, 300)), false)
 			return

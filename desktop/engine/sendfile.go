@@ -605,8 +605,10 @@ func (e *Engine) serveFile(s *session) p2p.FileServer {
 			return nil, fmt.Errorf("not the device of %s: %v", login, err)
 		}
 		switch state {
-		case store.XferCancelled, store.XferFailed:
-			return nil, fmt.Errorf("%s: %s", state, why)
+		case store.XferCancelled:
+			return nil, fmt.Errorf("%w: %s", p2p.ErrCancelled, why)
+		case store.XferFailed:
+			return nil, errors.New(why)
 		}
 		src, err := e.source(x)
 		if err != nil {
@@ -711,8 +713,11 @@ func (f *feed) Next(ctx context.Context) (uint64, []byte, error) {
 			f.x.mu.Lock()
 			state := f.r.State
 			f.x.mu.Unlock()
-			if state == store.XferCancelled || state == store.XferFailed {
-				return 0, nil, fmt.Errorf("the transfer was %s", state)
+			switch state {
+			case store.XferCancelled:
+				return 0, nil, fmt.Errorf("the transfer was %w", p2p.ErrCancelled)
+			case store.XferFailed:
+				return 0, nil, errors.New("the transfer failed")
 			}
 		}
 		return c.index, c.sealed, c.err
@@ -749,6 +754,7 @@ func (f *feed) Close() {
 func (e *Engine) fileResult(s *session, from string, res *wire.FileResult) {
 	x := e.xfers.outgoing(res.TransferId)
 	if x == nil {
+		e.log.Info("a file result for a transfer this profile did not send", "from", from, "ok", res.Ok, "reason", bounded(res.Reason, 300))
 		return
 	}
 	x.mu.Lock()

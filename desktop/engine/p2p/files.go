@@ -81,7 +81,18 @@ func ServeFiles(ctx context.Context, h host.Host, serve FileServer, log *slog.Lo
 }
 
 // RefusedError is a sender refusing a fetch, with its reason.
-type RefusedError struct{ Reason string }
+type RefusedError struct {
+	Reason    string
+	Cancelled bool // the transfer was cancelled
+}
+
+// ErrCancelled, wrapped in what a FileServer or ChunkFeed returns, tells
+// the recipient that the transfer was cancelled rather than failed.
+var ErrCancelled = errors.New("cancelled")
+
+func refusal(err error) *wire.FileFrame {
+	return &wire.FileFrame{Kind: &wire.FileFrame_Refuse{Refuse: &wire.FileRefuse{Reason: err.Error(), Cancelled: errors.Is(err, ErrCancelled)}}}
+}
 
 func (e *RefusedError) Error() string { return "the sender refused: " + e.Reason }
 
@@ -99,7 +110,7 @@ func serveFileStream(ctx context.Context, st network.Stream, serve FileServer, l
 	defer cancel()
 	feed, err := serve(ctx, FileRequest{Get: get, Peer: st.Conn().RemotePeer(), Relayed: isCircuit(st.Conn().RemoteMultiaddr().String())})
 	if err != nil {
-		wire.WriteFileFrame(st, &wire.FileFrame{Kind: &wire.FileFrame_Refuse{Refuse: &wire.FileRefuse{Reason: err.Error()}}})
+		wire.WriteFileFrame(st, refusal(err))
 		st.CloseWrite()
 		return
 	}
@@ -151,7 +162,7 @@ func serveFileStream(ctx context.Context, st network.Stream, serve FileServer, l
 		if err != nil {
 			if ctx.Err() == nil {
 				log.Warn("file stream: cannot serve a chunk", "err", err)
-				wire.WriteFileFrame(st, &wire.FileFrame{Kind: &wire.FileFrame_Refuse{Refuse: &wire.FileRefuse{Reason: err.Error()}}})
+				wire.WriteFileFrame(st, refusal(err))
 			}
 			st.CloseWrite()
 			return
@@ -283,6 +294,7 @@ type ChunkSink interface {
 type FetchStats struct {
 	Chunks  int
 	Relayed bool
+	Relay   string // the relay's peer id, when relayed
 }
 
 // ErrOverrun is a sender that sent more than its credit allowed.
@@ -291,7 +303,7 @@ var ErrOverrun = errors.New("the sender sent more than it was asked for")
 // Fetch opens a file stream to t, asks for what get names, and stores what
 // arrives in sink until the sender has sent everything (nil), refuses
 // (*RefusedError), misbehaves, or the stream dies.
-func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink ChunkSink) (FetchStats, error) {
+func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink ChunkSink, log *slog.Logger) (FetchStats, error) {
 	var stats FetchStats
 	h.Peerstore().AddAddrs(t.PeerID, t.Addrs, peerstore.TempAddrTTL)
 	dctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(ctx, "e2em files"), handshakeTimeout)
@@ -304,6 +316,10 @@ func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink C
 	stop := context.AfterFunc(ctx, func() { st.Reset() })
 	defer stop()
 	stats.Relayed = isCircuit(st.Conn().RemoteMultiaddr().String())
+	if stats.Relayed {
+		stats.Relay = relayOf(st.Conn().RemoteMultiaddr().String())
+	}
+	log.Info("fetching a file", "from", t.LoginID, "transfer", get.TransferId, "relay", stats.Relay)
 	if get.Window == 0 {
 		get.Window = FileWindow
 	}
@@ -334,7 +350,7 @@ func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink C
 			return stats, ErrOverrun
 		}
 		if r := f.GetRefuse(); r != nil {
-			return stats, &RefusedError{Reason: r.Reason}
+			return stats, &RefusedError{Reason: r.Reason, Cancelled: r.Cancelled}
 		}
 		d := f.GetData()
 		if d == nil {

@@ -88,6 +88,8 @@ func filePair(t *testing.T, feed func(FileRequest) (ChunkFeed, error)) (*node, *
 	return alice, bob
 }
 
+var discard = slog.New(slog.NewTextHandler(io.Discard, nil))
+
 func chunks(n, size int) [][]byte {
 	var out [][]byte
 	for i := 0; i < n; i++ {
@@ -120,7 +122,7 @@ func TestFetchHonoursCreditAndResumes(t *testing.T) {
 		return feeds[i]
 	}
 	sinkFeed := &lazyFeedSink{sink: sink, feed: func() *sliceFeed { return feedOf(0) }}
-	_, err := Fetch(context.Background(), bob.h, bob.target(alice), &wire.FileGet{TransferId: "ab12", Window: window}, sinkFeed)
+	_, err := Fetch(context.Background(), bob.h, bob.target(alice), &wire.FileGet{TransferId: "ab12", Window: window}, sinkFeed, discard)
 	if err == nil || len(sink.got) != 10 {
 		t.Fatalf("first fetch: %v, %d chunks", err, len(sink.got))
 	}
@@ -134,7 +136,7 @@ func TestFetchHonoursCreditAndResumes(t *testing.T) {
 	}
 	sink.failAt = -1
 	sinkFeed.feed = func() *sliceFeed { return feedOf(1) }
-	stats, err := Fetch(context.Background(), bob.h, bob.target(alice), &wire.FileGet{TransferId: "ab12", Have: have, Window: window}, sinkFeed)
+	stats, err := Fetch(context.Background(), bob.h, bob.target(alice), &wire.FileGet{TransferId: "ab12", Have: have, Window: window}, sinkFeed, discard)
 	if err != nil || stats.Chunks != 14 || len(sink.got) != 24 {
 		t.Fatalf("second fetch: %v, %d chunks this time, %d in all", err, stats.Chunks, len(sink.got))
 	}
@@ -183,7 +185,7 @@ func TestFetchRefusedWithReason(t *testing.T) {
 	alice, bob := filePair(t, func(r FileRequest) (ChunkFeed, error) {
 		return nil, errors.New("that transfer was cancelled")
 	})
-	_, err := Fetch(context.Background(), bob.h, bob.target(alice), &wire.FileGet{TransferId: "ab"}, &mapSink{got: map[uint64][]byte{}, failAt: -1})
+	_, err := Fetch(context.Background(), bob.h, bob.target(alice), &wire.FileGet{TransferId: "ab"}, &mapSink{got: map[uint64][]byte{}, failAt: -1}, discard)
 	var rej *RefusedError
 	if !errors.As(err, &rej) || rej.Reason != "that transfer was cancelled" {
 		t.Fatalf("got %v", err)
@@ -208,7 +210,7 @@ func TestFloodingSenderIsHeldBack(t *testing.T) {
 		}
 	})
 	sink := &aheadSink{got: map[uint64][]byte{}, written: &written}
-	_, err := Fetch(context.Background(), bob.h, bob.target(alice), &wire.FileGet{TransferId: "ab", Window: 100 << 10}, sink)
+	_, err := Fetch(context.Background(), bob.h, bob.target(alice), &wire.FileGet{TransferId: "ab", Window: 100 << 10}, sink, discard)
 	if err != nil && !errors.Is(err, ErrOverrun) {
 		t.Fatalf("fetch: %v", err)
 	}

@@ -375,8 +375,10 @@ func (s *Session) RemotePeer() peer.ID { return s.st.Conn().RemotePeer() }
 func (s *Session) Relayed() bool { return isCircuit(s.st.Conn().RemoteMultiaddr().String()) }
 
 // RelayPeer is the relay this session's connection goes through, if any.
-func (s *Session) RelayPeer() string {
-	a := s.st.Conn().RemoteMultiaddr().String()
+func (s *Session) RelayPeer() string { return relayOf(s.st.Conn().RemoteMultiaddr().String()) }
+
+// relayOf is the relay's peer id in a circuit address, or "".
+func relayOf(a string) string {
 	before, _, found := strings.Cut(a, "/p2p-circuit")
 	if !found {
 		return ""

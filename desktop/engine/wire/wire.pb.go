@@ -1230,8 +1230,10 @@ func (x *FileData) GetSealed() []byte {
 }
 
 type FileRefuse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reason        string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Reason string                 `protobuf:"bytes,1,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The transfer was cancelled (rather than failed).
+	Cancelled     bool `protobuf:"varint,2,opt,name=cancelled,proto3" json:"cancelled,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1271,6 +1273,13 @@ func (x *FileRefuse) GetReason() string {
 		return x.Reason
 	}
 	return ""
+}
+
+func (x *FileRefuse) GetCancelled() bool {
+	if x != nil {
+		return x.Cancelled
+	}
+	return false
 }
 
 var File_desktop_engine_wire_wire_proto protoreflect.FileDescriptor
@@ -1367,10 +1376,11 @@ const file_desktop_engine_wire_wire_proto_rawDesc = "" +
 	"\x05bytes\x18\x02 \x01(\x04R\x05bytes\"8\n" +
 	"\bFileData\x12\x14\n" +
 	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x16\n" +
-	"\x06sealed\x18\x02 \x01(\fR\x06sealed\"$\n" +
+	"\x06sealed\x18\x02 \x01(\fR\x06sealed\"B\n" +
 	"\n" +
 	"FileRefuse\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reasonB/Z-github.com/e2em/e2em/desktop/engine/wire;wireb\x06proto3"
+	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x1c\n" +
+	"\tcancelled\x18\x02 \x01(\bR\tcancelledB/Z-github.com/e2em/e2em/desktop/engine/wire;wireb\x06proto3"
 
 var (
 	file_desktop_engine_wire_wire_proto_rawDescOnce sync.Once
