@@ -36,17 +36,26 @@ type NATLab struct {
 	Routers  [2]string
 }
 
-// RequireRoot skips a test that needs root and ip/iptables.
+// RequireRoot skips a test that needs root and ip/iptables; under CI=true
+// (where they must be there) it fails instead.
 func RequireRoot(t testing.TB) {
 	t.Helper()
+	missing := ""
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to make network namespaces (CI runs as root)")
+		missing = "root (to make network namespaces and mounts)"
 	}
 	for _, tool := range []string{"ip", "iptables"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (make deps installs it)", tool)
+		if _, err := exec.LookPath(tool); err != nil && missing == "" {
+			missing = tool + " (make deps installs it)"
 		}
 	}
+	if missing == "" {
+		return
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("needs %s, and CI must have it", missing)
+	}
+	t.Skipf("needs %s", missing)
 }
 
 // NewNATLab builds the namespaces with NATs of the given kind.
