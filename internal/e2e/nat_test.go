@@ -62,6 +62,12 @@ func TestNATHolePunchingConnectsDirectly(t *testing.T) {
 	if sent := a.Deliver(b, "oto801", "still direct after the relay is gone"); sent.S("via") != "direct" {
 		t.Fatalf("after the relayed connection closed, a message went %q", sent.S("via"))
 	}
+	// A file goes the same way, whole.
+	path, sum := randomFile(t, "punched.bin", 10<<20)
+	out := sendAndCheck(t, a, b, "oto801", path, sum)
+	if rs := recipients(out); rs[0]["via"] != "direct" {
+		t.Fatalf("a file between port-keeping NATs went %v", rs[0]["via"])
+	}
 }
 
 // (a, continued) The first hole punch fails — the two homes cannot reach
@@ -91,6 +97,12 @@ func TestNATRandomPortsUseTheRelay(t *testing.T) {
 		if sent.S("via") != "relay" {
 			t.Fatalf("message %d went %q, want relay", i, sent.S("via"))
 		}
+	}
+	// A file too: no hole punch can reach the other side.
+	path, sum := randomFile(t, "natrelay.bin", 10<<20)
+	out := sendAndCheck(t, a, b, "oto801", path, sum)
+	if rs := recipients(out); rs[0]["via"] != "relay" {
+		t.Fatalf("a file between random-port NATs went %v", rs[0]["via"])
 	}
 }
 
