@@ -299,3 +299,25 @@ func (cl *Client) Log() string {
 	b, _ := os.ReadFile(cl.stderr.Name())
 	return string(b)
 }
+
+// PID is the client's process id.
+func (cl *Client) PID() int { return cl.cmd.Process.Pid }
+
+// PeakRSS is the most resident memory the client's process has used so
+// far (VmHWM), in bytes.
+func (cl *Client) PeakRSS() (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cl.PID()))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			var kb int64
+			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err != nil {
+				return 0, err
+			}
+			return kb << 10, nil
+		}
+	}
+	return 0, fmt.Errorf("no VmHWM for process %d", cl.PID())
+}

@@ -1,9 +1,6 @@
 package e2e
 
 import (
-	"crypto/rand"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -21,99 +18,26 @@ import (
 // machine's 3DES takes seconds, not minutes).
 const fileWait = 3 * time.Minute
 
-// randomFile writes size random bytes to a new file named name and returns
-// its path and SHA-256.
 func randomFile(t *testing.T, name string, size int) (string, string) {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), name)
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	for left := size; left > 0; {
-		n := min(left, len(buf))
-		rand.Read(buf[:n])
-		f.Write(buf[:n])
-		h.Write(buf[:n])
-		left -= n
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return path, hex.EncodeToString(h.Sum(nil))
+	return ct.RandomFile(t, name, int64(size))
 }
 
-func fileSHA(t *testing.T, path string) string {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatalf("the received file: %v", err)
-	}
-	defer f.Close()
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	for {
-		n, err := f.Read(buf)
-		h.Write(buf[:n])
-		if err != nil {
-			break
-		}
-	}
-	return hex.EncodeToString(h.Sum(nil))
-}
+func fileSHA(t *testing.T, path string) string { return ct.FileSHA256(t, path) }
 
-// transferOf returns the transfer object of a file event line.
-func transferOf(l ct.Line) map[string]any {
-	t, _ := l["transfer"].(map[string]any)
-	return t
-}
+func transferOf(l ct.Line) map[string]any { return ct.TransferOf(l) }
 
-// received waits until cl has saved the file of transfer events named
-// name, and returns where.
+// received waits until cl has saved the incoming file name, and returns
+// where.
 func received(t *testing.T, cl *ct.Client, name string) string {
 	t.Helper()
-	var path string
-	cl.WaitFor(fileWait, "file "+name+" saved", func(ls []ct.Line) bool {
-		for _, l := range ls {
-			tr := transferOf(l)
-			if tr == nil || tr["name"] != name || tr["outgoing"] == true {
-				continue
-			}
-			switch l.S("type") {
-			case "file_done":
-				path, _ = tr["path"].(string)
-				return true
-			case "file_failed", "file_cancelled":
-				t.Fatalf("%s: receiving %s ended: %s", cl.Name, name, l.S("text"))
-			}
-		}
-		return false
-	})
+	path, _ := ct.TransferOf(cl.WaitFile(fileWait, name, ""))["path"].(string)
 	return path
 }
 
 // sentDone waits for the sender's file_done of transfer id.
 func sentDone(t *testing.T, cl *ct.Client, id string) map[string]any {
 	t.Helper()
-	var tr map[string]any
-	cl.WaitFor(fileWait, "file_done of "+id, func(ls []ct.Line) bool {
-		for _, l := range ls {
-			if l.S("id") != id {
-				continue
-			}
-			switch l.S("type") {
-			case "file_done":
-				tr = transferOf(l)
-				return true
-			case "file_failed", "file_cancelled":
-				t.Fatalf("%s: sending %s ended: %s", cl.Name, id, l.S("text"))
-			}
-		}
-		return false
-	})
-	return tr
+	return ct.TransferOf(cl.WaitFile(fileWait, "", id))
 }
 
 // recipients are the per-recipient states of an outgoing transfer.
