@@ -84,6 +84,9 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	e.mu.Lock()
 	e.session = s
 	e.mu.Unlock()
+	// Files are served before the keys go out: a recipient waiting for
+	// this client fetches as soon as it sees them.
+	p2p.ServeFiles(s.ctx, h, e.serveFile(s), e.log)
 	if err := e.publishKeys(ctx, s); err != nil {
 		e.stopSession()
 		return err
@@ -95,7 +98,6 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 			s.held.Store(o.To, true)
 		}
 	}
-	p2p.ServeFiles(s.ctx, h, e.serveFile(s), e.log)
 	e.spawn(s, e.recordStates)
 	e.spawn(s, e.republish)
 	e.spawn(s, e.watchEvents)

@@ -196,7 +196,10 @@ func (e *Engine) fetchLoop(ctx context.Context, s *session, x *inXfer) {
 		var stats p2p.FetchStats
 		t, err := e.target(ctx, s, rec.From, false)
 		if err == nil {
+			start := time.Now()
 			stats, err = p2p.Fetch(ctx, s.host, *t, get, &sink{e: e, s: s, x: x}, e.log)
+			e.log.Info("file fetch ended", "from", rec.From, "file", rec.Name, "chunks", stats.Chunks,
+				"relay", stats.Relay, "took", time.Since(start).Round(time.Millisecond), "err", err)
 		}
 		if stats.Chunks > 0 {
 			backoff = time.Second
@@ -218,12 +221,13 @@ func (e *Engine) fetchLoop(ctx context.Context, s *session, x *inXfer) {
 		if ctx.Err() != nil {
 			return
 		}
-		e.log.Info("file fetch interrupted; will resume", "from", rec.From, "file", rec.Name, "err", err)
 		e.forget(s, rec.From)
 		select {
 		case <-ctx.Done():
 			return
 		case <-x.wake:
+			backoff = time.Second // the sender is back: try at once
+			continue
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, 30*time.Second)

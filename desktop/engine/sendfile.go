@@ -35,7 +35,8 @@ type outXfer struct {
 	meter    meter
 	lastEmit time.Time
 	lastSave time.Time
-	pushing  map[string]bool // recipients whose mailbox puts run
+	pushing  map[string]bool  // recipients whose mailbox puts run
+	serving  map[string]*feed // each recipient's one fetch being served
 }
 
 func (x *outXfer) snapshot() Transfer {
@@ -633,8 +634,18 @@ func (e *Engine) serveFile(s *session) p2p.FileServer {
 		}
 		r.Stored = stored
 		e.saveOut(x)
+		// One fetch per recipient at a time: a new one means the old
+		// connection died (or the recipient misbehaves); the old feed goes.
+		if x.serving == nil {
+			x.serving = map[string]*feed{}
+		}
+		if old := x.serving[login]; old != nil {
+			old.cancel()
+		}
+		f := newFeed(ctx, e, x, r, src, get.Have, n)
+		x.serving[login] = f
 		x.mu.Unlock()
-		return newFeed(ctx, e, x, r, src, get.Have, n), nil
+		return f, nil
 	}
 }
 
@@ -645,6 +656,7 @@ type feed struct {
 	x       *outXfer
 	r       *store.OutRecipient
 	results chan chan sealedChunk
+	ctx     context.Context
 	cancel  context.CancelFunc
 }
 
@@ -657,7 +669,7 @@ type sealedChunk struct {
 func newFeed(ctx context.Context, e *Engine, x *outXfer, r *store.OutRecipient, src *chunkSource, have []byte, n uint64) *feed {
 	ctx, cancel := context.WithCancel(ctx)
 	workers := runtime.GOMAXPROCS(0)
-	f := &feed{e: e, x: x, r: r, results: make(chan chan sealedChunk, 2*workers), cancel: cancel}
+	f := &feed{e: e, x: x, r: r, results: make(chan chan sealedChunk, 2*workers), ctx: ctx, cancel: cancel}
 	jobs := make(chan struct {
 		i   uint64
 		out chan sealedChunk
@@ -705,6 +717,9 @@ func (f *feed) Next(ctx context.Context) (uint64, []byte, error) {
 		return 0, nil, ctx.Err()
 	}
 	if !ok {
+		if f.ctx.Err() != nil {
+			return 0, nil, errors.New("a newer fetch of this file took over")
+		}
 		return 0, nil, io.EOF
 	}
 	select {
@@ -746,6 +761,9 @@ func (f *feed) Stored(i uint64) {
 func (f *feed) Close() {
 	f.cancel()
 	f.x.mu.Lock()
+	if f.x.serving[f.r.Login] == f {
+		delete(f.x.serving, f.r.Login)
+	}
 	f.e.saveOut(f.x)
 	f.x.mu.Unlock()
 }

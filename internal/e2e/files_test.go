@@ -199,6 +199,24 @@ func TestFileResumesAfterReceiverCrash(t *testing.T) {
 	}
 }
 
+// The sender is killed (kill -9) halfway and started again: the recipient
+// fetches the rest once the sender is back, and the file arrives whole.
+func TestFileResumesAfterSenderCrash(t *testing.T) {
+	c := sharedCluster(t)
+	a, b := account(t, c, "fsc", "936"), account(t, c, "fsd", "937")
+	path, sum := randomFile(t, "sendercrash.bin", 30<<20)
+	a.Do("Send_file " + path + " fsd937")
+	waitDone(t, b, "sendercrash.bin", 10<<20)
+	a.Kill()
+	a = c.StartClient(t, "fsc936-again", ct.ClientOptions{Profile: a.Profile})
+	a.Do("Login fsc936 password123")
+	if got := fileSHA(t, received(t, b, "sendercrash.bin")); got != sum {
+		t.Fatalf("arrived with SHA-256 %s, want %s", got, sum)
+	}
+	// The sender hears it arrived, after its restart.
+	a.WaitEvent(fileWait, "file_done", nil)
+}
+
 // Files to someone offline: a small one through the mailbox (it arrives
 // while the sender is offline too), a large one waits until both are
 // online. The sender is told which.
