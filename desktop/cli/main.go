@@ -157,6 +157,9 @@ func execute(ctx context.Context, eng *engine.Engine, c *command.Command) (answe
 			return ok(name, "", err)
 		}
 		t, _ := eng.Transfer(id)
+		if t.Peer != "" {
+			to = t.Peer
+		}
 		return answer{name: name, id: id, text: fmt.Sprintf("Sending %s to %s (transfer %s)", sizeText(t.Name, t.Size), to, id)}, nil
 	case command.Transfers:
 		ts := eng.Transfers()
@@ -305,18 +308,22 @@ func (p *printer) progress(t *engine.Transfer) {
 		p.bars[t.ID] = bar
 	}
 	p.mu.Unlock()
-	// The engine's rate (over the last moments), not the bar's own guess
-	// from when it was drawn first.
+	bar.Describe(barText(t))
+	bar.Set64(t.Done)
+}
+
+// barText is what a bar says beside itself: the engine's rate (over the
+// last moments), not the bar's own guess from when it was drawn first.
+func barText(t *engine.Transfer) string {
 	verb := "receiving"
 	if t.Outgoing {
 		verb = "sending"
 	}
-	desc := fmt.Sprintf("%s %s: %s of %s", verb, t.Name, downloads.HumanBytes(t.Done), downloads.HumanBytes(t.Total))
+	text := fmt.Sprintf("%s %s: %s of %s", verb, t.Name, downloads.HumanBytes(t.Done), downloads.HumanBytes(t.Total))
 	if t.Rate > 0 {
-		desc += fmt.Sprintf(", %s/s", downloads.HumanBytes(int64(t.Rate)))
+		text += fmt.Sprintf(", %s/s", downloads.HumanBytes(int64(t.Rate)))
 	}
-	bar.Describe(desc)
-	bar.Set64(t.Done)
+	return text
 }
 
 // endProgress completes and forgets transfer t's bar.
@@ -326,6 +333,7 @@ func (p *printer) endProgress(t *engine.Transfer) {
 	delete(p.bars, t.ID)
 	p.mu.Unlock()
 	if bar != nil && t.State == engine.TransferDone {
+		bar.Describe(barText(t))
 		bar.Finish()
 	}
 }
