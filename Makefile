@@ -54,7 +54,7 @@ fuzz:
 	@./.ci/fuzz.sh
 
 bench: deps build
-	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./internal/bench/...
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./internal/bench/...
 	$(GO) test -run '^$$' -bench . -benchmem ./desktop/engine/e2e/ ./desktop/engine/store/
 
 proto:

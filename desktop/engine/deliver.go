@@ -83,6 +83,15 @@ func (e *Engine) Send(ctx context.Context, to, text string) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	login, err := e.resolveOther(ctx, s, to)
+	if err != nil {
+		return "", err
+	}
+	return e.queueText(s, []string{login}, "", text)
+}
+
+// resolveOther resolves a recipient who is not the one logged in.
+func (e *Engine) resolveOther(ctx context.Context, s *session, to string) (string, error) {
 	login, err := e.Resolve(ctx, to)
 	if err != nil {
 		return "", err
@@ -90,7 +99,7 @@ func (e *Engine) Send(ctx context.Context, to, text string) (string, error) {
 	if login == s.login {
 		return "", errors.New("that is you; pick someone else")
 	}
-	return e.queueText(s, []string{login}, "", text)
+	return login, nil
 }
 
 // queueText stores one message for several recipients (a group send) and

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime/debug"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
@@ -39,6 +40,10 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	}
 	loginID = resp.LoginId
 	id, err := e.loadOrCreateIdentity(loginID, password, owner == "")
+	// argon2id took 64 MiB for a moment: give it back now, or the garbage
+	// collector's next goal is sized after it and the process keeps twice
+	// that for as long as it runs (a file transfer's churn fills it).
+	debug.FreeOSMemory()
 	if err != nil {
 		return err
 	}

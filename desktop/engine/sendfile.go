@@ -104,12 +104,9 @@ func (e *Engine) SendFile(ctx context.Context, path, to string) (string, error) 
 	if err != nil {
 		return "", err
 	}
-	login, err := e.Resolve(ctx, to)
+	login, err := e.resolveOther(ctx, s, to)
 	if err != nil {
 		return "", err
-	}
-	if login == s.login {
-		return "", errors.New("that is you; pick someone else")
 	}
 	return e.offerFile(s, abs, fi, []fileRecipient{{login: login}}, nil)
 }
@@ -981,8 +978,15 @@ func (c *chunkSource) Sealed(i uint64) ([]byte, error) {
 	}
 }
 
+// plainBuffers are the buffers chunks are read into before sealing: a
+// transfer reads one per chunk, and reusing them keeps the garbage
+// collector from growing the heap by the megabytes a second that pass.
+var plainBuffers = sync.Pool{New: func() any { b := make([]byte, wire.MaxChunkSize); return &b }}
+
 func (c *chunkSource) seal(i uint64) ([]byte, error) {
-	buf := make([]byte, chunkLen(c.size, c.chunkSize, i))
+	bp := plainBuffers.Get().(*[]byte)
+	defer plainBuffers.Put(bp)
+	buf := (*bp)[:chunkLen(c.size, c.chunkSize, i)]
 	if _, err := c.file.ReadAt(buf, int64(i)*int64(c.chunkSize)); err != nil && !(errors.Is(err, io.EOF) && len(buf) == 0) {
 		return nil, fmt.Errorf("read the file: %w", err)
 	}

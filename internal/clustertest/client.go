@@ -303,15 +303,27 @@ func (cl *Client) Log() string {
 // PID is the client's process id.
 func (cl *Client) PID() int { return cl.cmd.Process.Pid }
 
-// PeakRSS is the most resident memory the client's process has used so
-// far (VmHWM), in bytes.
-func (cl *Client) PeakRSS() (int64, error) {
+// PeakRSS is the most resident memory the client's process has used
+// (VmHWM) since it started or since ResetPeakRSS, in bytes.
+func (cl *Client) PeakRSS() (int64, error) { return cl.procStatus("VmHWM:") }
+
+// RSS is the client's resident memory now (VmRSS), in bytes.
+func (cl *Client) RSS() (int64, error) { return cl.procStatus("VmRSS:") }
+
+// ResetPeakRSS starts PeakRSS again from the memory in use now (Linux's
+// clear_refs), so that a benchmark measures one piece of work, not the
+// log-in before it (argon2id alone takes 64 MiB for a moment).
+func (cl *Client) ResetPeakRSS() error {
+	return os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", cl.PID()), []byte("5"), 0)
+}
+
+func (cl *Client) procStatus(field string) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", cl.PID()))
 	if err != nil {
 		return 0, err
 	}
 	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			var kb int64
 			if _, err := fmt.Sscanf(strings.TrimSpace(rest), "%d kB", &kb); err != nil {
 				return 0, err
@@ -319,5 +331,5 @@ func (cl *Client) PeakRSS() (int64, error) {
 			return kb << 10, nil
 		}
 	}
-	return 0, fmt.Errorf("no VmHWM for process %d", cl.PID())
+	return 0, fmt.Errorf("no %s for process %d", field, cl.PID())
 }

@@ -241,3 +241,21 @@ func (s *aheadSink) Store(i uint64, sealed []byte, _ bool) error {
 	s.got[i] = bytes.Clone(sealed)
 	return nil
 }
+
+// The hand-made header before a chunk is exactly what the protobuf
+// encoder writes for the whole frame.
+func TestDataFrameHeaderMatchesProtobuf(t *testing.T) {
+	for _, idx := range []uint64{0, 1, 127, 128, 1 << 20} {
+		for _, n := range []int{1, 127, 128, 512<<10 + 62} { // a sealed chunk is never empty
+			sealed := bytes.Repeat([]byte{7}, n)
+			var want bytes.Buffer
+			if err := wire.WriteFileFrame(&want, &wire.FileFrame{Kind: &wire.FileFrame_Data{Data: &wire.FileData{Index: idx, Sealed: sealed}}}); err != nil {
+				t.Fatal(err)
+			}
+			got := append(dataFrameHeader(idx, n), sealed...)
+			if !bytes.Equal(got, want.Bytes()) {
+				t.Fatalf("index %d, %d bytes: header differs", idx, n)
+			}
+		}
+	}
+}

@@ -97,28 +97,20 @@ func (s *Store) InTransfer(key string) (*InTransfer, error) {
 }
 
 // OutTransfers lists outgoing transfers.
-func (s *Store) OutTransfers() ([]*OutTransfer, error) {
-	var out []*OutTransfer
-	err := scan(s, prefixOutXfer, func(b []byte) error {
-		var t OutTransfer
-		if err := decode(b, &t); err != nil {
-			return err
-		}
-		out = append(out, &t)
-		return nil
-	})
-	return out, err
-}
+func (s *Store) OutTransfers() ([]*OutTransfer, error) { return scanAll[OutTransfer](s, prefixOutXfer) }
 
 // InTransfers lists incoming transfers.
-func (s *Store) InTransfers() ([]*InTransfer, error) {
-	var out []*InTransfer
-	err := scan(s, prefixInXfer, func(b []byte) error {
-		var t InTransfer
-		if err := decode(b, &t); err != nil {
+func (s *Store) InTransfers() ([]*InTransfer, error) { return scanAll[InTransfer](s, prefixInXfer) }
+
+// scanAll decodes every record under prefix.
+func scanAll[T any](s *Store, prefix string) ([]*T, error) {
+	var out []*T
+	err := scan(s, prefix, func(b []byte) error {
+		var v T
+		if err := decode(b, &v); err != nil {
 			return err
 		}
-		out = append(out, &t)
+		out = append(out, &v)
 		return nil
 	})
 	return out, err
