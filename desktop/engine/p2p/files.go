@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/host"
@@ -333,14 +334,27 @@ func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink C
 		st.Reset()
 		return stats, fmt.Errorf("ask %s for the file: %w", t.LoginID, err)
 	}
-	// The buffer is larger than the window, so that whatever a sender has
-	// pushed beyond its credit is read ahead, counted and caught.
+	// Frames are read as they arrive, while the chunk before is checked
+	// and stored: the stream's own window keeps moving, and the next chunk
+	// is whole when the one before is done (reading only between chunks
+	// left the cores idle a fifth of the time, waiting for the second half
+	// of each chunk to be let through). The buffer is larger than the
+	// window, so that whatever a sender has pushed beyond its credit is
+	// read ahead, counted and caught.
 	counted := &countingReader{r: st}
-	br := bufio.NewReaderSize(counted, 2*wire.MaxFileFrame)
+	rctx, stopReading := context.WithCancel(ctx)
+	defer stopReading()
+	frames := readFrames(rctx, bufio.NewReaderSize(counted, 2*wire.MaxFileFrame), st)
 	granted := get.Window
 	for {
-		st.SetReadDeadline(time.Now().Add(fileIdle))
-		f, err := wire.ReadFileFrame(br)
+		var next frameOrError
+		select {
+		case next = <-frames:
+		case <-ctx.Done():
+			st.Reset()
+			return stats, ctx.Err()
+		}
+		f, err := next.f, next.err
 		if errors.Is(err, io.EOF) {
 			return stats, nil
 		}
@@ -350,7 +364,7 @@ func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink C
 		}
 		// Everything that arrived, read ahead or not, counts against the
 		// credit: a sender past it is flooding.
-		if counted.n > granted {
+		if counted.n.Load() > granted {
 			st.Reset()
 			return stats, ErrOverrun
 		}
@@ -378,11 +392,37 @@ func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink C
 
 type countingReader struct {
 	r io.Reader
-	n uint64
+	n atomic.Uint64
 }
 
 func (c *countingReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
-	c.n += uint64(n)
+	c.n.Add(uint64(n))
 	return n, err
+}
+
+type frameOrError struct {
+	f   *wire.FileFrame
+	err error
+}
+
+// readFrames reads frames from br in a goroutine, one ahead of the one
+// being handled, until an error (which it passes on last) or ctx ends.
+func readFrames(ctx context.Context, br *bufio.Reader, st network.Stream) <-chan frameOrError {
+	out := make(chan frameOrError, 1)
+	go func() {
+		for {
+			st.SetReadDeadline(time.Now().Add(fileIdle))
+			f, err := wire.ReadFileFrame(br)
+			select {
+			case out <- frameOrError{f, err}:
+			case <-ctx.Done():
+				return
+			}
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return out
 }
