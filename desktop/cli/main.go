@@ -16,7 +16,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -26,7 +25,6 @@ import (
 	"github.com/e2em/e2em/desktop/engine"
 	"github.com/e2em/e2em/desktop/engine/command"
 	"github.com/e2em/e2em/desktop/engine/downloads"
-	"github.com/e2em/e2em/desktop/engine/store"
 )
 
 func main() {
@@ -105,157 +103,17 @@ func run(ctx context.Context, eng *engine.Engine, out *printer, lines <-chan str
 				out.fail("", err)
 				continue
 			}
-			if cmd.Kind == command.Quit {
-				out.ok("Quit", "Bye!")
-				return
-			}
-			a, err := execute(ctx, eng, cmd)
+			r, err := eng.Do(ctx, cmd)
 			if err != nil {
-				out.fail(a.name, err)
+				out.fail(r.Command, err)
 				continue
 			}
-			out.answer(a)
+			out.answer(r)
+			if r.Quit {
+				return
+			}
 		}
 	}
-}
-
-// answer is what a command printed on success.
-type answer struct {
-	name, text string
-	id         string // the message id (Send) or transfer id (Send_file, Send_group_File)
-	transfers  []engine.Transfer
-}
-
-// execute runs one command and returns the classic answer.
-func execute(ctx context.Context, eng *engine.Engine, c *command.Command) (answer, error) {
-	ok := func(name, text string, err error) (answer, error) { return answer{name: name, text: text}, err }
-	switch c.Kind {
-	case command.SignUp:
-		id, err := eng.SignUp(ctx, c.Username, c.Roll, c.Password)
-		if err != nil {
-			return ok("Sign up", "", err)
-		}
-		return ok("Sign up", "Successfully SIGNED UP! Your login id is "+id, nil)
-	case command.Login:
-		return ok("Login", "Successfully LOGGED IN!", eng.Login(ctx, c.LoginID, c.Password))
-	case command.Send:
-		id, err := eng.Send(ctx, c.To, c.Text)
-		return answer{name: "Send", text: "Message Sent!", id: id}, err
-	case command.SendGroup:
-		n, err := eng.SendGroup(ctx, c.Groups, c.Text)
-		return ok("Send_group", fmt.Sprintf("Message Sent! (to %d members)", n), err)
-	case command.SendFile, command.SendGroupFile:
-		name, to, id := "Send_file", c.To, ""
-		var err error
-		if c.Kind == command.SendFile {
-			id, err = eng.SendFile(ctx, c.Path, c.To)
-		} else {
-			name, to = "Send_group_File", strings.Join(c.Groups, ", ")
-			id, err = eng.SendGroupFile(ctx, c.Path, c.Groups...)
-		}
-		if err != nil {
-			return ok(name, "", err)
-		}
-		t, _ := eng.Transfer(id)
-		if t.Peer != "" {
-			to = t.Peer
-		}
-		return answer{name: name, id: id, text: fmt.Sprintf("Sending %s to %s (transfer %s)", sizeText(t.Name, t.Size), to, id)}, nil
-	case command.Transfers:
-		ts := eng.Transfers()
-		if len(ts) == 0 {
-			return answer{name: "Transfers", text: "No transfers."}, nil
-		}
-		var b strings.Builder
-		for i, t := range ts {
-			if i > 0 {
-				b.WriteByte('\n')
-			}
-			b.WriteString(transferLine(t))
-		}
-		return answer{name: "Transfers", text: b.String(), transfers: ts}, nil
-	case command.Cancel:
-		t, err := eng.Cancel(ctx, c.To)
-		if err != nil {
-			return ok("Cancel", "", err)
-		}
-		return answer{name: "Cancel", id: t.ID, text: fmt.Sprintf("Cancelled %s (transfer %s)", t.Name, t.ID)}, nil
-	case command.Create:
-		name, err := eng.CreateGroup(ctx, c.Groups[0])
-		return ok("Create", "Group Created! ("+name+")", err)
-	case command.Join:
-		name, err := eng.JoinGroup(ctx, c.Groups[0])
-		return ok("Join", "Group Joined! ("+name+")", err)
-	case command.Leave:
-		name, err := eng.LeaveGroup(ctx, c.Groups[0])
-		return ok("Leave", "Group Left! ("+name+")", err)
-	case command.List, command.ShowMyGroups:
-		var groups []engine.Group
-		var err error
-		name := "List"
-		if c.Kind == command.List {
-			groups, err = eng.ListGroups(ctx)
-		} else {
-			name = "Show_my_groups"
-			groups, err = eng.MyGroups(ctx)
-		}
-		if err != nil {
-			return ok(name, "", err)
-		}
-		if len(groups) == 0 {
-			return ok(name, "No groups yet.", nil)
-		}
-		var b strings.Builder
-		for i, g := range groups {
-			if i > 0 {
-				b.WriteByte('\n')
-			}
-			fmt.Fprintf(&b, "%s : %d", g.Name, g.Members)
-		}
-		return ok(name, b.String(), nil)
-	case command.Members:
-		name, members, err := eng.Members(ctx, c.Groups[0])
-		if err != nil {
-			return ok("Members", "", err)
-		}
-		return ok("Members", name+" : "+strings.Join(members, ", "), nil)
-	case command.History, command.Search:
-		name := "History"
-		var msgs []*messageLine
-		var err error
-		if c.Kind == command.History {
-			ms, herr := eng.History(ctx, c.To, c.Count)
-			msgs, err = lines(ms), herr
-		} else {
-			name = "Search"
-			ms, serr := eng.Search(c.Text, 50)
-			msgs, err = lines(ms), serr
-		}
-		if err != nil {
-			return ok(name, "", err)
-		}
-		if len(msgs) == 0 {
-			return ok(name, "No messages.", nil)
-		}
-		var b strings.Builder
-		for i, m := range msgs {
-			if i > 0 {
-				b.WriteByte('\n')
-			}
-			b.WriteString(m.String())
-		}
-		return ok(name, b.String(), nil)
-	case command.Verify:
-		sn, err := eng.SafetyNumber(ctx, c.To)
-		return ok("Verify", "Safety number with "+c.To+": "+sn, err)
-	case command.Trust:
-		return ok("Trust", "Trusted the new key of "+c.To+"; held messages go now.", eng.Trust(ctx, c.To))
-	case command.Logout:
-		return ok("Logout", "Successfully LOGGED OUT!", eng.Logout(ctx))
-	case command.Help:
-		return ok("Help", strings.TrimRight(command.HelpText(), "\n"), nil)
-	}
-	return answer{}, fmt.Errorf("command not handled")
 }
 
 // printer writes results and events as lines, safely from two goroutines;
@@ -338,26 +196,21 @@ func (p *printer) endProgress(t *engine.Transfer) {
 	}
 }
 
+// result is a command's answer as a JSON line: the engine's Result, with
+// the line's type and whether it worked.
 type result struct {
-	Type      string            `json:"type"`
-	Command   string            `json:"command,omitempty"`
-	OK        bool              `json:"ok"`
-	Text      string            `json:"text,omitempty"`
-	Error     string            `json:"error,omitempty"`
-	ID        string            `json:"id,omitempty"` // the message id (Send), the transfer id (files)
-	Transfers []engine.Transfer `json:"transfers,omitempty"`
+	Type string `json:"type"`
+	OK   bool   `json:"ok"`
+	engine.Result
+	Error string `json:"error,omitempty"`
 }
 
-func (p *printer) answer(a answer) {
-	p.line(result{Type: "result", Command: a.name, OK: true, Text: a.text, ID: a.id, Transfers: a.transfers}, a.text)
-}
-
-func (p *printer) ok(cmd, text string) {
-	p.line(result{Type: "result", Command: cmd, OK: true, Text: text}, text)
+func (p *printer) answer(r engine.Result) {
+	p.line(result{Type: "result", OK: true, Result: r}, r.Text)
 }
 
 func (p *printer) fail(cmd string, err error) {
-	p.line(result{Type: "result", Command: cmd, OK: false, Error: err.Error()}, "Error: "+err.Error())
+	p.line(result{Type: "result", Result: engine.Result{Command: cmd}, Error: err.Error()}, "Error: "+err.Error())
 }
 
 func (p *printer) info(text string) {
@@ -429,64 +282,4 @@ func fileEnd(ev engine.Event) string {
 		return fmt.Sprintf("Error: %s was not sent: %s", t.Name, ev.Text)
 	}
 	return "Error: " + ev.Text
-}
-
-// transferLine is one transfer as Transfers lists it.
-func transferLine(t engine.Transfer) string {
-	who := "from " + t.Peer
-	if t.Outgoing {
-		who = "to " + t.Peer
-		if t.Peer == "" {
-			who = "to " + strings.Join(t.Groups, ", ")
-		}
-	}
-	pct := 100.0
-	if t.Total > 0 {
-		pct = 100 * float64(t.Done) / float64(t.Total)
-	}
-	line := fmt.Sprintf("%s  %s %s  %s  %.0f%%", t.ID, sizeText(t.Name, t.Size), who, t.State, pct)
-	if t.Rate > 0 {
-		line += fmt.Sprintf("  %s/s", downloads.HumanBytes(int64(t.Rate)))
-	}
-	if t.Via != "" {
-		line += "  via " + t.Via
-	}
-	if t.Error != "" {
-		line += "  (" + t.Error + ")"
-	}
-	return line
-}
-
-func sizeText(name string, size int64) string {
-	return fmt.Sprintf("%s (%s)", name, downloads.HumanBytes(size))
-}
-
-type messageLine struct {
-	when  time.Time
-	who   string
-	body  string
-	state string
-}
-
-func (m *messageLine) String() string {
-	s := fmt.Sprintf("%s %s : %s", m.when.Format("2006-01-02 15:04"), m.who, m.body)
-	if m.state != "" {
-		s += " [" + m.state + "]"
-	}
-	return s
-}
-
-func lines(ms []*store.Message) []*messageLine {
-	out := make([]*messageLine, 0, len(ms))
-	for _, m := range ms {
-		l := &messageLine{when: m.Sent, who: m.From, body: m.Body}
-		if m.Group != "" {
-			l.who = m.Group + " : " + m.From
-		}
-		if m.Outgoing {
-			l.state = m.State
-		}
-		out = append(out, l)
-	}
-	return out
 }

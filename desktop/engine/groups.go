@@ -158,7 +158,12 @@ func (e *Engine) groupRecipients(ctx context.Context, s *session, groups []strin
 }
 
 // History returns the last n messages with a contact or in a group.
-func (e *Engine) History(ctx context.Context, name string, n int) ([]*store.Message, error) {
+func (e *Engine) History(ctx context.Context, name string, n int) ([]Message, error) {
+	ms, err := e.history(ctx, name, n)
+	return messagesOf(ms), err
+}
+
+func (e *Engine) history(ctx context.Context, name string, n int) ([]*store.Message, error) {
 	s, err := e.current()
 	if err != nil {
 		return nil, err
@@ -180,9 +185,10 @@ func (e *Engine) History(ctx context.Context, name string, n int) ([]*store.Mess
 }
 
 // Search finds messages containing text, newest last.
-func (e *Engine) Search(text string, limit int) ([]*store.Message, error) {
+func (e *Engine) Search(text string, limit int) ([]Message, error) {
 	if s, err := e.current(); err == nil {
 		e.flushStates(s)
 	}
-	return e.store.Search(text, limit)
+	ms, err := e.store.Search(text, limit)
+	return messagesOf(ms), err
 }
