@@ -64,7 +64,10 @@ type Engine struct {
 	store  *store.Store
 	conn   *grpc.ClientConn
 	coord  api.CoordinatorClient
-	events chan Event
+	events *eventLog
+
+	defaultOnce sync.Once
+	defaultSub  *Subscription // behind Events
 
 	xfers     *transferTable
 	downloads *downloads.Folder
@@ -145,29 +148,31 @@ func New(cfg Config) (*Engine, error) {
 		return nil, fmt.Errorf("cluster address %s: %w", cfg.LB, err)
 	}
 	return &Engine{cfg: cfg, log: cfg.Log, store: st, conn: conn, coord: api.NewCoordinatorClient(conn),
-		events: make(chan Event, 8192), xfers: xfers, downloads: folder}, nil
+		events: newEventLog(), xfers: xfers, downloads: folder}, nil
 }
 
 // Downloads is the folder received files land in.
 func (e *Engine) Downloads() string { return e.downloads.Dir() }
 
-// Events is where the engine reports what happens. Read it continuously.
-func (e *Engine) Events() <-chan Event { return e.events }
+// Events is one subscription's channel, made on first call with every
+// event still kept, for a face that reads events in one place (Subscribe
+// gives each reader its own).
+func (e *Engine) Events() <-chan Event {
+	e.defaultOnce.Do(func() { e.defaultSub = e.subscribe(0) })
+	return e.defaultSub.Events()
+}
 
 func (e *Engine) emit(ev Event) {
 	if ev.Time.IsZero() {
 		ev.Time = time.Now()
 	}
-	select {
-	case e.events <- ev:
-	default:
-		e.log.Warn("event dropped: nobody is reading", "kind", ev.Kind)
-	}
+	e.events.add(ev)
 }
 
-// Close logs out locally and closes the profile.
+// Close logs out locally, ends every subscription and closes the profile.
 func (e *Engine) Close() error {
 	e.stopSession()
+	e.events.close()
 	e.conn.Close()
 	return e.store.Close()
 }

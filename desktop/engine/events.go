@@ -1,6 +1,9 @@
 package engine
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
 // EventKind names what happened.
 type EventKind string
@@ -68,4 +71,135 @@ type Event struct {
 	Relay    string    `json:"relay,omitempty"` // the relay's peer id, for Via relay
 	Text     string    `json:"text,omitempty"`
 	Transfer *Transfer `json:"transfer,omitempty"` // file events
+	// Seq numbers the engine's events from 1, in the order they happened.
+	Seq uint64 `json:"seq"`
+	// Missed is how many events an EventMissed stands for.
+	Missed uint64 `json:"missed,omitempty"`
 }
+
+// EventMissed tells a subscriber that it fell behind and Missed events
+// numbered before this one are gone: it should reload what it shows
+// (Conversations, Transfers, History) rather than patch it.
+const EventMissed EventKind = "missed"
+
+// eventLog numbers every event and keeps the latest ones, so that each
+// subscriber reads at its own pace (as syncthing's event API does): a slow
+// one holds nobody up and learns exactly how many it missed.
+type eventLog struct {
+	mu     sync.Mutex
+	ring   []Event // ring[seq % len(ring)] holds event seq
+	last   uint64  // the number of the newest event (0: none yet)
+	notify chan struct{}
+	closed bool
+}
+
+// eventLogSize is how many events a subscriber may fall behind by.
+const eventLogSize = 8192
+
+func newEventLog() *eventLog {
+	return &eventLog{ring: make([]Event, eventLogSize), notify: make(chan struct{})}
+}
+
+func (l *eventLog) add(ev Event) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return
+	}
+	l.last++
+	ev.Seq = l.last
+	l.ring[l.last%uint64(len(l.ring))] = ev
+	close(l.notify)
+	l.notify = make(chan struct{})
+}
+
+// since returns the events after seq that are still kept, how many after
+// seq are gone, a channel closed when more arrive, and whether the log is
+// closed.
+func (l *eventLog) since(seq uint64) (evs []Event, missed uint64, more <-chan struct{}, closed bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	oldest := uint64(1)
+	if l.last > uint64(len(l.ring)) {
+		oldest = l.last - uint64(len(l.ring)) + 1
+	}
+	if seq+1 < oldest {
+		missed = oldest - seq - 1
+		seq = oldest - 1
+	}
+	for s := seq + 1; s <= l.last; s++ {
+		evs = append(evs, l.ring[s%uint64(len(l.ring))])
+	}
+	return evs, missed, l.notify, l.closed
+}
+
+func (l *eventLog) close() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.closed {
+		l.closed = true
+		close(l.notify)
+	}
+}
+
+// Subscription is one reader of the engine's events, numbered from the
+// moment it subscribed. Its channel closes when it is closed or the engine
+// is.
+type Subscription struct {
+	ch   chan Event
+	stop chan struct{}
+	once sync.Once
+}
+
+// Subscribe starts a new numbered stream of events. Read it continuously;
+// one that falls more than eventLogSize events behind gets an EventMissed
+// saying how many, then goes on from the oldest kept.
+func (e *Engine) Subscribe() *Subscription {
+	e.events.mu.Lock()
+	now := e.events.last
+	e.events.mu.Unlock()
+	return e.subscribe(now)
+}
+
+// subscribe streams the events after number next.
+func (e *Engine) subscribe(next uint64) *Subscription {
+	sub := &Subscription{ch: make(chan Event, 64), stop: make(chan struct{})}
+	go func() {
+		defer close(sub.ch)
+		for {
+			evs, missed, more, closed := e.events.since(next)
+			if missed > 0 {
+				first := Event{Kind: EventMissed, Time: time.Now(), Missed: missed, Seq: next + missed}
+				select {
+				case sub.ch <- first:
+				case <-sub.stop:
+					return
+				}
+				next += missed
+			}
+			for _, ev := range evs {
+				select {
+				case sub.ch <- ev:
+				case <-sub.stop:
+					return
+				}
+				next = ev.Seq
+			}
+			if closed && len(evs) == 0 {
+				return
+			}
+			select {
+			case <-more:
+			case <-sub.stop:
+				return
+			}
+		}
+	}()
+	return sub
+}
+
+// Events is the subscription's channel.
+func (s *Subscription) Events() <-chan Event { return s.ch }
+
+// Close ends the subscription; its channel closes soon after.
+func (s *Subscription) Close() { s.once.Do(func() { close(s.stop) }) }
