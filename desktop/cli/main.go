@@ -210,7 +210,25 @@ func (p *printer) answer(r engine.Result) {
 }
 
 func (p *printer) fail(cmd string, err error) {
-	p.line(result{Type: "result", Result: engine.Result{Command: cmd}, Error: err.Error()}, "Error: "+err.Error())
+	text := words(err)
+	p.line(result{Type: "result", Result: engine.Result{Command: cmd}, Error: text}, "Error: "+text)
+}
+
+// words is an engine error as this terminal says it: the engine's plain
+// words, and what to type about it here.
+func words(err error) string {
+	hint := map[engine.ErrorKind]string{
+		engine.KindNotLoggedIn:  "use Login <username+rollnumber> <password>",
+		engine.KindLoggedIn:     "Logout first",
+		engine.KindUnreachable:  "check that it runs (make run) and try again",
+		engine.KindTimeout:      "try again",
+		engine.KindProfileInUse: "close it first or start with another -profile",
+		engine.KindProfileOwned: "start with another -profile to log in as someone else",
+	}[engine.KindOf(err)]
+	if hint == "" {
+		return err.Error()
+	}
+	return err.Error() + "; " + hint
 }
 
 func (p *printer) info(text string) {

@@ -3,6 +3,7 @@ package engine
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -80,6 +81,24 @@ func TestEveryCommandHasANameAndAHandler(t *testing.T) {
 		}
 		if _, err := e.Do(context.Background(), c); errors.Is(err, ErrUnhandled) {
 			t.Errorf("%s is not handled", commandName(k))
+		}
+	}
+}
+
+// Errors carry their kind through wrapping, and their text has no words
+// of one face (commands to type, flags).
+func TestErrorsHaveKinds(t *testing.T) {
+	e := offline(t)
+	_, err := do(t, e, "Send bob hi")
+	if KindOf(err) != KindNotLoggedIn || KindOf(fmt.Errorf("send: %w", err)) != KindNotLoggedIn {
+		t.Fatalf("not logged in: kind %v", KindOf(err))
+	}
+	if KindOf(&KeyChangedError{Contact: "bob102"}) != KindKeyChanged || KindOf(errors.New("x")) != KindOther {
+		t.Fatal("kinds of other errors")
+	}
+	for _, err := range []error{ErrNotLoggedIn, ErrLoggedIn} {
+		if strings.ContainsAny(err.Error(), "<;") || strings.Contains(err.Error(), "Login") {
+			t.Errorf("%q speaks like one face", err)
 		}
 	}
 }

@@ -10,11 +10,9 @@ package engine
 import (
 	"context"
 	"crypto/ecdh"
-	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,8 +20,6 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/desktop/engine/downloads"
@@ -104,12 +100,6 @@ type session struct {
 	mailMu       sync.Mutex
 	wg           sync.WaitGroup
 }
-
-// Errors the faces show as they are.
-var (
-	ErrNotLoggedIn = errors.New("you are not logged in; use Login <username+rollnumber> <password>")
-	ErrLoggedIn    = errors.New("you are already logged in; Logout first")
-)
 
 // New opens the profile and prepares a connection to the cluster (made on
 // first use, so starting offline works).
@@ -200,29 +190,6 @@ func (e *Engine) current() (*session, error) {
 func (e *Engine) callCtx(ctx context.Context, s *session) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	return api.WithToken(ctx, s.token), cancel
-}
-
-// friendly turns an RPC error into words for people.
-func (e *Engine) friendly(err error) error {
-	if err == nil {
-		return nil
-	}
-	st, ok := status.FromError(err)
-	if !ok {
-		return err
-	}
-	switch st.Code() {
-	case codes.Unavailable:
-		if strings.Contains(st.Message(), "connection") || strings.Contains(st.Message(), "dial") || strings.Contains(st.Message(), "EOF") {
-			return fmt.Errorf("the e2em cluster at %s is unreachable; check that it runs (make run) and try again", e.cfg.LB)
-		}
-		return errors.New(st.Message())
-	case codes.DeadlineExceeded:
-		return fmt.Errorf("the e2em cluster at %s did not answer in time; try again", e.cfg.LB)
-	case codes.Unauthenticated:
-		return errors.New(st.Message())
-	}
-	return errors.New(st.Message())
 }
 
 // Session is the live encrypted session with a contact, or nil. It is for

@@ -30,7 +30,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 		return err
 	}
 	if owner != "" && owner != loginID {
-		return fmt.Errorf("this profile belongs to %s; start with another -profile to log in as %s", owner, loginID)
+		return &Error{Kind: KindProfileOwned, Msg: fmt.Sprintf("this profile belongs to %s, not %s", owner, loginID)}
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	resp, err := e.coord.LogIn(cctx, &api.LogInRequest{LoginId: loginID, Password: password})

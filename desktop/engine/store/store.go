@@ -25,7 +25,7 @@ import (
 
 // Errors people see, in their words.
 var (
-	ErrInUse         = errors.New("this profile is open in another e2em process; close it first or use another -profile")
+	ErrInUse         = errors.New("this profile is open in another e2em process")
 	ErrWrongPassword = errors.New("wrong password for this profile")
 	ErrNoIdentity    = errors.New("this profile has no identity keys yet")
 	ErrNotFound      = errors.New("not found")
