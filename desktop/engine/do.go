@@ -5,11 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 
 	"github.com/e2em/e2em/desktop/engine/command"
 	"github.com/e2em/e2em/desktop/engine/downloads"
-	"github.com/e2em/e2em/desktop/engine/store"
 )
 
 // Result is what a classic command did, for a face to print or draw: the
@@ -179,68 +177,4 @@ func TransferLine(t Transfer) string {
 		line += "  (" + t.Error + ")"
 	}
 	return line
-}
-
-// DeliveryState is where a message is: one of yours queued, sent or
-// delivered, or one you received.
-type DeliveryState string
-
-// Delivery states.
-const (
-	StateQueued    DeliveryState = store.StateQueued
-	StateSent      DeliveryState = store.StateSent
-	StateDelivered DeliveryState = store.StateDelivered
-	StateReceived  DeliveryState = store.StateReceived
-)
-
-// Message is one line of history, as the faces show it.
-type Message struct {
-	ID       string        `json:"id"`
-	Peer     string        `json:"peer,omitempty"`  // the other person (a direct message)
-	Group    string        `json:"group,omitempty"` // a group message's group
-	From     string        `json:"from"`
-	Body     string        `json:"body"`
-	Sent     time.Time     `json:"sent"`
-	Outgoing bool          `json:"outgoing"`
-	State    DeliveryState `json:"state"`
-	File     *FileRef      `json:"file,omitempty"` // a file the message carries
-}
-
-// FileRef is the file a message carries.
-type FileRef struct {
-	Transfer string `json:"transfer"`
-	Name     string `json:"name"`
-	Size     int64  `json:"size"`
-	Path     string `json:"path,omitempty"` // where a received file was saved
-}
-
-func messageOf(m *store.Message) Message {
-	out := Message{ID: m.ID, Peer: m.Peer, Group: m.Group, From: m.From, Body: m.Body, Sent: m.Sent,
-		Outgoing: m.Outgoing, State: DeliveryState(m.State)}
-	if m.File != nil {
-		out.File = &FileRef{Transfer: m.File.Transfer, Name: m.File.Name, Size: m.File.Size, Path: m.File.Path}
-	}
-	return out
-}
-
-func messagesOf(ms []*store.Message) []Message {
-	out := make([]Message, len(ms))
-	for i, m := range ms {
-		out[i] = messageOf(m)
-	}
-	return out
-}
-
-// Line is the message as History prints it: time, who, text, and the
-// delivery state of yours.
-func (m Message) Line() string {
-	who := m.From
-	if m.Group != "" {
-		who = m.Group + " : " + m.From
-	}
-	s := fmt.Sprintf("%s %s : %s", m.Sent.Format("2006-01-02 15:04"), who, m.Body)
-	if m.Outgoing {
-		s += " [" + string(m.State) + "]"
-	}
-	return s
 }

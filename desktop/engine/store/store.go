@@ -61,6 +61,9 @@ func Open(dir string) (*Store, error) {
 	if s.history, err = openCounter(db, "seq/history"); err == nil {
 		s.out, err = openCounter(db, "seq/out")
 	}
+	if err == nil {
+		err = s.buildConversationIndex()
+	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("open profile %s: %w", dir, err)
@@ -317,6 +320,9 @@ func (s *Store) addMessage(txn *badger.Txn, m *Message) (bool, error) {
 	}
 	hk := historyKey(m.Conversation(), seq)
 	if err := txn.Set(hk, b); err != nil {
+		return false, err
+	}
+	if err := indexConversation(txn, m.Conversation()); err != nil {
 		return false, err
 	}
 	if m.Outgoing {
