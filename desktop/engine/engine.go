@@ -95,6 +95,8 @@ type session struct {
 	groupMembers sync.Map         // lower-case group → memberList (see inGroup)
 	holePunch    *p2p.HolePuncher // nil when hole punching is off
 	quiet        sync.Map         // ids of queued file offers and controls: no sent/delivered events
+	presence     sync.Map         // login → the presence last reported
+	link         atomic.Int32     // linkUp, linkDown, or 0 before the first report
 	states       chan stateUpdate // delivery states to record (see markSent)
 	acks         ackQueue         // acknowledgements to send (see queueAck)
 	mailMu       sync.Mutex

@@ -31,6 +31,16 @@ const (
 	// EventStatus: something worth a line in the log of the session.
 	EventStatus EventKind = "status"
 
+	// EventConnection: the link to the cluster came or went (Text:
+	// StatusConnected or StatusDisconnected; Body: why it went).
+	EventConnection EventKind = "connection"
+	// EventPresence: a contact's session opened, moved or ended (Contact,
+	// Text: PresenceDirect, PresenceRelayed or PresenceOffline).
+	EventPresence EventKind = "presence"
+	// EventLogin: someone logged in or out here (Text: StatusLoggedIn or
+	// StatusLoggedOut, From: who).
+	EventLogin EventKind = "login"
+
 	// File events carry the transfer as it is now (Transfer; ID is its id).
 	// EventFileOffered: a file's offer went out, or one came in (Text).
 	EventFileOffered EventKind = "file_offered"
@@ -46,6 +56,14 @@ const (
 	EventFileFailed EventKind = "file_failed"
 	// EventFileCancelled: either side cancelled the transfer (Text).
 	EventFileCancelled EventKind = "file_cancelled"
+)
+
+// Texts of the status events.
+const (
+	StatusConnected    = "connected"
+	StatusDisconnected = "disconnected"
+	StatusLoggedIn     = "logged in"
+	StatusLoggedOut    = "logged out"
 )
 
 // Via says how a message left.

@@ -110,6 +110,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	e.resumeIncoming(s)
 	e.resumeOutgoing(s)
 	e.log.Info("logged in", "login_id", loginID, "peer_id", h.ID(), "addrs", p2p.ListenAddrs(h))
+	e.emit(Event{Kind: EventLogin, Text: StatusLoggedIn, From: loginID})
 	return nil
 }
 
@@ -252,6 +253,7 @@ func (e *Engine) stopSession() {
 		s.holePunch.Close()
 	}
 	s.host.Close()
+	e.emit(Event{Kind: EventLogin, Text: StatusLoggedOut, From: s.login})
 }
 
 // setObserved remembers the IP the cluster sees this client at (its NAT's

@@ -29,6 +29,23 @@ func (h *handler) Payload(from string, p *wire.Payload, on *p2p.Session) {
 	h.e.handlePayload(s, from, p, on)
 }
 
+func (h *handler) Presence(login string, sess *p2p.Session) {
+	s, err := h.e.current()
+	if err != nil {
+		return
+	}
+	now := PresenceOffline
+	if sess != nil {
+		now = PresenceDirect
+		if sess.Relayed() {
+			now = PresenceRelayed
+		}
+	}
+	if old, _ := s.presence.Swap(login, now); old != now && !(old == nil && now == PresenceOffline) {
+		h.e.emit(Event{Kind: EventPresence, Contact: login, Text: now})
+	}
+}
+
 func (h *handler) Rejected(from string, err error) {
 	h.e.emit(Event{Kind: EventSecurity, From: from, Text: err.Error()})
 }
@@ -248,6 +265,7 @@ func (e *Engine) watchEvents(s *session) {
 			_, err = stream.Header()
 		}
 		if err == nil {
+			e.setConnected(s, true, "")
 			e.fetchMail(s)
 			for {
 				ev, err := stream.Recv()
@@ -275,6 +293,13 @@ func (e *Engine) watchEvents(s *session) {
 		}
 		reopened := sctx.Err() != nil && s.ctx.Err() == nil
 		cancel()
+		if !reopened && s.ctx.Err() == nil {
+			why := "the cluster ended the event stream"
+			if err != nil {
+				why = e.friendly(err).Error()
+			}
+			e.setConnected(s, false, why)
+		}
 		if reopened {
 			backoff = 500 * time.Millisecond
 			continue
@@ -313,3 +338,25 @@ func (e *Engine) contactsChanged() {
 	default:
 	}
 }
+
+// setConnected reports the link to the cluster when it changes.
+func (e *Engine) setConnected(s *session, up bool, why string) {
+	state := int32(linkDown)
+	if up {
+		state = linkUp
+	}
+	if s.link.Swap(state) == state {
+		return
+	}
+	if up {
+		e.emit(Event{Kind: EventConnection, Text: StatusConnected})
+	} else {
+		e.emit(Event{Kind: EventConnection, Text: StatusDisconnected, Body: why})
+	}
+}
+
+// States of a session's link to the cluster (zero: not known yet).
+const (
+	linkUp = iota + 1
+	linkDown
+)

@@ -65,11 +65,19 @@ func TestEngineGivesAWindowWhatItShows(t *testing.T) {
 	c := sharedCluster(t)
 	ctx := context.Background()
 	a, b := newPerson(t, c, "wia", "981"), newPerson(t, c, "wib", "982")
+	// Status, as a window's status bar shows it.
+	b.await(t, "the log-in", func(ev engine.Event) bool { return ev.Kind == engine.EventLogin && ev.Text == engine.StatusLoggedIn })
+	b.await(t, "the cluster link", func(ev engine.Event) bool {
+		return ev.Kind == engine.EventConnection && ev.Text == engine.StatusConnected
+	})
 	for i := 0; i < 30; i++ {
 		if _, err := a.Send(ctx, b.login, fmt.Sprintf("line %d", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
+	b.await(t, "the sender's presence", func(ev engine.Event) bool {
+		return ev.Kind == engine.EventPresence && ev.Contact == a.login && ev.Text != engine.PresenceOffline
+	})
 	b.await(t, "the 30th message", func(ev engine.Event) bool { return ev.Kind == engine.EventMessage && ev.Body == "line 29" })
 	convs, err := b.Conversations()
 	if err != nil || len(convs) != 1 {
@@ -114,4 +122,11 @@ func TestEngineGivesAWindowWhatItShows(t *testing.T) {
 	if err != nil || len(contacts) != 1 || contacts[0].Login != a.login || contacts[0].KeyChanged {
 		t.Fatalf("contacts: %+v %v", contacts, err)
 	}
+	// The sender goes away: its presence ends.
+	if err := a.Logout(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b.await(t, "the sender gone", func(ev engine.Event) bool {
+		return ev.Kind == engine.EventPresence && ev.Contact == a.login && ev.Text == engine.PresenceOffline
+	})
 }

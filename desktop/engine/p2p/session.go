@@ -52,6 +52,9 @@ type Handler interface {
 	// Rejected reports a record or session refused for a security reason
 	// (tampered, replayed, wrong key, key changed).
 	Rejected(from string, err error)
+	// Presence reports the session with login that is live now, or nil
+	// when the last one ended.
+	Presence(login string, s *Session)
 }
 
 // Target is a peer to reach: its login id, libp2p identity, addresses
@@ -186,8 +189,7 @@ func (m *Messenger) Session(login string) *Session {
 	// one exists (hole punching succeeded, or the peer became reachable):
 	// a new stream goes on the direct connection.
 	if s != nil && s.Relayed() && DirectlyConnected(m.h, s.RemotePeer()) {
-		go s.Close()
-		delete(m.sessions, login)
+		go s.Close() // and drop it, telling the handler
 		return nil
 	}
 	return s
@@ -327,14 +329,19 @@ func (m *Messenger) keep(s *Session) {
 	m.mu.Lock()
 	m.sessions[s.peer] = s
 	m.mu.Unlock()
+	m.handler.Presence(s.peer, s)
 }
 
 func (m *Messenger) drop(s *Session) {
 	m.mu.Lock()
-	if m.sessions[s.peer] == s {
+	current := m.sessions[s.peer] == s
+	if current {
 		delete(m.sessions, s.peer)
 	}
 	m.mu.Unlock()
+	if current {
+		m.handler.Presence(s.peer, nil)
+	}
 }
 
 // Session is one authenticated, encrypted stream with a peer.

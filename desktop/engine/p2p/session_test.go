@@ -38,6 +38,8 @@ func (r *recorder) Payload(from string, p *wire.Payload, s *Session) {
 	r.changed <- struct{}{}
 }
 
+func (r *recorder) Presence(login string, s *Session) {}
+
 func (r *recorder) Rejected(from string, err error) {
 	r.mu.Lock()
 	r.rejected = append(r.rejected, err.Error())
