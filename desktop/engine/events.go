@@ -131,10 +131,11 @@ func (l *eventLog) add(ev Event) {
 	l.notify = make(chan struct{})
 }
 
-// since returns the events after seq that are still kept, how many after
-// seq are gone, a channel closed when more arrive, and whether the log is
-// closed.
-func (l *eventLog) since(seq uint64) (evs []Event, missed uint64, more <-chan struct{}, closed bool) {
+// since returns up to max of the events after seq that are still kept,
+// how many after seq are gone, a channel closed when more arrive, and
+// whether the log is closed. (A few at a time: a reader that stops holds
+// no copy of the log, and learns what it missed when it comes back.)
+func (l *eventLog) since(seq uint64, max int) (evs []Event, missed uint64, more <-chan struct{}, closed bool) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	oldest := uint64(1)
@@ -145,7 +146,7 @@ func (l *eventLog) since(seq uint64) (evs []Event, missed uint64, more <-chan st
 		missed = oldest - seq - 1
 		seq = oldest - 1
 	}
-	for s := seq + 1; s <= l.last; s++ {
+	for s := seq + 1; s <= l.last && len(evs) < max; s++ {
 		evs = append(evs, l.ring[s%uint64(len(l.ring))])
 	}
 	return evs, missed, l.notify, l.closed
@@ -185,7 +186,7 @@ func (e *Engine) subscribe(next uint64) *Subscription {
 	go func() {
 		defer close(sub.ch)
 		for {
-			evs, missed, more, closed := e.events.since(next)
+			evs, missed, more, closed := e.events.since(next, cap(sub.ch))
 			if missed > 0 {
 				first := Event{Kind: EventMissed, Time: time.Now(), Missed: missed, Seq: next + missed}
 				select {
@@ -202,6 +203,9 @@ func (e *Engine) subscribe(next uint64) *Subscription {
 					return
 				}
 				next = ev.Seq
+			}
+			if len(evs) == cap(sub.ch) {
+				continue // more may be there already
 			}
 			if closed && len(evs) == 0 {
 				return
