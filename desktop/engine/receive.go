@@ -2,17 +2,14 @@ package engine
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/e2em/e2em/coord/api"
-	"github.com/e2em/e2em/desktop/engine/e2e"
 	"github.com/e2em/e2em/desktop/engine/p2p"
 	"github.com/e2em/e2em/desktop/engine/store"
 	"github.com/e2em/e2em/desktop/engine/wire"
@@ -153,92 +150,6 @@ func (e *Engine) bothInGroup(s *session, group, login string) (ok, asked bool, e
 	}
 	s.groupMembers.Store(key, l)
 	return l.members[login] && l.members[s.login], true, nil
-}
-
-// fetchMail reads the mailbox from the cursor on, opens each envelope,
-// and acknowledges what it processed so the cluster deletes it.
-func (e *Engine) fetchMail(s *session) {
-	s.mailMu.Lock()
-	defer s.mailMu.Unlock()
-	cursor, err := e.store.MailCursor()
-	if err != nil {
-		return
-	}
-	start := cursor
-	for s.ctx.Err() == nil {
-		ctx, cancel := e.callCtx(s.ctx, s)
-		resp, err := e.coord.FetchMail(ctx, &api.FetchMailRequest{AfterSeq: cursor, Limit: 100})
-		cancel()
-		if err != nil {
-			e.log.Warn("fetch mail", "err", e.friendly(err))
-			break
-		}
-		if len(resp.Mail) == 0 {
-			break
-		}
-		stop := false
-		for _, m := range resp.Mail {
-			if err := e.openMail(s, m); errors.Is(err, ErrKeyChanged) {
-				stop = true // held until the person trusts the new key
-				break
-			}
-			cursor = m.Seq
-			if err := e.store.SetMailCursor(cursor); err != nil {
-				return
-			}
-		}
-		if stop {
-			break
-		}
-	}
-	if cursor > start {
-		ctx, cancel := e.callCtx(s.ctx, s)
-		_, err := e.coord.AckMail(ctx, &api.AckMailRequest{UpToSeq: cursor})
-		cancel()
-		if err != nil {
-			e.log.Warn("acknowledge mail", "err", e.friendly(err))
-		}
-	}
-}
-
-// openMail opens one envelope: the sender's pinned key and the recipient's
-// identity key give the one-shot keys; anything that fails is reported and
-// skipped.
-func (e *Engine) openMail(s *session, m *api.Mail) error {
-	var env wire.Envelope
-	reject := func(err error) error {
-		e.emit(Event{Kind: EventSecurity, From: m.From, Text: fmt.Sprintf("rejected a mailbox message from %s: %v", m.From, err)})
-		return nil
-	}
-	if err := proto.Unmarshal(m.Envelope, &env); err != nil {
-		return reject(fmt.Errorf("malformed envelope: %w", err))
-	}
-	if env.To != s.login || env.From != m.From || env.Version != e2e.Version {
-		return reject(errors.New("envelope is addressed wrongly"))
-	}
-	t, err := e.target(s.ctx, s, env.From, false)
-	if err != nil {
-		if errors.Is(err, ErrKeyChanged) {
-			return err
-		}
-		return reject(err)
-	}
-	me := e2e.Party{LoginID: s.login, Identity: s.static.PublicKey().Bytes()}
-	sender := e2e.Party{LoginID: env.From, Identity: t.Identity}
-	keys, err := e2e.EnvelopeKeys(false, s.static, env.Ephemeral, nil, sender, me)
-	if err != nil {
-		return reject(err)
-	}
-	_, pt, err := e2e.Open(keys, env.Record)
-	if err != nil {
-		return reject(err)
-	}
-	var p wire.Payload
-	if err := proto.Unmarshal(pt, &p); err != nil || p.From != env.From {
-		return reject(errors.New("payload does not match its envelope"))
-	}
-	e.handlePayload(s, env.From, &p, nil)
-	return nil
 }
 
 // watchEvents follows the cluster's event stream: new mail is fetched,
