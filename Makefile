@@ -22,18 +22,26 @@ deps:
 build:
 	$(GO) build -o $(BIN)/ ./coord ./lb ./bootstrap
 	$(GO) build -o $(BIN)/e2em-cli ./desktop/cli
+	$(GO) build -o $(BIN)/e2em ./desktop
 
-# run: the cluster in the background (log in data/bootstrap.log), the
-# headless client in the foreground; quitting the client stops the cluster.
-# PROFILE picks the client's profile (data/profiles/$(PROFILE)).
+# run: the cluster in the background (log in data/bootstrap.log), and in
+# the foreground the desktop window where there is a display, else the
+# headless client; closing it stops the cluster. PROFILE picks the
+# profile (data/profiles/$(PROFILE)).
 PROFILE ?= me
 run: deps build
 	@mkdir -p data/profiles
-	@bash -c 'rm -f data/run.json; ./$(BIN)/bootstrap >>data/bootstrap.log 2>&1 & pid=$$!; \
+	@bash -c 'if (exec 3<>/dev/tcp/127.0.0.1/7000) 2>/dev/null; then echo "Using the cluster already running on 127.0.0.1:7000."; else \
+	  rm -f data/run.json; ./$(BIN)/bootstrap >>data/bootstrap.log 2>&1 & pid=$$!; \
 	  trap "kill $$pid 2>/dev/null; wait $$pid" EXIT; \
-	  for i in $$(seq 300); do grep -qs "\"ready\": true" data/run.json && break; sleep 0.1; done; \
-	  echo "e2em cluster running (log: data/bootstrap.log). Another person: bin/e2em-cli -profile /tmp/someone"; \
-	  ./$(BIN)/e2em-cli -profile data/profiles/$(PROFILE)'
+	  for i in $$(seq 300); do grep -qs "\"ready\": true" data/run.json && break; sleep 0.1; done; fi; \
+	  if [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ]; then \
+	    echo "e2em cluster running (log: data/bootstrap.log). Another person: make run PROFILE=bob"; \
+	    ./$(BIN)/e2em -profile data/profiles/$(PROFILE); \
+	  else \
+	    echo "No display: the headless client instead of the window. Another person: bin/e2em-cli -profile /tmp/someone"; \
+	    ./$(BIN)/e2em-cli -profile data/profiles/$(PROFILE); \
+	  fi'
 
 test: deps fmt-check vet unit e2e fuzz
 

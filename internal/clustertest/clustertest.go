@@ -75,6 +75,31 @@ func Binaries(t testing.TB) string {
 	return binDir
 }
 
+var (
+	desktopOnce sync.Once
+	desktopBin  string
+	desktopErr  error
+)
+
+// DesktopBinary builds the desktop app (once per process; Fyne and cgo
+// make it the slowest build) and returns its path.
+func DesktopBinary(t testing.TB) string {
+	t.Helper()
+	dir := Binaries(t)
+	desktopOnce.Do(func() {
+		desktopBin = filepath.Join(dir, "e2em")
+		cmd := exec.Command("go", "build", "-o", desktopBin, "./desktop")
+		cmd.Dir = ModuleRoot()
+		if out, err := cmd.CombinedOutput(); err != nil {
+			desktopErr = fmt.Errorf("build the desktop app: %v\n%s", err, out)
+		}
+	})
+	if desktopErr != nil {
+		t.Fatal(desktopErr)
+	}
+	return desktopBin
+}
+
 // Layout mirrors bootstrap's run.json.
 type Layout struct {
 	LB           string `json:"lb"`

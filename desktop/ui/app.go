@@ -1,0 +1,113 @@
+// Package ui is the desktop app's face: one file per screen, each a thin
+// view over the client engine. Every action goes through the same engine
+// API the headless client uses (Login, Do, Send, Conversations, …), and
+// what the window shows comes from the engine's events. It holds no
+// protocol or storage code.
+package ui
+
+import (
+	"context"
+	"time"
+
+	"fyne.io/fyne/v2"
+
+	"github.com/e2em/e2em/desktop/engine"
+	"github.com/e2em/e2em/desktop/engine/command"
+)
+
+// Engine is what the window asks of the client engine (*engine.Engine
+// has all of it; widget tests use a fake).
+type Engine interface {
+	LoginID() string
+	SignUp(ctx context.Context, username, roll, password string) (string, error)
+	Login(ctx context.Context, loginID, password string) error
+	Do(ctx context.Context, c *command.Command) (engine.Result, error)
+	Send(ctx context.Context, to, text string) (string, error)
+	SendGroup(ctx context.Context, groups []string, text string) (int, error)
+	Conversations() ([]engine.Conversation, error)
+	HistoryPage(conversation string, before uint64, n int) ([]engine.Message, error)
+	MarkRead(conversation string) error
+}
+
+// App is the window and what it shows.
+type App struct {
+	fyne fyne.App
+	win  fyne.Window
+	eng  Engine
+
+	login *loginScreen
+	chats *chatsScreen
+	bar   *commandBar
+
+	// inline runs engine calls on the caller's goroutine (widget tests:
+	// the test driver has no event loop to hand results back to).
+	inline bool
+}
+
+// callTimeout bounds one engine call made for the window.
+const callTimeout = 30 * time.Second
+
+// New builds the window over eng; events is the engine's event stream
+// for this window (a Subscription's channel).
+func New(a fyne.App, eng Engine, events <-chan engine.Event) *App {
+	app := &App{fyne: a, win: a.NewWindow("e2em"), eng: eng}
+	app.login = newLoginScreen(app)
+	app.chats = newChatsScreen(app)
+	app.bar = newCommandBar(app)
+	app.win.Resize(fyne.NewSize(960, 640))
+	app.win.Canvas().AddShortcut(commandBarShortcut, func(fyne.Shortcut) { app.bar.open() })
+	if eng.LoginID() != "" {
+		app.showChats()
+	} else {
+		app.win.SetContent(app.login.content)
+	}
+	if events != nil {
+		go func() {
+			for ev := range events {
+				fyne.Do(func() { app.handle(ev) })
+			}
+		}()
+	}
+	return app
+}
+
+// Window is the app's window.
+func (app *App) Window() fyne.Window { return app.win }
+
+// showChats switches to the conversations once someone is logged in.
+func (app *App) showChats() {
+	app.win.SetTitle("e2em — " + app.eng.LoginID())
+	app.win.SetContent(app.chats.content)
+	app.chats.reload()
+}
+
+// handle updates what is shown after an event (on the window's thread).
+func (app *App) handle(ev engine.Event) {
+	switch ev.Kind {
+	case engine.EventMessage, engine.EventDelivered, engine.EventSent, engine.EventPresence,
+		engine.EventFileDone, engine.EventMissed:
+		app.chats.reload()
+	case engine.EventConnection:
+		app.chats.setStatus(ev)
+	case engine.EventKeyChanged, engine.EventSecurity, engine.EventWaiting, engine.EventFileFailed:
+		app.chats.notice(ev.Text)
+	}
+}
+
+// background runs an engine call off the window's thread and hands its
+// error (or nil) back on it.
+func (app *App) background(call func(ctx context.Context) error, done func(error)) {
+	if app.inline {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		err := call(ctx)
+		cancel()
+		done(err)
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		err := call(ctx)
+		cancel()
+		fyne.Do(func() { done(err) })
+	}()
+}

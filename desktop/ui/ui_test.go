@@ -1,0 +1,303 @@
+package ui
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"fyne.io/fyne/v2"
+	"fyne.io/fyne/v2/driver/desktop"
+	"fyne.io/fyne/v2/test"
+	"fyne.io/fyne/v2/widget"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/e2em/e2em/desktop/engine"
+	"github.com/e2em/e2em/desktop/engine/command"
+)
+
+// fakeEngine is the engine as the window sees it, in memory.
+type fakeEngine struct {
+	login    string
+	accounts map[string]string // login id → password
+	messages map[string][]engine.Message
+	read     map[string]int
+	did      []string
+}
+
+func newFake() *fakeEngine {
+	return &fakeEngine{accounts: map[string]string{"alice101": "pw"}, messages: map[string][]engine.Message{}, read: map[string]int{}}
+}
+
+func (f *fakeEngine) LoginID() string { return f.login }
+
+func (f *fakeEngine) SignUp(_ context.Context, user, roll, pw string) (string, error) {
+	id := user + roll
+	if _, ok := f.accounts[id]; ok {
+		return "", &engine.Error{Kind: engine.KindExists, Msg: fmt.Sprintf("username %q is taken", user)}
+	}
+	f.accounts[id] = pw
+	return id, nil
+}
+
+func (f *fakeEngine) Login(_ context.Context, id, pw string) error {
+	if f.accounts[id] != pw || pw == "" {
+		return &engine.Error{Kind: engine.KindUnauthenticated, Msg: "wrong login id or password", Err: status.Error(codes.Unauthenticated, "x")}
+	}
+	f.login = id
+	return nil
+}
+
+func (f *fakeEngine) Do(_ context.Context, c *command.Command) (engine.Result, error) {
+	f.did = append(f.did, command.Usage[c.Kind])
+	if c.Kind == command.Send {
+		f.add("@"+c.To, engine.Message{From: f.login, Body: c.Text, Outgoing: true, State: engine.StateSent}, c.To, "")
+		return engine.Result{Command: "Send", Text: "Message Sent!"}, nil
+	}
+	if c.Kind == command.Join {
+		return engine.Result{}, &engine.Error{Kind: engine.KindNotFound, Msg: "there is no group \"" + c.Groups[0] + "\""}
+	}
+	return engine.Result{Command: "List", Text: "g1 : 3"}, nil
+}
+
+func (f *fakeEngine) add(conv string, m engine.Message, peer, group string) {
+	m.Seq = uint64(len(f.messages[conv]) + 1)
+	m.Peer, m.Group, m.Sent = peer, group, time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	f.messages[conv] = append(f.messages[conv], m)
+}
+
+func (f *fakeEngine) Send(_ context.Context, to, text string) (string, error) {
+	f.add("@"+to, engine.Message{From: f.login, Body: text, Outgoing: true, State: engine.StateQueued}, to, "")
+	return "id", nil
+}
+
+func (f *fakeEngine) SendGroup(_ context.Context, groups []string, text string) (int, error) {
+	f.add("#"+groups[0], engine.Message{From: f.login, Body: text, Outgoing: true}, "", groups[0])
+	return 2, nil
+}
+
+func (f *fakeEngine) Conversations() ([]engine.Conversation, error) {
+	var out []engine.Conversation
+	for id, ms := range f.messages {
+		c := engine.Conversation{ID: id, Unread: 0, Presence: engine.PresenceDirect}
+		last := ms[len(ms)-1]
+		c.Last = &last
+		for _, m := range ms[f.read[id]:] {
+			if !m.Outgoing {
+				c.Unread++
+			}
+		}
+		if strings.HasPrefix(id, "@") {
+			c.Peer = id[1:]
+		} else {
+			c.Group = id[1:]
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
+func (f *fakeEngine) HistoryPage(conv string, before uint64, n int) ([]engine.Message, error) {
+	ms := f.messages[conv]
+	end := len(ms)
+	if before > 0 {
+		end = int(before) - 1
+	}
+	start := max(0, end-n)
+	return append([]engine.Message(nil), ms[start:end]...), nil
+}
+
+func (f *fakeEngine) MarkRead(conv string) error { f.read[conv] = len(f.messages[conv]); return nil }
+
+func newTestApp(t *testing.T, f *fakeEngine) *App {
+	t.Helper()
+	a := test.NewTempApp(t)
+	app := New(a, f, nil)
+	app.inline = true
+	app.win.Resize(fyne.NewSize(960, 640))
+	return app
+}
+
+func TestLogInErrorsInPlainWords(t *testing.T) {
+	f := newFake()
+	app := newTestApp(t, f)
+	l := app.login
+	test.Tap(l.loginButton)
+	if l.status.Text != "Give your login id and password." {
+		t.Fatalf("empty form: %q", l.status.Text)
+	}
+	test.Type(l.loginID, "alice+101")
+	test.Type(l.password, "wrong")
+	test.Tap(l.loginButton)
+	if l.status.Text != "wrong login id or password: check the login id and password" {
+		t.Fatalf("wrong password: %q", l.status.Text)
+	}
+	l.password.SetText("pw")
+	test.Tap(l.loginButton)
+	if f.login != "alice101" || app.win.Content() != app.chats.content {
+		t.Fatalf("after a good log-in: %q, chats shown %v", f.login, app.win.Content() == app.chats.content)
+	}
+	if got := app.fyne.Preferences().String(prefLastLogin); got != "alice101" {
+		t.Fatalf("the last login id is not remembered: %q", got)
+	}
+	// A new window starts with it filled in.
+	if again := New(app.fyne, newFake(), nil); again.login.loginID.Text != "alice101" {
+		t.Fatalf("the next window starts with %q", again.login.loginID.Text)
+	}
+}
+
+func TestSignUpChecksThePasswordsAndFillsTheLogIn(t *testing.T) {
+	f := newFake()
+	app := newTestApp(t, f)
+	l := app.login
+	test.Type(l.username, "bob")
+	test.Type(l.roll, "102")
+	test.Type(l.newPassword, "secret")
+	test.Type(l.confirm, "secreT")
+	test.Tap(l.signUpButton)
+	if l.status.Text != "The two passwords differ." {
+		t.Fatalf("%q", l.status.Text)
+	}
+	l.confirm.SetText("secret")
+	test.Tap(l.signUpButton)
+	if l.loginID.Text != "bob102" || !strings.Contains(l.status.Text, "Your login id is bob102") {
+		t.Fatalf("after signing up: %q, %q", l.loginID.Text, l.status.Text)
+	}
+	l.newPassword.SetText("secret") // the same again
+	l.confirm.SetText("secret")
+	test.Tap(l.signUpButton)
+	if !strings.Contains(l.status.Text, `username "bob" is taken`) {
+		t.Fatalf("a taken name: %q", l.status.Text)
+	}
+}
+
+func loggedIn(t *testing.T) (*fakeEngine, *App) {
+	f := newFake()
+	f.login = "alice101"
+	return f, newTestApp(t, f)
+}
+
+// A message that arrives shows in the list with its unread count; opening
+// the conversation shows it and clears the count.
+func TestNewMessageUpdatesTheListAndUnread(t *testing.T) {
+	f, app := loggedIn(t)
+	f.add("@bob102", engine.Message{From: "bob102", Body: "hello alice"}, "bob102", "")
+	f.add("@bob102", engine.Message{From: "bob102", Body: "are you there?"}, "bob102", "")
+	app.handle(engine.Event{Kind: engine.EventMessage, From: "bob102"})
+	c := app.chats
+	if len(c.convs) != 1 || c.convs[0].Unread != 2 {
+		t.Fatalf("conversations: %+v", c.convs)
+	}
+	row := c.list.CreateItem()
+	c.list.UpdateItem(0, row)
+	texts := row.(*fyne.Container).Objects[0].(*fyne.Container).Objects
+	if got := texts[0].(*widget.Label).Text; got != "● bob102" {
+		t.Fatalf("title %q", got)
+	}
+	if got := texts[1].(*widget.Label).Text; got != "bob102: are you there?" {
+		t.Fatalf("last line %q", got)
+	}
+	if got := row.(*fyne.Container).Objects[1].(*widget.Label).Text; got != "(2)" {
+		t.Fatalf("badge %q", got)
+	}
+	c.list.Select(0)
+	if c.convs[0].Unread != 0 || len(c.view.messages) != 2 || c.view.messages[1].Body != "are you there?" {
+		t.Fatalf("after opening: %+v, %d messages shown", c.convs[0], len(c.view.messages))
+	}
+	// One more while it is open: shown, and not counted unread.
+	f.add("@bob102", engine.Message{From: "bob102", Body: "ok, later"}, "bob102", "")
+	app.handle(engine.Event{Kind: engine.EventMessage, From: "bob102"})
+	if c.convs[0].Unread != 0 || len(c.view.messages) != 3 {
+		t.Fatalf("a message into the open conversation: %+v, %d shown", c.convs[0], len(c.view.messages))
+	}
+}
+
+// In the composer Enter sends, Shift+Enter starts a new line.
+func TestComposerEnterSendsShiftEnterBreaks(t *testing.T) {
+	f, app := loggedIn(t)
+	f.add("@bob102", engine.Message{From: "bob102", Body: "hi"}, "bob102", "")
+	app.chats.reload()
+	app.chats.list.Select(0)
+	comp := app.chats.view.composer
+	test.Type(comp, "first line")
+	comp.KeyDown(&fyne.KeyEvent{Name: desktop.KeyShiftLeft})
+	comp.TypedKey(&fyne.KeyEvent{Name: fyne.KeyReturn})
+	comp.KeyUp(&fyne.KeyEvent{Name: desktop.KeyShiftLeft})
+	test.Type(comp, "second line")
+	if comp.Text != "first line\nsecond line" {
+		t.Fatalf("composer holds %q", comp.Text)
+	}
+	comp.TypedKey(&fyne.KeyEvent{Name: fyne.KeyReturn})
+	ms := f.messages["@bob102"]
+	if last := ms[len(ms)-1]; last.Body != "first line\nsecond line" || !last.Outgoing {
+		t.Fatalf("sent %+v", last)
+	}
+	if comp.Text != "" {
+		t.Fatalf("the composer kept %q", comp.Text)
+	}
+	if v := app.chats.view; len(v.messages) != 2 || metaLine(v.messages[1]) != "Dec 2 10:00 · you · queued" {
+		t.Fatalf("the view shows %d messages, the last %q", len(v.messages), metaLine(v.messages[len(v.messages)-1]))
+	}
+}
+
+// The command bar takes the classic commands through Do, says what went
+// wrong in plain words, and completes commands and names.
+func TestCommandBarRunsAndCompletes(t *testing.T) {
+	f, app := loggedIn(t)
+	b := app.bar
+	b.open()
+	test.Type(b.entry, "Send bob102 hi from the bar")
+	b.entry.TypedKey(&fyne.KeyEvent{Name: fyne.KeyReturn})
+	if b.answer.Text != "Message Sent!" || len(f.did) != 1 || f.did[0] != command.Usage[command.Send] {
+		t.Fatalf("answer %q, did %v", b.answer.Text, f.did)
+	}
+	if app.chats.view.conv.Peer != "bob102" {
+		t.Fatalf("the bar did not open the conversation: %+v", app.chats.view.conv)
+	}
+	b.run("Join nowhere")
+	if b.answer.Text != `there is no group "nowhere"` {
+		t.Fatalf("%q", b.answer.Text)
+	}
+	b.run("Send_group 3 g1")
+	if !strings.Contains(b.answer.Text, "usage: Send_group") {
+		t.Fatalf("%q", b.answer.Text)
+	}
+	b.entry.TypedKey(&fyne.KeyEvent{Name: fyne.KeyEscape})
+	if b.popup.Visible() {
+		t.Fatal("Escape left the command bar open")
+	}
+	b.open()
+	// Completion: commands first, then the people of the conversations.
+	b.entry.SetText("Send_g")
+	b.entry.TypedKey(&fyne.KeyEvent{Name: fyne.KeyTab})
+	if b.entry.Text != "Send_group" {
+		t.Fatalf("completed to %q", b.entry.Text)
+	}
+	b.entry.SetText("Send b")
+	b.entry.TypedKey(&fyne.KeyEvent{Name: fyne.KeyTab})
+	if b.entry.Text != "Send bob102 " {
+		t.Fatalf("completed to %q", b.entry.Text)
+	}
+}
+
+// A conversation far longer than a page opens with one page, and older
+// pages come on request.
+func TestLongConversationLoadsInPages(t *testing.T) {
+	f, app := loggedIn(t)
+	for i := 0; i < 2*pageSize+10; i++ {
+		f.add("@bob102", engine.Message{From: "bob102", Body: fmt.Sprint(i)}, "bob102", "")
+	}
+	app.chats.reload()
+	app.chats.list.Select(0)
+	v := app.chats.view
+	if len(v.messages) != pageSize || v.older.Hidden {
+		t.Fatalf("opened with %d messages, older button hidden %v", len(v.messages), v.older.Hidden)
+	}
+	test.Tap(v.older)
+	test.Tap(v.older)
+	if len(v.messages) != 2*pageSize+10 || v.messages[0].Body != "0" || !v.older.Hidden {
+		t.Fatalf("after two pages: %d, first %q, button hidden %v", len(v.messages), v.messages[0].Body, v.older.Hidden)
+	}
+}
