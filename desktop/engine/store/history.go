@@ -208,24 +208,7 @@ func rank(state string) int {
 
 // History returns the last n messages of a conversation, oldest first.
 func (s *Store) History(conversation string, n int) ([]*Message, error) {
-	var out []*Message
-	err := s.db.View(func(txn *badger.Txn) error {
-		prefix := []byte("hist/" + conversation + "\x00")
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix, Reverse: true, PrefetchValues: true})
-		defer it.Close()
-		for it.Seek(append(append([]byte{}, prefix...), 0xff)); it.Valid() && len(out) < n; it.Next() {
-			var m Message
-			if err := it.Item().Value(func(b []byte) error { return decode(b, &m) }); err != nil {
-				return err
-			}
-			out = append(out, &m)
-		}
-		return nil
-	})
-	for i, j := 0, len(out)-1; i < j; i, j = i+1, j-1 {
-		out[i], out[j] = out[j], out[i]
-	}
-	return out, err
+	return s.HistoryBefore(conversation, 0, n)
 }
 
 // Search finds messages whose text contains q (case-insensitively), in the
