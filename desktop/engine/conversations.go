@@ -17,6 +17,9 @@ type Conversation struct {
 	// Presence of the person: PresenceOffline, PresenceDirect or
 	// PresenceRelayed (empty for a group).
 	Presence string `json:"presence,omitempty"`
+	// KeyChanged: the person's identity key changed and the new one is
+	// not trusted yet; messages to them wait (SafetyNumber, then Trust).
+	KeyChanged bool `json:"key_changed,omitempty"`
 }
 
 // Presence of a contact: whether a session with them is open now, and
@@ -45,6 +48,9 @@ func (e *Engine) Conversations() ([]Conversation, error) {
 		}
 		if peer, ok := strings.CutPrefix(in.Key, "@"); ok {
 			c.Peer, c.Presence = peer, e.presence(peer)
+			if ct, err := e.store.Contact(peer); err == nil {
+				c.KeyChanged = ct.PendingIdentity != nil
+			}
 		} else if c.Last != nil {
 			c.Group = c.Last.Group
 		} else {

@@ -7,6 +7,8 @@ package ui
 
 import (
 	"context"
+	"net/url"
+	"os"
 	"time"
 
 	"fyne.io/fyne/v2"
@@ -27,6 +29,11 @@ type Engine interface {
 	Conversations() ([]engine.Conversation, error)
 	HistoryPage(conversation string, before uint64, n int) ([]engine.Message, error)
 	MarkRead(conversation string) error
+	SendFile(ctx context.Context, path, to string) (string, error)
+	SendGroupFile(ctx context.Context, path string, groups ...string) (string, error)
+	Cancel(ctx context.Context, id string) (engine.Transfer, error)
+	SafetyNumber(ctx context.Context, contact string) (string, error)
+	Trust(ctx context.Context, contact string) error
 }
 
 // App is the window and what it shows.
@@ -84,14 +91,45 @@ func (app *App) showChats() {
 // handle updates what is shown after an event (on the window's thread).
 func (app *App) handle(ev engine.Event) {
 	switch ev.Kind {
-	case engine.EventMessage, engine.EventDelivered, engine.EventSent, engine.EventPresence,
-		engine.EventFileDone, engine.EventMissed:
+	case engine.EventMessage, engine.EventDelivered, engine.EventSent, engine.EventPresence, engine.EventMissed:
+		app.chats.reload()
+	case engine.EventFileDone:
+		if ev.Transfer != nil {
+			app.chats.view.transfers.update(*ev.Transfer)
+		}
 		app.chats.reload()
 	case engine.EventConnection:
 		app.chats.setStatus(ev)
-	case engine.EventKeyChanged, engine.EventSecurity, engine.EventWaiting, engine.EventFileFailed:
+	case engine.EventFileOffered, engine.EventFileProgress, engine.EventFileWaiting, engine.EventFileCancelled:
+		if ev.Transfer != nil {
+			app.chats.view.transfers.update(*ev.Transfer)
+		}
+	case engine.EventFileFailed:
+		if ev.Transfer != nil {
+			app.chats.view.transfers.update(*ev.Transfer)
+		}
+		app.chats.notice(ev.Text)
+	case engine.EventKeyChanged:
+		app.chats.reload() // the banner
+		app.chats.notice(ev.Text)
+	case engine.EventSecurity, engine.EventWaiting:
 		app.chats.notice(ev.Text)
 	}
+}
+
+// openFile opens a received file with the system's application for it.
+func (app *App) openFile(path string) {
+	if err := app.fyne.OpenURL(&url.URL{Scheme: "file", Path: path}); err != nil {
+		app.chats.notice("Cannot open " + path + ": " + err.Error())
+	}
+}
+
+// homeDir is where file dialogs start.
+func (app *App) homeDir() string {
+	if home, err := os.UserHomeDir(); err == nil {
+		return home
+	}
+	return "/"
 }
 
 // background runs an engine call off the window's thread and hands its

@@ -104,6 +104,11 @@ func (c *chatsScreen) reload() {
 	}
 	c.convs = convs
 	c.list.Refresh()
+	for _, conv := range convs {
+		if conv.ID == c.selected {
+			c.view.banner.show(conv.Peer, conv.KeyChanged)
+		}
+	}
 }
 
 // open shows a conversation and marks it read.

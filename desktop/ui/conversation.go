@@ -7,6 +7,7 @@ import (
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
 	"fyne.io/fyne/v2/driver/desktop"
+	"fyne.io/fyne/v2/theme"
 	"fyne.io/fyne/v2/widget"
 
 	"github.com/e2em/e2em/desktop/engine"
@@ -26,9 +27,13 @@ type conversationView struct {
 	messages []engine.Message
 	title    *widget.Label
 	list     *widget.List
-	older    *widget.Button
-	composer *composer
-	content  fyne.CanvasObject
+	older     *widget.Button
+	composer  *composer
+	attachBtn *widget.Button
+	safetyBtn *widget.Button
+	banner    *keyBanner
+	transfers *transfersStrip
+	content   fyne.CanvasObject
 }
 
 func newConversationView(app *App) *conversationView {
@@ -40,7 +45,9 @@ func newConversationView(app *App) *conversationView {
 			meta.TextStyle = fyne.TextStyle{Italic: true}
 			body := widget.NewLabel("")
 			body.Wrapping = fyne.TextWrapWord
-			return container.NewVBox(meta, body)
+			open := widget.NewButtonWithIcon("Open", theme.FileIcon(), nil)
+			open.Hide()
+			return container.NewVBox(meta, body, container.NewHBox(open))
 		},
 		func(i widget.ListItemID, o fyne.CanvasObject) {
 			if i >= len(v.messages) {
@@ -50,13 +57,30 @@ func newConversationView(app *App) *conversationView {
 			rows := o.(*fyne.Container).Objects
 			rows[0].(*widget.Label).SetText(metaLine(m))
 			rows[1].(*widget.Label).SetText(m.Body)
+			open := rows[2].(*fyne.Container).Objects[0].(*widget.Button)
+			if m.File != nil && m.File.Path != "" {
+				path := m.File.Path
+				open.OnTapped = func() { v.app.openFile(path) }
+				open.Show()
+			} else {
+				open.Hide()
+			}
 			v.list.SetItemHeight(i, o.MinSize().Height)
 		})
 	v.older = widget.NewButton("Older messages", v.loadOlder)
 	v.older.Hide()
 	v.composer = newComposer(v.send)
 	v.composer.Disable()
-	v.content = container.NewBorder(container.NewVBox(v.title, v.older), v.composer, nil, nil, v.list)
+	v.attachBtn = widget.NewButtonWithIcon("", theme.MailAttachmentIcon(), v.attach)
+	v.attachBtn.Disable()
+	v.transfers = newTransfersStrip(app)
+	bottom := container.NewVBox(v.transfers.box, container.NewBorder(nil, nil, nil, v.attachBtn, v.composer))
+	v.banner = newKeyBanner(app)
+	v.safetyBtn = widget.NewButton("Safety number", func() { app.showSafetyNumber(v.conv.Peer) })
+	v.safetyBtn.Hide()
+	header := container.NewBorder(nil, nil, nil, v.safetyBtn, v.title)
+	v.content = container.NewBorder(container.NewVBox(header, v.banner.content, v.older), bottom, nil, nil, v.list)
+	app.win.SetOnDropped(v.dropped)
 	return v
 }
 
@@ -82,6 +106,13 @@ func (v *conversationView) show(conv engine.Conversation) {
 	v.title.SetText(strings.TrimPrefix(convTitle(conv), "○ "))
 	v.messages = nil
 	v.composer.Enable()
+	v.attachBtn.Enable()
+	v.banner.show(conv.Peer, conv.KeyChanged)
+	if conv.Peer != "" {
+		v.safetyBtn.Show()
+	} else {
+		v.safetyBtn.Hide()
+	}
 	v.reload()
 	v.list.ScrollToBottom()
 }

@@ -9,6 +9,7 @@ import (
 
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/driver/desktop"
+	"fyne.io/fyne/v2/storage"
 	"fyne.io/fyne/v2/test"
 	"fyne.io/fyne/v2/widget"
 	"google.golang.org/grpc/codes"
@@ -21,6 +22,7 @@ import (
 // fakeEngine is the engine as the window sees it, in memory.
 type fakeEngine struct {
 	login    string
+	changed  map[string]bool // contacts whose key changed
 	accounts map[string]string // login id → password
 	messages map[string][]engine.Message
 	read     map[string]int
@@ -28,7 +30,7 @@ type fakeEngine struct {
 }
 
 func newFake() *fakeEngine {
-	return &fakeEngine{accounts: map[string]string{"alice101": "pw"}, messages: map[string][]engine.Message{}, read: map[string]int{}}
+	return &fakeEngine{accounts: map[string]string{"alice101": "pw"}, messages: map[string][]engine.Message{}, read: map[string]int{}, changed: map[string]bool{}}
 }
 
 func (f *fakeEngine) LoginID() string { return f.login }
@@ -91,6 +93,7 @@ func (f *fakeEngine) Conversations() ([]engine.Conversation, error) {
 		}
 		if strings.HasPrefix(id, "@") {
 			c.Peer = id[1:]
+			c.KeyChanged = f.changed[c.Peer]
 		} else {
 			c.Group = id[1:]
 		}
@@ -110,6 +113,31 @@ func (f *fakeEngine) HistoryPage(conv string, before uint64, n int) ([]engine.Me
 }
 
 func (f *fakeEngine) MarkRead(conv string) error { f.read[conv] = len(f.messages[conv]); return nil }
+
+func (f *fakeEngine) SendFile(_ context.Context, path, to string) (string, error) {
+	f.did = append(f.did, "SendFile "+path+" "+to)
+	return "t1", nil
+}
+
+func (f *fakeEngine) SendGroupFile(_ context.Context, path string, groups ...string) (string, error) {
+	f.did = append(f.did, "SendGroupFile "+path+" "+strings.Join(groups, ","))
+	return "t2", nil
+}
+
+func (f *fakeEngine) SafetyNumber(_ context.Context, contact string) (string, error) {
+	return "12345 67890 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890", nil
+}
+
+func (f *fakeEngine) Trust(_ context.Context, contact string) error {
+	delete(f.changed, contact)
+	f.did = append(f.did, "Trust "+contact)
+	return nil
+}
+
+func (f *fakeEngine) Cancel(_ context.Context, id string) (engine.Transfer, error) {
+	f.did = append(f.did, "Cancel "+id)
+	return engine.Transfer{ID: id, State: engine.TransferCancelled}, nil
+}
 
 func newTestApp(t *testing.T, f *fakeEngine) *App {
 	t.Helper()
@@ -299,5 +327,65 @@ func TestLongConversationLoadsInPages(t *testing.T) {
 	test.Tap(v.older)
 	if len(v.messages) != 2*pageSize+10 || v.messages[0].Body != "0" || !v.older.Hidden {
 		t.Fatalf("after two pages: %d, first %q, button hidden %v", len(v.messages), v.messages[0].Body, v.older.Hidden)
+	}
+}
+
+// A file goes to the open conversation (attached or dropped), its
+// progress bar follows the transfer's events, Cancel cancels it, and it
+// leaves the strip when it ends.
+func TestTransfersFollowTheirEvents(t *testing.T) {
+	f, app := loggedIn(t)
+	f.add("@bob102", engine.Message{From: "bob102", Body: "send me the slides"}, "bob102", "")
+	app.chats.reload()
+	app.chats.list.Select(0)
+	v := app.chats.view
+	v.sendFile("/tmp/slides.pdf")
+	v.dropped(fyne.NewPos(1, 1), []fyne.URI{storage.NewFileURI("/tmp/notes.txt")})
+	if len(f.did) != 2 || f.did[0] != "SendFile /tmp/slides.pdf bob102" || f.did[1] != "SendFile /tmp/notes.txt bob102" {
+		t.Fatalf("the engine was asked %v", f.did)
+	}
+	tr := engine.Transfer{ID: "t1", Outgoing: true, Peer: "bob102", Name: "slides.pdf", Size: 4 << 20, Total: 4 << 20, State: engine.TransferActive}
+	for _, done := range []int64{1 << 20, 3 << 20} {
+		tr.Done = done
+		app.handle(engine.Event{Kind: engine.EventFileProgress, ID: "t1", Transfer: &tr})
+	}
+	row := v.transfers.rows["t1"]
+	if row == nil || row.bar.Value != 0.75 || !strings.Contains(row.label.Text, "Sending slides.pdf: 3.1 MB of 4.2 MB") {
+		t.Fatalf("the strip shows %+v", row)
+	}
+	test.Tap(row.cancel)
+	if f.did[len(f.did)-1] != "Cancel t1" {
+		t.Fatalf("Cancel asked %v", f.did)
+	}
+	tr.State = engine.TransferCancelled
+	app.handle(engine.Event{Kind: engine.EventFileCancelled, ID: "t1", Transfer: &tr})
+	if len(v.transfers.rows) != 0 || len(v.transfers.box.Objects) != 0 {
+		t.Fatalf("a cancelled transfer stays: %d rows", len(v.transfers.rows))
+	}
+}
+
+// A contact whose key changed gets a banner with Verify and Trust; Trust
+// goes through the engine and the banner goes.
+func TestKeyChangeBanner(t *testing.T) {
+	f, app := loggedIn(t)
+	f.add("@bob102", engine.Message{From: "bob102", Body: "new phone"}, "bob102", "")
+	app.chats.reload()
+	app.chats.list.Select(0)
+	b := app.chats.view.banner
+	if b.content.Visible() {
+		t.Fatal("a banner before any change")
+	}
+	f.changed["bob102"] = true
+	app.handle(engine.Event{Kind: engine.EventKeyChanged, Contact: "bob102", Text: "bob102's identity key changed"})
+	if !b.content.Visible() || !strings.Contains(b.text.Text, "bob102's identity key changed") {
+		t.Fatalf("banner visible %v: %q", b.content.Visible(), b.text.Text)
+	}
+	test.Tap(b.verify) // the safety number dialog opens (on the window's overlay)
+	if len(app.win.Canvas().Overlays().List()) == 0 {
+		t.Fatal("Verify showed nothing")
+	}
+	test.Tap(b.trust)
+	if f.did[len(f.did)-1] != "Trust bob102" || b.content.Visible() {
+		t.Fatalf("after Trust: did %v, banner visible %v", f.did, b.content.Visible())
 	}
 }
