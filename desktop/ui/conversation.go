@@ -23,10 +23,10 @@ const pageSize = 200
 type conversationView struct {
 	app *App
 
-	conv     engine.Conversation
-	messages []engine.Message
-	title    *widget.Label
-	list     *widget.List
+	conv      engine.Conversation
+	messages  []engine.Message
+	title     *widget.Label
+	list      *widget.List
 	older     *widget.Button
 	composer  *composer
 	attachBtn *widget.Button

@@ -22,7 +22,7 @@ import (
 // fakeEngine is the engine as the window sees it, in memory.
 type fakeEngine struct {
 	login    string
-	changed  map[string]bool // contacts whose key changed
+	changed  map[string]bool   // contacts whose key changed
 	accounts map[string]string // login id → password
 	messages map[string][]engine.Message
 	read     map[string]int
