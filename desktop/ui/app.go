@@ -34,6 +34,12 @@ type Engine interface {
 	Cancel(ctx context.Context, id string) (engine.Transfer, error)
 	SafetyNumber(ctx context.Context, contact string) (string, error)
 	Trust(ctx context.Context, contact string) error
+	ListGroups(ctx context.Context) ([]engine.Group, error)
+	MyGroups(ctx context.Context) ([]engine.Group, error)
+	CreateGroup(ctx context.Context, name string) (string, error)
+	JoinGroup(ctx context.Context, name string) (string, error)
+	LeaveGroup(ctx context.Context, name string) (string, error)
+	Members(ctx context.Context, name string) (string, []string, error)
 }
 
 // App is the window and what it shows.
@@ -42,9 +48,10 @@ type App struct {
 	win  fyne.Window
 	eng  Engine
 
-	login *loginScreen
-	chats *chatsScreen
-	bar   *commandBar
+	login  *loginScreen
+	chats  *chatsScreen
+	bar    *commandBar
+	groups *groupBrowser
 
 	// inline runs engine calls on the caller's goroutine (widget tests:
 	// the test driver has no event loop to hand results back to).
@@ -61,6 +68,7 @@ func New(a fyne.App, eng Engine, events <-chan engine.Event) *App {
 	app.login = newLoginScreen(app)
 	app.chats = newChatsScreen(app)
 	app.bar = newCommandBar(app)
+	app.groups = newGroupBrowser(app)
 	app.win.Resize(fyne.NewSize(960, 640))
 	app.win.Canvas().AddShortcut(commandBarShortcut, func(fyne.Shortcut) { app.bar.open() })
 	if eng.LoginID() != "" {

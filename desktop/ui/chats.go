@@ -57,7 +57,8 @@ func newChatsScreen(app *App) *chatsScreen {
 		}
 	}
 	newChat := widget.NewButton("New message (Ctrl+K)", func() { app.bar.open() })
-	left := container.NewBorder(newChat, nil, nil, nil, c.list)
+	groups := widget.NewButton("Groups…", func() { app.groups.open() })
+	left := container.NewBorder(container.NewVBox(newChat, groups), nil, nil, nil, c.list)
 	split := container.NewHSplit(left, c.view.content)
 	split.Offset = 0.3
 	c.content = container.NewBorder(nil, c.status, nil, nil, split)

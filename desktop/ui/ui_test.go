@@ -22,15 +22,17 @@ import (
 // fakeEngine is the engine as the window sees it, in memory.
 type fakeEngine struct {
 	login    string
-	changed  map[string]bool   // contacts whose key changed
-	accounts map[string]string // login id → password
+	changed  map[string]bool     // contacts whose key changed
+	groups   map[string][]string // group → members
+	accounts map[string]string   // login id → password
 	messages map[string][]engine.Message
 	read     map[string]int
 	did      []string
 }
 
 func newFake() *fakeEngine {
-	return &fakeEngine{accounts: map[string]string{"alice101": "pw"}, messages: map[string][]engine.Message{}, read: map[string]int{}, changed: map[string]bool{}}
+	return &fakeEngine{accounts: map[string]string{"alice101": "pw"}, messages: map[string][]engine.Message{}, read: map[string]int{}, changed: map[string]bool{},
+		groups: map[string][]string{"chess": {"bob102", "cat103"}, "choir": {"bob102"}, "maths": {"dan104"}}}
 }
 
 func (f *fakeEngine) LoginID() string { return f.login }
@@ -76,6 +78,7 @@ func (f *fakeEngine) Send(_ context.Context, to, text string) (string, error) {
 }
 
 func (f *fakeEngine) SendGroup(_ context.Context, groups []string, text string) (int, error) {
+	f.did = append(f.did, "SendGroup "+strings.Join(groups, ",")+" "+text)
 	f.add("#"+groups[0], engine.Message{From: f.login, Body: text, Outgoing: true}, "", groups[0])
 	return 2, nil
 }
@@ -122,6 +125,55 @@ func (f *fakeEngine) SendFile(_ context.Context, path, to string) (string, error
 func (f *fakeEngine) SendGroupFile(_ context.Context, path string, groups ...string) (string, error) {
 	f.did = append(f.did, "SendGroupFile "+path+" "+strings.Join(groups, ","))
 	return "t2", nil
+}
+
+func (f *fakeEngine) ListGroups(context.Context) ([]engine.Group, error) {
+	var out []engine.Group
+	for name, members := range f.groups {
+		out = append(out, engine.Group{Name: name, Members: len(members)})
+	}
+	return out, nil
+}
+
+func (f *fakeEngine) MyGroups(ctx context.Context) ([]engine.Group, error) {
+	all, _ := f.ListGroups(ctx)
+	var out []engine.Group
+	for _, g := range all {
+		for _, m := range f.groups[g.Name] {
+			if m == f.login {
+				out = append(out, g)
+			}
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeEngine) CreateGroup(_ context.Context, name string) (string, error) {
+	if _, ok := f.groups[name]; ok {
+		return "", &engine.Error{Kind: engine.KindExists, Msg: fmt.Sprintf("group %q already exists", name)}
+	}
+	f.groups[name] = []string{f.login}
+	return name, nil
+}
+
+func (f *fakeEngine) JoinGroup(_ context.Context, name string) (string, error) {
+	f.groups[name] = append(f.groups[name], f.login)
+	return name, nil
+}
+
+func (f *fakeEngine) LeaveGroup(_ context.Context, name string) (string, error) {
+	var rest []string
+	for _, m := range f.groups[name] {
+		if m != f.login {
+			rest = append(rest, m)
+		}
+	}
+	f.groups[name] = rest
+	return name, nil
+}
+
+func (f *fakeEngine) Members(_ context.Context, name string) (string, []string, error) {
+	return name, f.groups[name], nil
 }
 
 func (f *fakeEngine) SafetyNumber(_ context.Context, contact string) (string, error) {
@@ -387,5 +439,61 @@ func TestKeyChangeBanner(t *testing.T) {
 	test.Tap(b.trust)
 	if f.did[len(f.did)-1] != "Trust bob102" || b.content.Visible() {
 		t.Fatalf("after Trust: did %v, banner visible %v", f.did, b.content.Visible())
+	}
+}
+
+// The group dialog searches, joins, creates, leaves and sends to several
+// groups at once.
+func TestGroupBrowser(t *testing.T) {
+	f, app := loggedIn(t)
+	g := app.groups
+	g.open()
+	if len(g.shown) != 3 || g.shown[0].Name != "chess" || g.shown[0].Members != 2 {
+		t.Fatalf("groups: %+v", g.shown)
+	}
+	test.Type(g.search, "ch")
+	if len(g.shown) != 2 {
+		t.Fatalf("search ch: %+v", g.shown)
+	}
+	g.join("chess")
+	g.join("choir")
+	if !g.mine["chess"] || !g.mine["choir"] || g.status.Text != "Joined choir." {
+		t.Fatalf("after joining: mine %v, %q", g.mine, g.status.Text)
+	}
+	// A row of a group you are in offers Leave.
+	row := g.list.CreateItem()
+	g.list.UpdateItem(0, row)
+	join := row.(*fyne.Container).Objects[2].(*fyne.Container).Objects[1].(*widget.Button)
+	if join.Text != "Leave" {
+		t.Fatalf("the row offers %q", join.Text)
+	}
+	// Tick both and send once.
+	g.selected["chess"], g.selected["choir"] = true, true
+	test.Type(g.message, "practice at six")
+	g.sendMessage()
+	if f.did[len(f.did)-1] != "SendGroup chess,choir practice at six" || !strings.HasPrefix(g.status.Text, "Message Sent!") {
+		t.Fatalf("did %v, %q", f.did, g.status.Text)
+	}
+	g.sendFile("/tmp/score.pdf", g.ticked())
+	if f.did[len(f.did)-1] != "SendGroupFile /tmp/score.pdf chess,choir" {
+		t.Fatalf("did %v", f.did)
+	}
+	test.Type(g.newName, "chess")
+	g.create()
+	if g.status.Text != `group "chess" already exists` {
+		t.Fatalf("%q", g.status.Text)
+	}
+	g.newName.SetText("go")
+	g.create()
+	if !g.mine["go"] || len(g.all) != 4 {
+		t.Fatalf("after creating: %v %v", g.mine, g.all)
+	}
+	g.leave("chess")
+	if g.mine["chess"] {
+		t.Fatal("still in chess after leaving")
+	}
+	g.showMembers("choir")
+	if g.status.Text != "choir: bob102, alice101" {
+		t.Fatalf("%q", g.status.Text)
 	}
 }
