@@ -10,8 +10,10 @@ import (
 	"os"
 	"path/filepath"
 
+	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/app"
 
+	"github.com/e2em/e2em/assets"
 	"github.com/e2em/e2em/desktop/engine"
 	"github.com/e2em/e2em/desktop/ui"
 )
@@ -29,13 +31,17 @@ func main() {
 	lvl.UnmarshalText([]byte(*logLevel))
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lvl}))
 
+	a := app.NewWithID("io.e2em.desktop")
+	a.SetIcon(fyne.NewStaticResource("icon.png", assets.Icon))
+	if cfg.Downloads == "" {
+		cfg.Downloads = a.Preferences().String(ui.PrefDownloads) // "" keeps the profile's
+	}
 	eng, err := engine.New(cfg)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "e2em:", err)
 		os.Exit(1)
 	}
 	defer eng.Close()
-	a := app.NewWithID("io.e2em.desktop")
 	sub := eng.Subscribe()
 	defer sub.Close()
 	ui.New(a, eng, sub.Events()).Window().ShowAndRun()

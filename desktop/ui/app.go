@@ -7,6 +7,7 @@ package ui
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"os"
 	"time"
@@ -40,6 +41,7 @@ type Engine interface {
 	JoinGroup(ctx context.Context, name string) (string, error)
 	LeaveGroup(ctx context.Context, name string) (string, error)
 	Members(ctx context.Context, name string) (string, []string, error)
+	Downloads() string
 }
 
 // App is the window and what it shows.
@@ -56,6 +58,8 @@ type App struct {
 	// inline runs engine calls on the caller's goroutine (widget tests:
 	// the test driver has no event loop to hand results back to).
 	inline bool
+	// background: the window is not in front (messages then notify).
+	inBackground bool
 }
 
 // callTimeout bounds one engine call made for the window.
@@ -69,8 +73,10 @@ func New(a fyne.App, eng Engine, events <-chan engine.Event) *App {
 	app.chats = newChatsScreen(app)
 	app.bar = newCommandBar(app)
 	app.groups = newGroupBrowser(app)
-	app.win.Resize(fyne.NewSize(960, 640))
+	app.rememberSize()
 	app.win.Canvas().AddShortcut(commandBarShortcut, func(fyne.Shortcut) { app.bar.open() })
+	a.Lifecycle().SetOnExitedForeground(func() { app.inBackground = true })
+	a.Lifecycle().SetOnEnteredForeground(func() { app.inBackground = false })
 	if eng.LoginID() != "" {
 		app.showChats()
 	} else {
@@ -99,7 +105,10 @@ func (app *App) showChats() {
 // handle updates what is shown after an event (on the window's thread).
 func (app *App) handle(ev engine.Event) {
 	switch ev.Kind {
-	case engine.EventMessage, engine.EventDelivered, engine.EventSent, engine.EventPresence, engine.EventMissed:
+	case engine.EventMessage:
+		app.chats.reload()
+		app.notify(ev)
+	case engine.EventDelivered, engine.EventSent, engine.EventPresence, engine.EventMissed:
 		app.chats.reload()
 	case engine.EventFileDone:
 		if ev.Transfer != nil {
@@ -123,6 +132,23 @@ func (app *App) handle(ev engine.Event) {
 	case engine.EventSecurity, engine.EventWaiting:
 		app.chats.notice(ev.Text)
 	}
+}
+
+// notify tells of a message while the window is in the background (and
+// the person wants that).
+func (app *App) notify(ev engine.Event) {
+	if !app.inBackground || !app.fyne.Preferences().BoolWithFallback(PrefNotifications, true) {
+		return
+	}
+	title := fmt.Sprintf(notifyTitleFormat, ev.From)
+	if ev.Group != "" {
+		title = ev.From + " in " + ev.Group
+	}
+	body := []rune(ev.Body)
+	if len(body) > notifyBodyMax {
+		body = append(body[:notifyBodyMax], '…')
+	}
+	app.fyne.SendNotification(fyne.NewNotification(title, string(body)))
 }
 
 // openFile opens a received file with the system's application for it.

@@ -58,7 +58,8 @@ func newChatsScreen(app *App) *chatsScreen {
 	}
 	newChat := widget.NewButton("New message (Ctrl+K)", func() { app.bar.open() })
 	groups := widget.NewButton("Groups…", func() { app.groups.open() })
-	left := container.NewBorder(container.NewVBox(newChat, groups), nil, nil, nil, c.list)
+	settings := widget.NewButton("Settings…", func() { app.showSettings(app.eng.Downloads()) })
+	left := container.NewBorder(container.NewVBox(newChat, groups), settings, nil, nil, c.list)
 	split := container.NewHSplit(left, c.view.content)
 	split.Offset = 0.3
 	c.content = container.NewBorder(nil, c.status, nil, nil, split)

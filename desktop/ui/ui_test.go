@@ -176,6 +176,8 @@ func (f *fakeEngine) Members(_ context.Context, name string) (string, []string, 
 	return name, f.groups[name], nil
 }
 
+func (f *fakeEngine) Downloads() string { return "/home/alice/.e2em/profile/downloads" }
+
 func (f *fakeEngine) SafetyNumber(_ context.Context, contact string) (string, error) {
 	return "12345 67890 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890", nil
 }
@@ -495,5 +497,33 @@ func TestGroupBrowser(t *testing.T) {
 	g.showMembers("choir")
 	if g.status.Text != "choir: bob102, alice101" {
 		t.Fatalf("%q", g.status.Text)
+	}
+}
+
+// A message while the window is in the background notifies, unless the
+// person turned that off; in front, it does not.
+func TestNotificationsInTheBackground(t *testing.T) {
+	f, app := loggedIn(t)
+	f.add("@bob102", engine.Message{From: "bob102", Body: "lunch?"}, "bob102", "")
+	ev := engine.Event{Kind: engine.EventMessage, From: "bob102", Body: "lunch?"}
+	test.AssertNotificationSent(t, nil, func() { app.handle(ev) })
+	app.inBackground = true
+	test.AssertNotificationSent(t, fyne.NewNotification("bob102 wrote to you", "lunch?"), func() { app.handle(ev) })
+	app.fyne.Preferences().SetBool(PrefNotifications, false)
+	test.AssertNotificationSent(t, nil, func() { app.handle(ev) })
+}
+
+// The window comes back at the size it had.
+func TestWindowSizeIsRemembered(t *testing.T) {
+	a := test.NewTempApp(t)
+	a.Preferences().SetFloat(prefWidth, 1111)
+	a.Preferences().SetFloat(prefHeight, 777)
+	app := New(a, newFake(), nil)
+	if got := app.win.Canvas().Size(); got.Width != 1111 || got.Height != 777 {
+		t.Fatalf("opened at %v", got)
+	}
+	a.Preferences().SetFloat(prefWidth, 10) // not a size anyone chose
+	if got := New(a, newFake(), nil).win.Canvas().Size(); got.Width != defaultWidth {
+		t.Fatalf("opened at %v", got)
 	}
 }
