@@ -12,7 +12,7 @@ E2E_PKGS  := ./internal/e2e/...
 UNIT_PKGS  = $(shell $(GO) list ./... | grep -v /internal/e2e)
 PROTOS    := coord/api/coord.proto coord/store/statepb/state.proto desktop/engine/wire/wire.proto
 
-.PHONY: all deps build run test vet fmt-check unit e2e fuzz bench proto clean
+.PHONY: all deps build run test vet fmt-check unit e2e fuzz bench proto clean package screenshots
 
 all: build
 
@@ -64,6 +64,26 @@ fuzz:
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./internal/bench/...
 	$(GO) test -run '^$$' -bench . -benchmem ./desktop/engine/e2e/ ./desktop/engine/store/
+
+# package: an installable Linux package of the desktop app (bin/e2em.tar.xz:
+# the binary, its icon and .desktop entry, and a Makefile whose "make
+# install" puts them in place), by Fyne's packaging tool, with the name, id
+# and version of FyneApp.toml.
+FYNE_TOOL   := fyne.io/tools/cmd/fyne@v1.7.4
+APP_NAME    := $(shell sed -n 's/^Name = "\(.*\)"/\1/p' FyneApp.toml)
+APP_ID      := $(shell sed -n 's/^ID = "\(.*\)"/\1/p' FyneApp.toml)
+APP_VERSION := $(shell sed -n 's/^Version = "\(.*\)"/\1/p' FyneApp.toml)
+package: deps build
+	@command -v fyne >/dev/null || $(GO) install $(FYNE_TOOL)
+	fyne package --os linux --src desktop --exe $(BIN)/e2em --icon ../assets/icon.png \
+		--name $(APP_NAME) --app-id $(APP_ID) --app-version $(APP_VERSION) --release
+	mv $(APP_NAME).tar.xz $(BIN)/
+	@echo "$(BIN)/$(APP_NAME).tar.xz: unpack it and run make install (as root) to install e2em"
+
+# screenshots: the desktop app's screens under Xvfb, driven as in its
+# end-to-end test, into docs/img/.
+screenshots: deps
+	E2EM_SCREENSHOTS=$(CURDIR)/docs/img $(GO) test -count=1 -run TestDesktopWindow -v ./internal/e2e/
 
 proto:
 	protoc -I . --go_out=. --go_opt=paths=source_relative \

@@ -63,6 +63,9 @@ func newGroupBrowser(app *App) *groupBrowser {
 			buttons := row.Objects[2].(*fyne.Container).Objects
 			members, join := buttons[0].(*widget.Button), buttons[1].(*widget.Button)
 			label := fmt.Sprintf("%s · %d members", grp.Name, grp.Members)
+			if grp.Members == 1 {
+				label = grp.Name + " · 1 member"
+			}
 			if g.mine[strings.ToLower(grp.Name)] {
 				label += " · yours"
 				join.SetText("Leave")

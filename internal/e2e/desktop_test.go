@@ -77,7 +77,7 @@ func (x *xserver) key(k string)      { x.run("xdotool", "key", k) }
 // screenshot saves the screen and returns how many colours it has: a
 // blank or crashed window has one or two.
 func (x *xserver) screenshot(path string) int {
-	x.run("import", "-window", "root", path)
+	x.run("import", "-window", "root", "-crop", "960x640+0+0", path) // the window, at the corner
 	n, err := strconv.Atoi(strings.TrimSpace(x.run("convert", path, "-format", "%k", "info:")))
 	if err != nil {
 		x.t.Fatal(err)
@@ -92,10 +92,16 @@ func TestDesktopWindowSignsUpAndTalks(t *testing.T) {
 	c := sharedCluster(t)
 	bin := ct.DesktopBinary(t)
 	peer := account(t, c, "xpe", "992")
-	shots := t.TempDir()
+	// make screenshots keeps them (for the README); a test run does not.
+	shots := os.Getenv("E2EM_SCREENSHOTS")
+	if shots == "" {
+		shots = t.TempDir()
+	} else if err := os.MkdirAll(shots, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	app := exec.Command(bin, "-lb", c.Layout.LB, "-ca", c.CAFile(), "-profile", filepath.Join(t.TempDir(), "window"), "-log-level", "info")
 	app.Env = append(os.Environ(), "DISPLAY="+x.display, "LANG=C.UTF-8")
-	logFile, _ := os.Create(filepath.Join(shots, "app.log"))
+	logFile, _ := os.Create(filepath.Join(t.TempDir(), "app.log"))
 	app.Stdout, app.Stderr = logFile, logFile
 	if err := spawn.Start(app, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -154,20 +160,33 @@ func TestDesktopWindowSignsUpAndTalks(t *testing.T) {
 	x.typeText("Send xpe992 hello from the window")
 	x.key("Return")
 	peer.WaitEvent(wait, "message", map[string]string{"from": "xwin991", "body": "hello from the window"})
+	x.screenshot(filepath.Join(shots, "3-command-bar.png"))
 	x.key("Escape")
-	before := filepath.Join(shots, "3-sent.png")
+	before := filepath.Join(shots, "4-sent.png")
 	x.screenshot(before)
 	// Its answer reaches the window's engine: acknowledged, and drawn.
 	id := peer.Do("Send xwin991 hi window, this is the terminal").S("id")
 	peer.WaitEvent(wait, "delivered", map[string]string{"id": id})
 	time.Sleep(500 * time.Millisecond)
-	after := filepath.Join(shots, "4-answer.png")
+	after := filepath.Join(shots, "5-answer.png")
 	if n := x.screenshot(after); n < 10 {
 		t.Fatalf("the conversation has %d colours: blank", n)
 	}
 	if !x.differ(before, after) {
 		t.Fatal("the window did not change when the answer came")
 	}
+	// The other screens, for the README (make screenshots).
+	x.click(896, 21) // Safety number
+	time.Sleep(time.Second)
+	x.screenshot(filepath.Join(shots, "6-safety-number.png"))
+	x.key("Escape")
+	x.click(479, 375) // its Close button
+	time.Sleep(300 * time.Millisecond)
+	peer.Do("Create chess992")
+	peer.Do("Create choir992")
+	x.click(145, 61) // Groups…
+	time.Sleep(time.Second)
+	x.screenshot(filepath.Join(shots, "7-groups.png"))
 	alive()
 }
 
