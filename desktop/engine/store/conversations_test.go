@@ -97,3 +97,56 @@ func TestConversationIndexIsBuiltForOldProfiles(t *testing.T) {
 		t.Fatalf("after reopening: %+v", cs)
 	}
 }
+
+// BenchmarkHistoryPages is the profile's share of opening and scrolling a
+// long conversation (issue 11's 100,000 messages): the newest page, and
+// every page back to the first.
+func BenchmarkHistoryPages(b *testing.B) {
+	s := open(b)
+	const total, page = 100_000, 200
+	batch := make([]*Message, 0, 1000)
+	flush := func() {
+		s.update(func(txn *badger.Txn) error {
+			for _, m := range batch {
+				if _, err := s.addMessage(txn, m); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		batch = batch[:0]
+	}
+	for i := 0; i < total; i++ {
+		batch = append(batch, &Message{ID: fmt.Sprint(i), Peer: "bob102", From: "bob102", Body: fmt.Sprintf("message number %d, about a line long", i), Sent: time.Now()})
+		if len(batch) == cap(batch) {
+			flush()
+		}
+	}
+	flush()
+	b.Run("newest-page", func(b *testing.B) {
+		for b.Loop() {
+			if ms, err := s.HistoryBefore("@bob102", 0, page); err != nil || len(ms) != page {
+				b.Fatal(len(ms), err)
+			}
+		}
+	})
+	b.Run("all-pages", func(b *testing.B) {
+		for b.Loop() {
+			n, before := 0, uint64(0)
+			for {
+				ms, err := s.HistoryBefore("@bob102", before, page)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if len(ms) == 0 {
+					break
+				}
+				n += len(ms)
+				before = ms[0].StoredSeq
+			}
+			if n != total {
+				b.Fatalf("paged through %d", n)
+			}
+		}
+	})
+}
