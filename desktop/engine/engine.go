@@ -74,16 +74,20 @@ type Engine struct {
 
 // session is what exists while someone is logged in.
 type session struct {
-	login  string
-	token  string
-	static *ecdh.PrivateKey
-	key    crypto.PrivKey
-	host   host.Host
-	relays *p2p.Relays
-	msgr   *p2p.Messenger
-	cancel context.CancelFunc
-	ctx    context.Context
-	kick   chan struct{}
+	login   string
+	tokenMu sync.Mutex
+	token   string // "" until the cluster took the log-in (see reconnect)
+	// relogged wakes the event stream when an offline log-in reaches the
+	// cluster.
+	relogged chan struct{}
+	static   *ecdh.PrivateKey
+	key      crypto.PrivKey
+	host     host.Host
+	relays   *p2p.Relays
+	msgr     *p2p.Messenger
+	cancel   context.CancelFunc
+	ctx      context.Context
+	kick     chan struct{}
 	// watchChanged reopens the cluster event stream (new contacts).
 	watchChanged chan struct{}
 	inflight     *inflight
@@ -191,7 +195,7 @@ func (e *Engine) current() (*session, error) {
 // callCtx attaches the session token to a call with a deadline.
 func (e *Engine) callCtx(ctx context.Context, s *session) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	return api.WithToken(ctx, s.token), cancel
+	return api.WithToken(ctx, s.getToken()), cancel
 }
 
 // Session is the live encrypted session with a contact, or nil. It is for

@@ -21,6 +21,13 @@ import (
 // Login signs in, unlocks (or on first use creates) the identity keys,
 // starts the libp2p host with relay reservations, publishes the keys and
 // addresses, fetches waiting mail and sends what is queued.
+//
+// Offline first: when the cluster cannot be reached and this profile is
+// the person's already, the password is checked against the profile's own
+// keys and the log-in goes on without the cluster: history and contacts
+// are there, what is sent is queued, a connection event says the cluster
+// is away, and the engine logs in to the cluster by itself when it is
+// back.
 func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	if e.LoginID() != "" {
 		return ErrLoggedIn
@@ -35,8 +42,14 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	resp, err := e.coord.LogIn(cctx, &api.LogInRequest{LoginId: loginID, Password: password})
 	cancel()
+	offline := false
 	if err != nil {
-		return e.friendly(err)
+		err = e.friendly(err)
+		if k := KindOf(err); (k != KindUnreachable && k != KindTimeout) || owner != loginID {
+			return err
+		}
+		offline = true
+		resp = &api.LogInResponse{LoginId: loginID}
 	}
 	loginID = resp.LoginId
 	id, err := e.loadOrCreateIdentity(loginID, password, owner == "")
@@ -61,11 +74,12 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	}
 	sctx, scancel := context.WithCancel(context.Background())
 	s := &session{
-		login: loginID, token: resp.Token, static: static, key: key, host: h,
+		login: loginID, static: static, key: key, host: h, relogged: make(chan struct{}, 1),
 		ctx: sctx, cancel: scancel, kick: make(chan struct{}, 1), inflight: newInflight(),
 		watchChanged: make(chan struct{}, 1), states: make(chan stateUpdate, 4096),
 		acks: ackQueue{pending: map[ackRoute][]string{}},
 	}
+	s.setToken(resp.Token)
 	s.setObserved(resp.ObservedAddr)
 	if !e.cfg.RelayOnly {
 		if s.holePunch, err = p2p.StartHolePunching(h, s.observedIP, e.log); err != nil {
@@ -92,7 +106,10 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	// Files are served before the keys go out: a recipient waiting for
 	// this client fetches as soon as it sees them.
 	p2p.ServeFiles(s.ctx, h, e.serveFile(s), e.log)
-	if err := e.publishKeys(ctx, s); err != nil {
+	if offline {
+		e.setConnected(s, false, fmt.Sprintf("the e2em cluster at %s is unreachable; working offline until it is back", e.cfg.LB))
+		e.spawn(s, func(s *session) { e.reconnect(s, password) })
+	} else if err := e.publishKeys(ctx, s); err != nil {
 		e.stopSession()
 		return err
 	}
@@ -112,6 +129,60 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	e.log.Info("logged in", "login_id", loginID, "peer_id", h.ID(), "addrs", p2p.ListenAddrs(h))
 	e.emit(Event{Kind: EventLogin, Text: StatusLoggedIn, From: loginID})
 	return nil
+}
+
+// reconnect logs in to the cluster after an offline log-in, with backoff,
+// until it works: then the keys are published, the relays reserved, and
+// the event stream (waiting on relogged) opens.
+func (e *Engine) reconnect(s *session, password string) {
+	backoff := time.Second
+	for s.ctx.Err() == nil {
+		select {
+		case <-s.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 30*time.Second)
+		cctx, cancel := context.WithTimeout(s.ctx, 15*time.Second)
+		resp, err := e.coord.LogIn(cctx, &api.LogInRequest{LoginId: s.login, Password: password})
+		cancel()
+		if err != nil {
+			if k := KindOf(e.friendly(err)); k == KindUnreachable || k == KindTimeout {
+				continue
+			}
+			// Refused by the cluster (the password changed elsewhere?):
+			// stay offline, and say so.
+			e.setConnected(s, false, "the cluster refused this log-in: "+e.friendly(err).Error())
+			return
+		}
+		s.setToken(resp.Token)
+		s.setObserved(resp.ObservedAddr)
+		if relays, err := e.relays(s.ctx); err == nil {
+			s.relays.SetRelays(relays)
+		}
+		if err := e.publishKeys(s.ctx, s); err != nil {
+			e.log.Warn("publish keys after reconnecting", "err", err)
+		}
+		select {
+		case s.relogged <- struct{}{}:
+		default:
+		}
+		e.kickQueue(s)
+		e.log.Info("logged in to the cluster after working offline", "login_id", s.login)
+		return
+	}
+}
+
+func (s *session) setToken(t string) {
+	s.tokenMu.Lock()
+	s.token = t
+	s.tokenMu.Unlock()
+}
+
+func (s *session) getToken() string {
+	s.tokenMu.Lock()
+	defer s.tokenMu.Unlock()
+	return s.token
 }
 
 func (e *Engine) spawn(s *session, f func(*session)) {

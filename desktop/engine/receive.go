@@ -160,7 +160,15 @@ func (e *Engine) watchEvents(s *session) {
 	for s.ctx.Err() == nil {
 		// The stream watches the contacts known when it opens; a new
 		// contact reopens it (see contactsChanged).
-		sctx, cancel := context.WithCancel(api.WithToken(s.ctx, s.token))
+		if s.getToken() == "" { // logged in offline: wait for the cluster
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-s.relogged:
+			}
+			continue
+		}
+		sctx, cancel := context.WithCancel(api.WithToken(s.ctx, s.getToken()))
 		go func() {
 			select {
 			case <-s.watchChanged:
