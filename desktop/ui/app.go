@@ -42,6 +42,7 @@ type Engine interface {
 	LeaveGroup(ctx context.Context, name string) (string, error)
 	Members(ctx context.Context, name string) (string, []string, error)
 	Downloads() string
+	Search(text string, limit int) ([]engine.Message, error)
 }
 
 // App is the window and what it shows.

@@ -2,10 +2,12 @@ package ui
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
+	"fyne.io/fyne/v2/dialog"
 	"fyne.io/fyne/v2/widget"
 
 	"github.com/e2em/e2em/desktop/engine"
@@ -20,6 +22,8 @@ type chatsScreen struct {
 	list     *widget.List
 	selected string // the chosen conversation's id
 	view     *conversationView
+	search   *widget.Entry
+	found    []engine.Message // the last search's results
 	status   *widget.Label
 	content  fyne.CanvasObject
 }
@@ -59,7 +63,10 @@ func newChatsScreen(app *App) *chatsScreen {
 	newChat := widget.NewButton("New message (Ctrl+K)", func() { app.bar.open() })
 	groups := widget.NewButton("Groups…", func() { app.groups.open() })
 	settings := widget.NewButton("Settings…", func() { app.showSettings(app.eng.Downloads()) })
-	left := container.NewBorder(container.NewVBox(newChat, groups), settings, nil, nil, c.list)
+	c.search = widget.NewEntry()
+	c.search.SetPlaceHolder("Search messages")
+	c.search.OnSubmitted = c.searchHistory
+	left := container.NewBorder(container.NewVBox(newChat, groups, c.search), settings, nil, nil, c.list)
 	split := container.NewHSplit(left, c.view.content)
 	split.Offset = 0.3
 	c.content = container.NewBorder(nil, c.status, nil, nil, split)
@@ -143,3 +150,52 @@ func (c *chatsScreen) setStatus(ev engine.Event) {
 
 // notice shows something the person should read, in the status line.
 func (c *chatsScreen) notice(text string) { c.status.SetText(text) }
+
+// searchLimit bounds what one search shows.
+const searchLimit = 100
+
+// searchHistory finds messages holding text in every conversation and
+// lists them; choosing one opens its conversation.
+func (c *chatsScreen) searchHistory(text string) {
+	text = strings.TrimSpace(text)
+	if text == "" {
+		return
+	}
+	found, err := c.app.eng.Search(text, searchLimit)
+	if err != nil {
+		c.notice(words(err))
+		return
+	}
+	c.found = found
+	if len(found) == 0 {
+		c.notice("No message holds " + strconv.Quote(text) + ".")
+		return
+	}
+	var d dialog.Dialog
+	list := widget.NewList(func() int { return len(found) },
+		func() fyne.CanvasObject { l := widget.NewLabel(""); l.Truncation = fyne.TextTruncateEllipsis; return l },
+		func(i widget.ListItemID, o fyne.CanvasObject) { o.(*widget.Label).SetText(found[i].Line()) })
+	list.OnSelected = func(i widget.ListItemID) {
+		m := found[i]
+		if m.Group != "" {
+			c.openGroup(m.Group)
+		} else {
+			c.openPeer(m.Peer)
+		}
+		d.Hide()
+	}
+	d = dialog.NewCustom(fmt.Sprintf("%d messages with %q", len(found), text), "Close", list, c.app.win)
+	d.Resize(fyne.NewSize(720, 420))
+	d.Show()
+}
+
+// openGroup shows a group's conversation.
+func (c *chatsScreen) openGroup(group string) {
+	for _, conv := range c.convs {
+		if strings.EqualFold(conv.Group, group) {
+			c.open(conv)
+			return
+		}
+	}
+	c.open(engine.Conversation{ID: "#" + strings.ToLower(group), Group: group})
+}

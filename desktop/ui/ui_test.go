@@ -176,6 +176,18 @@ func (f *fakeEngine) Members(_ context.Context, name string) (string, []string, 
 	return name, f.groups[name], nil
 }
 
+func (f *fakeEngine) Search(text string, limit int) ([]engine.Message, error) {
+	var out []engine.Message
+	for _, ms := range f.messages {
+		for _, m := range ms {
+			if strings.Contains(strings.ToLower(m.Body), strings.ToLower(text)) {
+				out = append(out, m)
+			}
+		}
+	}
+	return out, nil
+}
+
 func (f *fakeEngine) Downloads() string { return "/home/alice/.e2em/profile/downloads" }
 
 func (f *fakeEngine) SafetyNumber(_ context.Context, contact string) (string, error) {
@@ -525,5 +537,28 @@ func TestWindowSizeIsRemembered(t *testing.T) {
 	a.Preferences().SetFloat(prefWidth, 10) // not a size anyone chose
 	if got := New(a, newFake(), nil).win.Canvas().Size(); got.Width != defaultWidth {
 		t.Fatalf("opened at %v", got)
+	}
+}
+
+// Search finds messages in every conversation; choosing one opens it.
+func TestSearchOpensTheConversation(t *testing.T) {
+	f, app := loggedIn(t)
+	f.add("@bob102", engine.Message{From: "bob102", Body: "the slides are ready"}, "bob102", "")
+	f.add("#chess", engine.Message{From: "cat103", Body: "board at six"}, "", "chess")
+	app.chats.reload()
+	c := app.chats
+	test.Type(c.search, "SLIDES")
+	c.search.TypedKey(&fyne.KeyEvent{Name: fyne.KeyReturn})
+	if len(c.found) != 1 || c.found[0].Body != "the slides are ready" {
+		t.Fatalf("found %+v", c.found)
+	}
+	c.search.SetText("nothing like this")
+	c.search.TypedKey(&fyne.KeyEvent{Name: fyne.KeyReturn})
+	if !strings.Contains(c.status.Text, "No message holds") {
+		t.Fatalf("%q", c.status.Text)
+	}
+	c.openGroup("Chess")
+	if c.view.conv.Group != "chess" || len(c.view.messages) != 1 {
+		t.Fatalf("opened %+v with %d messages", c.view.conv, len(c.view.messages))
 	}
 }
