@@ -16,7 +16,7 @@ import (
 // on a session is reported delivered at once; the profile follows within
 // stateWindow (and the message stays in flight until then, so the delivery
 // loop does not send it again meanwhile).
-func (e *Engine) acknowledged(s *session, from string, ids []string) {
+func (e *Engine) acknowledged(s *online, from string, ids []string) {
 	for _, id := range ids {
 		inFlight := s.inflight.claimAck(from, id)
 		if inFlight && !s.isQuiet(id) {
@@ -52,7 +52,7 @@ const (
 )
 
 // queueAck acknowledges message id from to, soon and without waiting.
-func (e *Engine) queueAck(s *session, to, id string, on *p2p.Session) {
+func (e *Engine) queueAck(s *online, to, id string, on *p2p.Session) {
 	r := ackRoute{to: to, on: on}
 	s.acks.mu.Lock()
 	ids, sending := s.acks.pending[r]
@@ -66,7 +66,7 @@ func (e *Engine) queueAck(s *session, to, id string, on *p2p.Session) {
 }
 
 // sendAcks sends what is queued for r until nothing is.
-func (e *Engine) sendAcks(s *session, r ackRoute) {
+func (e *Engine) sendAcks(s *online, r ackRoute) {
 	for {
 		s.acks.mu.Lock()
 		ids := s.acks.pending[r]
@@ -84,7 +84,7 @@ func (e *Engine) sendAcks(s *session, r ackRoute) {
 
 // sendAck tells the sender messages arrived: on the session they came on,
 // else directly, else through the mailbox.
-func (e *Engine) sendAck(s *session, to string, ids []string, on *p2p.Session) {
+func (e *Engine) sendAck(s *online, to string, ids []string, on *p2p.Session) {
 	payload, err := proto.Marshal(&wire.Payload{Id: newID(), SentUnixNano: time.Now().UnixNano(), From: s.login,
 		Kind: &wire.Payload_Ack{Ack: &wire.Ack{Ids: ids}}})
 	if err != nil {

@@ -93,7 +93,7 @@ func (e *Engine) Resolve(ctx context.Context, name string) (string, error) {
 
 // target finds how to reach login and the identity key trusted for it,
 // checking the directory entry's signature and the pinned key.
-func (e *Engine) target(ctx context.Context, s *session, login string, fresh bool) (*p2p.Target, error) {
+func (e *Engine) target(ctx context.Context, s *online, login string, fresh bool) (*p2p.Target, error) {
 	if !fresh {
 		if c, ok := s.targets.Load(login); ok && time.Since(c.(cachedTarget).at) < directoryCacheTTL {
 			t := c.(cachedTarget).t
@@ -144,7 +144,7 @@ func (e *Engine) target(ctx context.Context, s *session, login string, fresh boo
 }
 
 // forget drops a cached directory entry (after a failure or a push).
-func (e *Engine) forget(s *session, login string) { s.targets.Delete(login) }
+func (e *Engine) forget(s *online, login string) { s.targets.Delete(login) }
 
 // verifyEntry checks that the identity key is signed by the libp2p key the
 // peer id names.

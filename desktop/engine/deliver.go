@@ -88,7 +88,7 @@ func (e *Engine) Send(ctx context.Context, to, text string) (string, error) {
 }
 
 // resolveOther resolves a recipient who is not the one logged in.
-func (e *Engine) resolveOther(ctx context.Context, s *session, to string) (string, error) {
+func (e *Engine) resolveOther(ctx context.Context, s *online, to string) (string, error) {
 	login, err := e.Resolve(ctx, to)
 	if err != nil {
 		return "", err
@@ -101,7 +101,7 @@ func (e *Engine) resolveOther(ctx context.Context, s *session, to string) (strin
 
 // queueText stores one message for several recipients (a group send) and
 // queues one delivery per recipient, atomically.
-func (e *Engine) queueText(s *session, recipients []string, group, text string) (string, error) {
+func (e *Engine) queueText(s *online, recipients []string, group, text string) (string, error) {
 	if len(text) > 60000 {
 		return "", errors.New("the message is too long (60,000 bytes at most)")
 	}
@@ -138,7 +138,7 @@ func (e *Engine) queueText(s *session, recipients []string, group, text string) 
 // sendNow is the fast path: when the recipient has a live session and
 // nothing of theirs is held back, the message goes on it at once instead of
 // waiting for the delivery loop. Anything else is left to the loop.
-func (e *Engine) sendNow(s *session, o *store.Outgoing) bool {
+func (e *Engine) sendNow(s *online, o *store.Outgoing) bool {
 	s.markQuiet(o)
 	lock := s.recipientLock(o.To)
 	if !lock.TryLock() {
@@ -159,12 +159,12 @@ func (e *Engine) sendNow(s *session, o *store.Outgoing) bool {
 
 // recipientLock serialises sending to one recipient, so the fast path and
 // the delivery loop never interleave and each recipient's order holds.
-func (s *session) recipientLock(to string) *sync.Mutex {
+func (s *online) recipientLock(to string) *sync.Mutex {
 	l, _ := s.sending.LoadOrStore(to, &sync.Mutex{})
 	return l.(*sync.Mutex)
 }
 
-func (e *Engine) kickQueue(s *session) {
+func (e *Engine) kickQueue(s *online) {
 	select {
 	case s.kick <- struct{}{}:
 	default:
@@ -173,7 +173,7 @@ func (e *Engine) kickQueue(s *session) {
 
 // deliverLoop sends the queue, in order per recipient, whenever something
 // is queued and every second for retries.
-func (e *Engine) deliverLoop(s *session) {
+func (e *Engine) deliverLoop(s *online) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	e.fetchMail(s)
@@ -190,7 +190,7 @@ func (e *Engine) deliverLoop(s *session) {
 
 // flush tries every queued message once; recipients in parallel, each
 // recipient's messages in order.
-func (e *Engine) flush(s *session) {
+func (e *Engine) flush(s *online) {
 	q, err := e.store.Queue()
 	if err != nil {
 		e.log.Error("read the outgoing queue", "err", err)
@@ -218,7 +218,7 @@ func (e *Engine) flush(s *session) {
 	wg.Wait()
 }
 
-func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
+func (e *Engine) deliverTo(s *online, to string, msgs []*store.Outgoing) {
 	lock := s.recipientLock(to)
 	lock.Lock()
 	defer lock.Unlock()
@@ -298,7 +298,7 @@ func (e *Engine) deliverTo(s *session, to string, msgs []*store.Outgoing) {
 // then), and a dial to addresses behind a NAT hangs until it times out. So
 // DirectTimeout is spent in three attempts, each with the entry as the
 // directory has it then. It returns the target it used last.
-func (e *Engine) sendDirect(s *session, t *p2p.Target, payload []byte) (*p2p.Session, *p2p.Target, error) {
+func (e *Engine) sendDirect(s *online, t *p2p.Target, payload []byte) (*p2p.Session, *p2p.Target, error) {
 	const attempts = 3
 	var sess *p2p.Session
 	var err error
@@ -321,7 +321,7 @@ func (e *Engine) sendDirect(s *session, t *p2p.Target, payload []byte) (*p2p.Ses
 
 // waitingFor reports whether q holds a message for to that has not been
 // written to a live session yet.
-func waitingFor(s *session, q []*store.Outgoing, to string) bool {
+func waitingFor(s *online, q []*store.Outgoing, to string) bool {
 	for _, o := range q {
 		if o.To != to {
 			continue
@@ -333,7 +333,7 @@ func waitingFor(s *session, q []*store.Outgoing, to string) bool {
 	return false
 }
 
-func (e *Engine) markSessionSent(s *session, o *store.Outgoing, sess *p2p.Session) {
+func (e *Engine) markSessionSent(s *online, o *store.Outgoing, sess *p2p.Session) {
 	via, relay := ViaDirect, ""
 	if sess.Relayed() {
 		via, relay = ViaRelay, sess.RelayPeer()
@@ -341,7 +341,7 @@ func (e *Engine) markSessionSent(s *session, o *store.Outgoing, sess *p2p.Sessio
 	e.markSent(s, o, via, relay)
 }
 
-func (e *Engine) markSent(s *session, o *store.Outgoing, via, relay string) {
+func (e *Engine) markSent(s *online, o *store.Outgoing, via, relay string) {
 	e.recordDelivery(s, stateUpdate{Delivery: store.Delivery{To: o.To, ID: o.ID, State: store.StateSent}})
 	if o.Kind == store.KindFileOffer {
 		e.offerLeft(s, o.Transfer, o.To, via)
@@ -353,13 +353,13 @@ func (e *Engine) markSent(s *session, o *store.Outgoing, via, relay string) {
 
 // markQuiet notes the ids of a file's offers and control messages: their
 // delivery is reported by the transfer's own events, not as messages.
-func (s *session) markQuiet(o *store.Outgoing) {
+func (s *online) markQuiet(o *store.Outgoing) {
 	if o.Kind != "" {
 		s.quiet.Store(o.ID, true)
 	}
 }
 
-func (s *session) isQuiet(id string) bool {
+func (s *online) isQuiet(id string) bool {
 	_, ok := s.quiet.Load(id)
 	return ok
 }

@@ -19,7 +19,7 @@ type stateUpdate struct {
 	flushed  chan struct{} // a flush request: closed once all before it is written
 }
 
-func (e *Engine) recordDelivery(s *session, u stateUpdate) {
+func (e *Engine) recordDelivery(s *online, u stateUpdate) {
 	select {
 	case s.states <- u:
 	default: // far behind: write it now rather than drop it
@@ -29,7 +29,7 @@ func (e *Engine) recordDelivery(s *session, u stateUpdate) {
 
 // flushStates returns once every delivery state reported so far is in the
 // profile (History shows what the events said).
-func (e *Engine) flushStates(s *session) {
+func (e *Engine) flushStates(s *online) {
 	done := make(chan struct{})
 	select {
 	case s.states <- stateUpdate{flushed: done}:
@@ -45,7 +45,7 @@ func (e *Engine) flushStates(s *session) {
 // recordStates writes delivery states in batches: the first update opens
 // a window of stateWindow, everything arriving in it goes in one
 // transaction.
-func (e *Engine) recordStates(s *session) {
+func (e *Engine) recordStates(s *online) {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	var batch []stateUpdate
@@ -88,7 +88,7 @@ func (e *Engine) recordStates(s *session) {
 	}
 }
 
-func (e *Engine) writeDeliveries(s *session, batch []stateUpdate) {
+func (e *Engine) writeDeliveries(s *online, batch []stateUpdate) {
 	if len(batch) == 0 {
 		return
 	}

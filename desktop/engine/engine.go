@@ -68,12 +68,15 @@ type Engine struct {
 	xfers     *transferTable
 	downloads *downloads.Folder
 
-	mu      sync.Mutex
-	session *session // nil until Login
+	mu     sync.Mutex
+	online *online // nil until Login
 }
 
-// session is what exists while someone is logged in.
-type session struct {
+// online is what exists while someone is logged in: the token the
+// cluster gave, the unlocked keys, the libp2p host and every loop that
+// runs for them. (Not "session": that word means the encrypted p2p
+// session with a contact, and the cluster's log-in.)
+type online struct {
 	login   string
 	tokenMu sync.Mutex
 	token   string // "" until the cluster took the log-in (see reconnect)
@@ -177,23 +180,23 @@ func (e *Engine) Close() error {
 func (e *Engine) LoginID() string {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.session == nil {
+	if e.online == nil {
 		return ""
 	}
-	return e.session.login
+	return e.online.login
 }
 
-func (e *Engine) current() (*session, error) {
+func (e *Engine) current() (*online, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.session == nil {
+	if e.online == nil {
 		return nil, ErrNotLoggedIn
 	}
-	return e.session, nil
+	return e.online, nil
 }
 
 // callCtx attaches the session token to a call with a deadline.
-func (e *Engine) callCtx(ctx context.Context, s *session) (context.Context, context.CancelFunc) {
+func (e *Engine) callCtx(ctx context.Context, s *online) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	return api.WithToken(ctx, s.getToken()), cancel
 }

@@ -130,7 +130,7 @@ func (e *Engine) SendGroup(ctx context.Context, groups []string, text string) (i
 // groupRecipients is everyone else in the named groups, once each, in the
 // order met, labelled with the first named group they are in; names are
 // the groups as the cluster spells them. You must be in each group.
-func (e *Engine) groupRecipients(ctx context.Context, s *session, groups []string) (order []string, label map[string]string, names []string, err error) {
+func (e *Engine) groupRecipients(ctx context.Context, s *online, groups []string) (order []string, label map[string]string, names []string, err error) {
 	label = map[string]string{}
 	for _, g := range groups {
 		name, members, err := e.Members(ctx, g)

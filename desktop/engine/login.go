@@ -73,7 +73,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 		return err
 	}
 	sctx, scancel := context.WithCancel(context.Background())
-	s := &session{
+	s := &online{
 		login: loginID, static: static, key: key, host: h, relogged: make(chan struct{}, 1),
 		ctx: sctx, cancel: scancel, kick: make(chan struct{}, 1), inflight: newInflight(),
 		watchChanged: make(chan struct{}, 1), states: make(chan stateUpdate, 4096),
@@ -101,14 +101,14 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 		}
 	}
 	e.mu.Lock()
-	e.session = s
+	e.online = s
 	e.mu.Unlock()
 	// Files are served before the keys go out: a recipient waiting for
 	// this client fetches as soon as it sees them.
 	p2p.ServeFiles(s.ctx, h, e.serveFile(s), e.log)
 	if offline {
 		e.setConnected(s, false, fmt.Sprintf("the e2em cluster at %s is unreachable; working offline until it is back", e.cfg.LB))
-		e.spawn(s, func(s *session) { e.reconnect(s, password) })
+		e.spawn(s, func(s *online) { e.reconnect(s, password) })
 	} else if err := e.publishKeys(ctx, s); err != nil {
 		e.stopSession()
 		return err
@@ -134,7 +134,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 // reconnect logs in to the cluster after an offline log-in, with backoff,
 // until it works: then the keys are published, the relays reserved, and
 // the event stream (waiting on relogged) opens.
-func (e *Engine) reconnect(s *session, password string) {
+func (e *Engine) reconnect(s *online, password string) {
 	backoff := time.Second
 	for s.ctx.Err() == nil {
 		select {
@@ -173,19 +173,19 @@ func (e *Engine) reconnect(s *session, password string) {
 	}
 }
 
-func (s *session) setToken(t string) {
+func (s *online) setToken(t string) {
 	s.tokenMu.Lock()
 	s.token = t
 	s.tokenMu.Unlock()
 }
 
-func (s *session) getToken() string {
+func (s *online) getToken() string {
 	s.tokenMu.Lock()
 	defer s.tokenMu.Unlock()
 	return s.token
 }
 
-func (e *Engine) spawn(s *session, f func(*session)) {
+func (e *Engine) spawn(s *online, f func(*online)) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
@@ -240,7 +240,7 @@ func (e *Engine) relays(ctx context.Context) ([]peer.AddrInfo, error) {
 
 // publishKeys puts this client's keys and current addresses in the
 // directory: the identity key, signed by the libp2p key the peer id names.
-func (e *Engine) publishKeys(ctx context.Context, s *session) error {
+func (e *Engine) publishKeys(ctx context.Context, s *online) error {
 	pub, err := crypto.MarshalPublicKey(s.key.GetPublic())
 	if err != nil {
 		return err
@@ -270,7 +270,7 @@ func (e *Engine) publishKeys(ctx context.Context, s *session) error {
 
 // republish keeps the directory current as relay reservations and
 // addresses change.
-func (e *Engine) republish(s *session) {
+func (e *Engine) republish(s *online) {
 	sub, err := s.host.EventBus().Subscribe(new(addrUpdated))
 	var addrCh <-chan interface{}
 	if err == nil {
@@ -309,8 +309,8 @@ func (e *Engine) Logout(ctx context.Context) error {
 
 func (e *Engine) stopSession() {
 	e.mu.Lock()
-	s := e.session
-	e.session = nil
+	s := e.online
+	e.online = nil
 	e.mu.Unlock()
 	if s == nil {
 		return
@@ -329,7 +329,7 @@ func (e *Engine) stopSession() {
 
 // setObserved remembers the IP the cluster sees this client at (its NAT's
 // public address when behind one).
-func (s *session) setObserved(addr string) {
+func (s *online) setObserved(addr string) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
 		return
@@ -339,7 +339,7 @@ func (s *session) setObserved(addr string) {
 	}
 }
 
-func (s *session) observedIP() net.IP {
+func (s *online) observedIP() net.IP {
 	ip, _ := s.observed.Load().(net.IP)
 	return ip
 }

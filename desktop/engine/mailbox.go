@@ -16,7 +16,7 @@ import (
 
 // putMail seals a payload as a one-shot envelope for t and leaves it in
 // the cluster's mailbox.
-func (e *Engine) putMail(s *session, t *p2p.Target, payload []byte) error {
+func (e *Engine) putMail(s *online, t *p2p.Target, payload []byte) error {
 	env, err := e.sealEnvelope(s, t, payload)
 	if err != nil {
 		return err
@@ -30,7 +30,7 @@ func (e *Engine) putMail(s *session, t *p2p.Target, payload []byte) error {
 }
 
 // sealEnvelope seals a payload as a one-shot envelope for t.
-func (e *Engine) sealEnvelope(s *session, t *p2p.Target, payload []byte) ([]byte, error) {
+func (e *Engine) sealEnvelope(s *online, t *p2p.Target, payload []byte) ([]byte, error) {
 	eph, err := ecdh.X25519().GenerateKey(rand.Reader)
 	if err != nil {
 		return nil, err
@@ -50,7 +50,7 @@ func (e *Engine) sealEnvelope(s *session, t *p2p.Target, payload []byte) ([]byte
 
 // fetchMail reads the mailbox from the cursor on, opens each envelope,
 // and acknowledges what it processed so the cluster deletes it.
-func (e *Engine) fetchMail(s *session) {
+func (e *Engine) fetchMail(s *online) {
 	s.mailMu.Lock()
 	defer s.mailMu.Unlock()
 	cursor, err := e.store.MailCursor()
@@ -97,7 +97,7 @@ func (e *Engine) fetchMail(s *session) {
 // openMail opens one envelope: the sender's pinned key and the recipient's
 // identity key give the one-shot keys; anything that fails is reported and
 // skipped.
-func (e *Engine) openMail(s *session, m *api.Mail) error {
+func (e *Engine) openMail(s *online, m *api.Mail) error {
 	var env wire.Envelope
 	reject := func(err error) error {
 		e.emit(Event{Kind: EventSecurity, From: m.From, Text: fmt.Sprintf("rejected a mailbox message from %s: %v", m.From, err)})

@@ -49,7 +49,7 @@ func (h *handler) Rejected(from string, err error) {
 
 // handlePayload stores a message once (however often it arrives) and
 // acknowledges it every time, or takes an acknowledgement.
-func (e *Engine) handlePayload(s *session, from string, p *wire.Payload, on *p2p.Session) {
+func (e *Engine) handlePayload(s *online, from string, p *wire.Payload, on *p2p.Session) {
 	switch k := p.Kind.(type) {
 	case *wire.Payload_Ack:
 		e.acknowledged(s, from, k.Ack.Ids)
@@ -99,7 +99,7 @@ func (e *Engine) handlePayload(s *session, from string, p *wire.Payload, on *p2p
 // in the group? The label would otherwise put words in a group that never
 // heard them. A message that fails is not acknowledged: a member who joined
 // a moment ago is asked about again when the message comes back.
-func (e *Engine) senderInGroup(s *session, g, from string) bool {
+func (e *Engine) senderInGroup(s *online, g, from string) bool {
 	ok, asked, err := e.bothInGroup(s, g, from)
 	if err != nil {
 		e.log.Warn("cannot check a group message's sender", "group", g, "from", from, "err", err)
@@ -122,7 +122,7 @@ type memberList struct {
 // cluster just now. A sender not on the list sends the question to the
 // cluster again (someone who just joined), at most every few seconds per
 // group.
-func (e *Engine) bothInGroup(s *session, group, login string) (ok, asked bool, err error) {
+func (e *Engine) bothInGroup(s *online, group, login string) (ok, asked bool, err error) {
 	key := strings.ToLower(group)
 	if c, found := s.groupMembers.Load(key); found {
 		l := c.(memberList)
@@ -155,7 +155,7 @@ func (e *Engine) bothInGroup(s *session, group, login string) (ok, asked bool, e
 // watchEvents follows the cluster's event stream: new mail is fetched,
 // key changes of contacts are checked, group changes are reported. It
 // reconnects with backoff.
-func (e *Engine) watchEvents(s *session) {
+func (e *Engine) watchEvents(s *online) {
 	backoff := 500 * time.Millisecond
 	for s.ctx.Err() == nil {
 		// The stream watches the contacts known when it opens; a new
@@ -259,7 +259,7 @@ func (e *Engine) contactsChanged() {
 }
 
 // setConnected reports the link to the cluster when it changes.
-func (e *Engine) setConnected(s *session, up bool, why string) {
+func (e *Engine) setConnected(s *online, up bool, why string) {
 	state := int32(linkDown)
 	if up {
 		state = linkUp

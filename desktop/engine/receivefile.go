@@ -76,7 +76,7 @@ func (e *Engine) wakeIncoming(x *inXfer) {
 // (refusing, and telling the sender, when the disk is too small or too
 // much arrives at once) and starts fetching. A repeated offer changes
 // nothing.
-func (e *Engine) fileOffered(s *session, from string, o *wire.FileOffer) error {
+func (e *Engine) fileOffered(s *online, from string, o *wire.FileOffer) error {
 	if err := wire.ValidateOffer(o); err != nil {
 		e.emit(Event{Kind: EventSecurity, From: from, Text: fmt.Sprintf("refused a file offer from %s: %v", from, err)})
 		return nil
@@ -152,7 +152,7 @@ func (e *Engine) fileOffered(s *session, from string, o *wire.FileOffer) error {
 }
 
 // startFetch runs the fetch loop of x unless it runs already.
-func (e *Engine) startFetch(s *session, x *inXfer) {
+func (e *Engine) startFetch(s *online, x *inXfer) {
 	x.mu.Lock()
 	if x.fetching || store.XferFinished(x.rec.State) {
 		x.mu.Unlock()
@@ -162,7 +162,7 @@ func (e *Engine) startFetch(s *session, x *inXfer) {
 	ctx, cancel := context.WithCancel(s.ctx)
 	x.stop = cancel
 	x.mu.Unlock()
-	e.spawn(s, func(s *session) {
+	e.spawn(s, func(s *online) {
 		defer func() {
 			cancel()
 			x.mu.Lock()
@@ -177,7 +177,7 @@ func (e *Engine) startFetch(s *session, x *inXfer) {
 // coming back after a broken connection, a restart of either side or a
 // relay that went away, from the last chunk stored. Chunks may also arrive
 // meanwhile through the mailbox.
-func (e *Engine) fetchLoop(ctx context.Context, s *session, x *inXfer) {
+func (e *Engine) fetchLoop(ctx context.Context, s *online, x *inXfer) {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		x.mu.Lock()
@@ -250,7 +250,7 @@ func (x *inXfer) completeLocked() bool {
 // sink stores fetched chunks.
 type sink struct {
 	e *Engine
-	s *session
+	s *online
 	x *inXfer
 }
 
@@ -325,7 +325,7 @@ func (e *Engine) storeChunk(x *inXfer, i uint64, sealed []byte, via string) erro
 }
 
 // mailedChunk takes a chunk that came through the mailbox.
-func (e *Engine) mailedChunk(s *session, from string, c *wire.FileChunk) {
+func (e *Engine) mailedChunk(s *online, from string, c *wire.FileChunk) {
 	x := e.xfers.incoming(incomingKey(from, c.TransferId))
 	if x == nil {
 		e.emit(Event{Kind: EventSecurity, From: from, Text: fmt.Sprintf("ignored a file chunk from %s for a transfer nobody offered", from)})
@@ -347,7 +347,7 @@ func (e *Engine) mailedChunk(s *session, from string, c *wire.FileChunk) {
 // finishIncoming checks the whole file against the manifest's SHA-256,
 // gives it its name in the downloads folder and tells the sender; a file
 // that does not match is deleted, and the sender told that too.
-func (e *Engine) finishIncoming(s *session, x *inXfer) {
+func (e *Engine) finishIncoming(s *online, x *inXfer) {
 	x.mu.Lock()
 	rec := x.rec
 	file := x.file
@@ -394,7 +394,7 @@ func (e *Engine) finishIncoming(s *session, x *inXfer) {
 
 // endIncoming ends x: the partial file goes, and the sender is told when
 // tell is set (a failure found here, or a cancel from here).
-func (e *Engine) endIncoming(s *session, x *inXfer, state, why string, tell bool) {
+func (e *Engine) endIncoming(s *online, x *inXfer, state, why string, tell bool) {
 	x.mu.Lock()
 	rec := x.rec
 	if store.XferFinished(rec.State) {
@@ -430,7 +430,7 @@ func (e *Engine) endIncoming(s *session, x *inXfer, state, why string, tell bool
 }
 
 // cancelIncoming stops receiving x; byUs tells the sender.
-func (e *Engine) cancelIncoming(s *session, x *inXfer, byUs bool, why string) {
+func (e *Engine) cancelIncoming(s *online, x *inXfer, byUs bool, why string) {
 	if why == "" {
 		why = "you cancelled it"
 	}
@@ -439,7 +439,7 @@ func (e *Engine) cancelIncoming(s *session, x *inXfer, byUs bool, why string) {
 
 // fileCancelled hears a cancellation from the other side of a transfer:
 // the sender (of a file coming here) or a recipient (of one going there).
-func (e *Engine) fileCancelled(s *session, from string, c *wire.FileCancel) {
+func (e *Engine) fileCancelled(s *online, from string, c *wire.FileCancel) {
 	if x := e.xfers.incoming(incomingKey(from, c.TransferId)); x != nil {
 		e.cancelIncoming(s, x, false, fmt.Sprintf("%s cancelled it: %s", from, bounded(c.Reason, 200)))
 		return
@@ -449,7 +449,7 @@ func (e *Engine) fileCancelled(s *session, from string, c *wire.FileCancel) {
 
 // resumeIncoming reopens the partial files and starts fetching again after
 // a log-in.
-func (e *Engine) resumeIncoming(s *session) {
+func (e *Engine) resumeIncoming(s *online) {
 	_, ins := e.xfers.all()
 	for _, x := range ins {
 		x.mu.Lock()

@@ -176,7 +176,7 @@ func checkSendable(path, usage string) (string, fs.FileInfo, error) {
 }
 
 // offerFile records a new outgoing transfer and starts preparing it.
-func (e *Engine) offerFile(s *session, abs string, fi fs.FileInfo, rs []fileRecipient, groups []string) (string, error) {
+func (e *Engine) offerFile(s *online, abs string, fi fs.FileInfo, rs []fileRecipient, groups []string) (string, error) {
 	key, err := e2e.NewFileKey(rand.Reader)
 	if err != nil {
 		return "", err
@@ -198,7 +198,7 @@ func (e *Engine) offerFile(s *session, abs string, fi fs.FileInfo, rs []fileReci
 	e.xfers.mu.Lock()
 	e.xfers.out[rec.ID] = x
 	e.xfers.mu.Unlock()
-	e.spawn(s, func(s *session) { e.prepare(s, x) })
+	e.spawn(s, func(s *online) { e.prepare(s, x) })
 	return rec.ID, nil
 }
 
@@ -216,7 +216,7 @@ func sourceChanged(r *store.OutTransfer) string {
 
 // prepare hashes the file and queues its offers: one history line per
 // group label (one for a person), one offer per recipient.
-func (e *Engine) prepare(s *session, x *outXfer) {
+func (e *Engine) prepare(s *online, x *outXfer) {
 	x.mu.Lock()
 	rec := *x.rec
 	x.mu.Unlock()
@@ -329,7 +329,7 @@ func (e *Engine) failOutgoing(x *outXfer, why string) {
 	e.endOutgoing(x, store.XferFailed, why)
 }
 
-func (e *Engine) cancelOutgoing(s *session, x *outXfer, why string) {
+func (e *Engine) cancelOutgoing(s *online, x *outXfer, why string) {
 	e.endOutgoing(x, store.XferCancelled, why)
 }
 
@@ -381,7 +381,7 @@ func (e *Engine) saveOut(x *outXfer) {
 
 // queueControl queues a file's control message (a result or a
 // cancellation) for to: delivered like a message, shown nowhere.
-func (e *Engine) queueControl(s *session, to, transfer string, p *wire.Payload) {
+func (e *Engine) queueControl(s *online, to, transfer string, p *wire.Payload) {
 	p.Id, p.SentUnixNano, p.From = newID(), time.Now().UnixNano(), s.login
 	payload, err := proto.Marshal(p)
 	if err != nil {
@@ -400,7 +400,7 @@ func (e *Engine) queueControl(s *session, to, transfer string, p *wire.Payload) 
 // offerLeft hears how a file's offer left for a recipient: on a session
 // the recipient fetches the chunks itself; into the mailbox, the chunks
 // follow it there when the file is small enough, or wait.
-func (e *Engine) offerLeft(s *session, id, to, via string) {
+func (e *Engine) offerLeft(s *online, id, to, via string) {
 	x := e.xfers.outgoing(id)
 	if x == nil {
 		return
@@ -434,7 +434,7 @@ func (e *Engine) offerLeft(s *session, id, to, via string) {
 
 // startMailPush puts the chunks of x into to's mailbox, unless that runs
 // already.
-func (e *Engine) startMailPush(s *session, x *outXfer, to string) {
+func (e *Engine) startMailPush(s *online, x *outXfer, to string) {
 	x.mu.Lock()
 	if x.pushing == nil {
 		x.pushing = map[string]bool{}
@@ -445,7 +445,7 @@ func (e *Engine) startMailPush(s *session, x *outXfer, to string) {
 	}
 	x.pushing[to] = true
 	x.mu.Unlock()
-	e.spawn(s, func(s *session) {
+	e.spawn(s, func(s *online) {
 		defer func() {
 			x.mu.Lock()
 			delete(x.pushing, to)
@@ -458,7 +458,7 @@ func (e *Engine) startMailPush(s *session, x *outXfer, to string) {
 // pushMail puts the chunks not put yet, in order, each in an envelope
 // sealed for to. It stops when the recipient fetches for itself (it came
 // online), when the mailbox is full (the rest waits), or at the end.
-func (e *Engine) pushMail(s *session, x *outXfer, to string) {
+func (e *Engine) pushMail(s *online, x *outXfer, to string) {
 	backoff := time.Second
 	for s.ctx.Err() == nil {
 		x.mu.Lock()
@@ -517,7 +517,7 @@ func (e *Engine) pushMail(s *session, x *outXfer, to string) {
 
 // putChunkMail seals chunk i of a transfer in an envelope for to and puts
 // it in the mailbox; the error keeps its gRPC status.
-func (e *Engine) putChunkMail(s *session, to, id string, i uint64, sealed []byte) error {
+func (e *Engine) putChunkMail(s *online, to, id string, i uint64, sealed []byte) error {
 	t, err := e.target(s.ctx, s, to, false)
 	if err != nil {
 		return err
@@ -578,7 +578,7 @@ func (e *Engine) source(x *outXfer) (*chunkSource, error) {
 // serveFile answers a recipient's fetch: the transfer must exist and the
 // token be a recipient's, and the libp2p peer asking must be the device
 // the directory lists for that recipient.
-func (e *Engine) serveFile(s *session) p2p.FileServer {
+func (e *Engine) serveFile(s *online) p2p.FileServer {
 	return func(ctx context.Context, req p2p.FileRequest) (p2p.ChunkFeed, error) {
 		get := req.Get
 		x := e.xfers.outgoing(get.TransferId)
@@ -766,7 +766,7 @@ func (f *feed) Close() {
 }
 
 // fileResult hears a recipient's word on a transfer.
-func (e *Engine) fileResult(s *session, from string, res *wire.FileResult) {
+func (e *Engine) fileResult(s *online, from string, res *wire.FileResult) {
 	x := e.xfers.outgoing(res.TransferId)
 	if x == nil {
 		e.log.Info("a file result for a transfer this profile did not send", "from", from, "ok", res.Ok, "reason", bounded(res.Reason, 300))
@@ -880,7 +880,7 @@ func bounded(s string, n int) string {
 
 // resumeOutgoing picks up the outgoing transfers after a log-in: files
 // still to hash, mailbox puts that were under way.
-func (e *Engine) resumeOutgoing(s *session) {
+func (e *Engine) resumeOutgoing(s *online) {
 	outs, _ := e.xfers.all()
 	for _, x := range outs {
 		x.mu.Lock()
@@ -893,7 +893,7 @@ func (e *Engine) resumeOutgoing(s *session) {
 		}
 		x.mu.Unlock()
 		if state == store.XferPreparing {
-			e.spawn(s, func(s *session) { e.prepare(s, x) })
+			e.spawn(s, func(s *online) { e.prepare(s, x) })
 			continue
 		}
 		for _, to := range push {
