@@ -342,7 +342,7 @@ func (e *Engine) markSessionSent(s *online, o *store.Outgoing, sess *p2p.Session
 }
 
 func (e *Engine) markSent(s *online, o *store.Outgoing, via, relay string) {
-	e.recordDelivery(s, stateUpdate{Delivery: store.Delivery{To: o.To, ID: o.ID, State: store.StateSent}})
+	e.recordDelivery(s, stateUpdate{Delivery: store.Delivery{To: o.To, ID: o.ID, State: store.StateSent, Via: via}})
 	if o.Kind == store.KindFileOffer {
 		e.offerLeft(s, o.Transfer, o.To, via)
 	}

@@ -30,6 +30,7 @@ type Message struct {
 	Sent     time.Time     `json:"sent"`
 	Outgoing bool          `json:"outgoing"`
 	State    DeliveryState `json:"state"`
+	Via      string        `json:"via,omitempty"`  // how one of yours left: ViaDirect, ViaRelay, ViaMailbox
 	File     *FileRef      `json:"file,omitempty"` // a file the message carries
 }
 
@@ -43,7 +44,7 @@ type FileRef struct {
 
 func messageOf(m *store.Message) Message {
 	out := Message{ID: m.ID, Seq: m.StoredSeq, Peer: m.Peer, Group: m.Group, From: m.From, Body: m.Body, Sent: m.Sent,
-		Outgoing: m.Outgoing, State: DeliveryState(m.State)}
+		Outgoing: m.Outgoing, State: DeliveryState(m.State), Via: m.Via}
 	if m.File != nil {
 		out.File = &FileRef{Transfer: m.File.Transfer, Name: m.File.Name, Size: m.File.Size, Path: m.File.Path}
 	}

@@ -92,12 +92,26 @@ func metaLine(m engine.Message) string {
 	}
 	line := m.Sent.Format("Jan 2 15:04") + " · " + who
 	if m.Outgoing {
-		line += " · " + string(m.State)
+		line += " · " + stateText(m)
 	}
 	if m.File != nil && m.File.Path != "" {
 		line += " · saved to " + m.File.Path
 	}
 	return line
+}
+
+// stateText is where one of yours is, in words: queued, sent (and how),
+// waiting in the mailbox, delivered.
+func stateText(m engine.Message) string {
+	switch {
+	case m.State == engine.StateSent && m.Via == engine.ViaMailbox:
+		return "waiting in the mailbox"
+	case m.State == engine.StateSent && m.Via == engine.ViaRelay:
+		return "sent via a relay"
+	case m.State == engine.StateDelivered && m.Via == engine.ViaRelay:
+		return "delivered via a relay"
+	}
+	return string(m.State)
 }
 
 // show switches to conv.

@@ -562,3 +562,18 @@ func TestSearchOpensTheConversation(t *testing.T) {
 		t.Fatalf("opened %+v with %d messages", c.view.conv, len(c.view.messages))
 	}
 }
+
+func TestDeliveryStatesInWords(t *testing.T) {
+	for want, m := range map[string]engine.Message{
+		"queued":                 {State: engine.StateQueued},
+		"sent":                   {State: engine.StateSent, Via: engine.ViaDirect},
+		"sent via a relay":       {State: engine.StateSent, Via: engine.ViaRelay},
+		"waiting in the mailbox": {State: engine.StateSent, Via: engine.ViaMailbox},
+		"delivered":              {State: engine.StateDelivered, Via: engine.ViaMailbox},
+		"delivered via a relay":  {State: engine.StateDelivered, Via: engine.ViaRelay},
+	} {
+		if got := stateText(m); got != want {
+			t.Errorf("%+v: %q, want %q", m, got, want)
+		}
+	}
+}

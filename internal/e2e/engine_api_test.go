@@ -118,6 +118,11 @@ func TestEngineGivesAWindowWhatItShows(t *testing.T) {
 	if len(convs) != 1 || convs[0].Unread != 0 || convs[0].Last.State == engine.StateReceived {
 		t.Fatalf("the sender's conversation: %+v", convs)
 	}
+	// The sender's history says how each of its messages left.
+	page, _ := a.HistoryPage(convs[0].ID, 0, 1)
+	if len(page) != 1 || (page[0].Via != engine.ViaDirect && page[0].Via != engine.ViaRelay) {
+		t.Fatalf("the last message left %+v", page)
+	}
 	contacts, err := b.Contacts()
 	if err != nil || len(contacts) != 1 || contacts[0].Login != a.login || contacts[0].KeyChanged {
 		t.Fatalf("contacts: %+v %v", contacts, err)

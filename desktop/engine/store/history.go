@@ -20,7 +20,8 @@ type Message struct {
 	Body      string    `json:"body"`
 	Sent      time.Time `json:"sent"`
 	Outgoing  bool      `json:"outgoing"`
-	State     string    `json:"state"` // queued, sent, delivered (outgoing); received
+	State     string    `json:"state"`         // queued, sent, delivered (outgoing); received
+	Via       string    `json:"via,omitempty"` // how an outgoing message left: direct, relay, mailbox
 	StoredSeq uint64    `json:"seq"`
 	File      *FileRef  `json:"file,omitempty"` // set when the message is a file
 }
@@ -123,7 +124,7 @@ func conversationOf(txn *badger.Txn, id string) (string, error) {
 
 // setState changes the delivery state of a stored outgoing message. A state
 // never goes backwards (delivered stays delivered).
-func setState(txn *badger.Txn, conversation, id, state string) error {
+func setState(txn *badger.Txn, conversation, id, state, via string) error {
 	item, err := txn.Get(msgIDKey(conversation, id))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return ErrNotFound
@@ -146,10 +147,13 @@ func setState(txn *badger.Txn, conversation, id, state string) error {
 	if err := item.Value(func(b []byte) error { return decode(b, &m) }); err != nil {
 		return err
 	}
-	if rank(state) <= rank(m.State) {
+	if rank(state) < rank(m.State) || (rank(state) == rank(m.State) && (via == "" || via == m.Via)) {
 		return nil
 	}
 	m.State = state
+	if via != "" {
+		m.Via = via // how it last left (a group message: to the last member)
+	}
 	b, err := json.Marshal(&m)
 	if err != nil {
 		return err
@@ -162,6 +166,7 @@ func setState(txn *badger.Txn, conversation, id, state string) error {
 // (StateDelivered: its queue entry for To goes too).
 type Delivery struct {
 	To, ID, State string
+	Via           string // for StateSent: direct, relay or mailbox
 }
 
 // RecordDeliveries applies deliveries in one transaction and reports for
@@ -182,7 +187,7 @@ func (s *Store) RecordDeliveries(ds []Delivery) ([]bool, error) {
 			} else if err != nil {
 				return err
 			}
-			if err := setState(txn, conv, d.ID, d.State); errors.Is(err, ErrNotFound) {
+			if err := setState(txn, conv, d.ID, d.State, d.Via); errors.Is(err, ErrNotFound) {
 				continue
 			} else if err != nil {
 				return err
