@@ -24,7 +24,6 @@ import (
 
 	"github.com/e2em/e2em/desktop/engine"
 	"github.com/e2em/e2em/desktop/engine/command"
-	"github.com/e2em/e2em/desktop/engine/downloads"
 )
 
 func main() {
@@ -166,22 +165,8 @@ func (p *printer) progress(t *engine.Transfer) {
 		p.bars[t.ID] = bar
 	}
 	p.mu.Unlock()
-	bar.Describe(barText(t))
+	bar.Describe(t.ProgressText())
 	bar.Set64(t.Done)
-}
-
-// barText is what a bar says beside itself: the engine's rate (over the
-// last moments), not the bar's own guess from when it was drawn first.
-func barText(t *engine.Transfer) string {
-	verb := "receiving"
-	if t.Outgoing {
-		verb = "sending"
-	}
-	text := fmt.Sprintf("%s %s: %s of %s", verb, t.Name, downloads.HumanBytes(t.Done), downloads.HumanBytes(t.Total))
-	if t.Rate > 0 {
-		text += fmt.Sprintf(", %s/s", downloads.HumanBytes(int64(t.Rate)))
-	}
-	return text
 }
 
 // endProgress completes and forgets transfer t's bar.
@@ -191,7 +176,7 @@ func (p *printer) endProgress(t *engine.Transfer) {
 	delete(p.bars, t.ID)
 	p.mu.Unlock()
 	if bar != nil && t.State == engine.TransferDone {
-		bar.Describe(barText(t))
+		bar.Describe(t.ProgressText())
 		bar.Finish()
 	}
 }

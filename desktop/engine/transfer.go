@@ -63,6 +63,20 @@ type TransferRecipient struct {
 	Error  string `json:"error,omitempty"`
 }
 
+// ProgressText says how far a transfer is, as the faces show it beside a
+// progress bar: "Sending payload.bin: 12.1 MB of 20.0 MB, 16.6 MB/s".
+func (t *Transfer) ProgressText() string {
+	verb := "Receiving"
+	if t.Outgoing {
+		verb = "Sending"
+	}
+	text := fmt.Sprintf("%s %s: %s of %s", verb, t.Name, downloads.HumanBytes(t.Done), downloads.HumanBytes(t.Total))
+	if t.Rate > 0 {
+		text += fmt.Sprintf(", %s/s", downloads.HumanBytes(int64(t.Rate)))
+	}
+	return text
+}
+
 // Finished reports whether the transfer has ended, one way or another.
 func (t *Transfer) Finished() bool { return store.XferFinished(t.State) }
 

@@ -2,7 +2,6 @@ package ui
 
 import (
 	"context"
-	"fmt"
 
 	"fyne.io/fyne/v2"
 	"fyne.io/fyne/v2/container"
@@ -12,7 +11,6 @@ import (
 	"fyne.io/fyne/v2/widget"
 
 	"github.com/e2em/e2em/desktop/engine"
-	"github.com/e2em/e2em/desktop/engine/downloads"
 )
 
 // transfersStrip shows the files on their way in the open conversation:
@@ -53,14 +51,7 @@ func (s *transfersStrip) update(t engine.Transfer) {
 		s.rows[id] = r
 		s.box.Add(r.row)
 	}
-	verb := "Receiving"
-	if t.Outgoing {
-		verb = "Sending"
-	}
-	text := fmt.Sprintf("%s %s: %s of %s", verb, t.Name, downloads.HumanBytes(t.Done), downloads.HumanBytes(t.Total))
-	if t.Rate > 0 {
-		text += fmt.Sprintf(", %s/s", downloads.HumanBytes(int64(t.Rate)))
-	}
+	text := t.ProgressText()
 	if t.State == engine.TransferWaiting {
 		text += " — waiting: " + t.Error
 	}
