@@ -184,22 +184,33 @@ func loadOrPlanLayout(o *options) (*Layout, error) {
 	// Ports the layout holds are not free for new members even while
 	// nothing listens on them yet (this very start launches their owners).
 	taken := l.ports()
-	port := func(p int) (string, error) {
-		if p == 0 || o.basePort == 0 {
+	// fixed gives a port asked for by number, or a free one for 0.
+	fixed := func(p int) (string, error) {
+		if p == 0 {
 			return freePort(o.host, taken)
 		}
 		return net.JoinHostPort(o.host, strconv.Itoa(p)), nil
 	}
+	// port is fixed for the coordinators' ports, which -base-port 0 makes
+	// free ones.
+	port := func(p int) (string, error) {
+		if o.basePort == 0 {
+			p = 0
+		}
+		return fixed(p)
+	}
 	var err error
 	if l.LB == "" {
-		if l.LB, err = port(o.lbPort); err != nil {
+		// The balancer's port is its own flag: an explicit -lb-port holds
+		// whatever -base-port says.
+		if l.LB, err = fixed(o.lbPort); err != nil {
 			return nil, err
 		}
 		lbMetricsPort := 0
 		if o.lbPort != 0 {
 			lbMetricsPort = o.lbPort + 1
 		}
-		if l.LBMetrics, err = port(lbMetricsPort); err != nil {
+		if l.LBMetrics, err = fixed(lbMetricsPort); err != nil {
 			return nil, err
 		}
 	}

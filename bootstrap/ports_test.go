@@ -48,3 +48,23 @@ func freeOne(t *testing.T, taken map[int]bool) int {
 	n, _ := strconv.Atoi(p)
 	return n
 }
+
+// -lb-port names the balancer's port even when -base-port 0 asks for free
+// ports for the coordinators (the README promises the balancer's port).
+func TestExplicitBalancerPortHoldsWithFreeCoordinatorPorts(t *testing.T) {
+	lb := freeOne(t, map[int]bool{})
+	o := &options{n: 2, lbPort: lb, basePort: 0, dataDir: t.TempDir(), host: "127.0.0.1"}
+	l, err := loadOrPlanLayout(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := net.JoinHostPort("127.0.0.1", strconv.Itoa(lb)); l.LB != want {
+		t.Fatalf("the balancer got %s, want %s", l.LB, want)
+	}
+	if want := net.JoinHostPort("127.0.0.1", strconv.Itoa(lb+1)); l.LBMetrics != want {
+		t.Fatalf("its metrics got %s, want %s", l.LBMetrics, want)
+	}
+	if len(l.Coordinators) != 2 || l.Coordinators[0].API == l.Coordinators[1].API {
+		t.Fatalf("coordinators: %+v", l.Coordinators)
+	}
+}
