@@ -159,13 +159,17 @@ func startNode(t *testing.T, who, dir, script string, args ...string) *nodeProgr
 // scripts) in a folder of the test's and returns it. It skips where Node.js
 // 20 or later is missing (Debian 12's own nodejs is 18; this project's
 // machines have 20): these tests check other implementations against ours,
-// and no part of e2em needs Node.js.
+// and no part of e2em needs Node.js. Under CI=true a missing Node.js fails.
 func nodeProject(t *testing.T) string {
 	t.Helper()
 	out, err := exec.Command("node", "--version").Output()
 	major, _ := strconv.Atoi(strings.SplitN(strings.TrimPrefix(strings.TrimSpace(string(out)), "v"), ".", 2)[0])
 	if err != nil || major < 20 {
-		t.Skip("Node.js 20 or later is needed for the interoperability tests (node --version: " + strings.TrimSpace(string(out)) + ")")
+		why := "Node.js 20 or later is needed for the interoperability tests (node --version: " + strings.TrimSpace(string(out)) + ")"
+		if os.Getenv("CI") != "" {
+			t.Fatal(why + ", and CI must have it")
+		}
+		t.Skip(why)
 	}
 	dir := t.TempDir()
 	files, err := filepath.Glob(filepath.Join("testdata", "node", "*"))
