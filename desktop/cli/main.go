@@ -16,6 +16,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime/pprof"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -65,14 +66,9 @@ func main() {
 	defer stop()
 	go out.events(eng.Events())
 	lines := make(chan string)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(os.Stdin)
-		sc.Buffer(make([]byte, 64<<10), command.MaxLine+1)
-		for sc.Scan() {
-			lines <- sc.Text()
-		}
-	}()
+	go readLines(os.Stdin, lines, func(n int) {
+		out.fail("", fmt.Errorf("a line of %d bytes is longer than %d; it was not run", n, command.MaxLine))
+	})
 	out.info("e2em headless client. Type Help for the commands.")
 	run(ctx, eng, out, lines)
 	eng.Close()
@@ -115,6 +111,36 @@ func run(ctx context.Context, eng *engine.Engine, out *printer, lines <-chan str
 	}
 }
 
+// readLines sends each line of r to lines, and closes it at the end. A
+// line longer than a command may be is not kept whole in memory: it is
+// reported (tooLong, with its length) and skipped, and reading goes on.
+func readLines(r io.Reader, lines chan<- string, tooLong func(n int)) {
+	defer close(lines)
+	const keep = command.MaxLine + 2 // a command, its \r\n
+	br := bufio.NewReaderSize(r, 64<<10)
+	var line []byte
+	n := 0 // bytes of the line so far
+	for {
+		chunk, err := br.ReadSlice('\n')
+		n += len(chunk)
+		if n <= keep {
+			line = append(line, chunk...)
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		if n > keep {
+			tooLong(n)
+		} else if n > 0 {
+			lines <- strings.TrimRight(string(line), "\r\n")
+		}
+		line, n = line[:0], 0
+		if err != nil {
+			return
+		}
+	}
+}
+
 // printer writes results and events as lines, safely from two goroutines;
 // in text mode a file on its way has a progress bar.
 type printer struct {
@@ -133,6 +159,13 @@ func (p *printer) line(v any, text string) {
 		p.w.Write(append(b, '\n'))
 		return
 	}
+	// What others wrote cannot add lines or drive the terminal: each line
+	// of the text is printed with its control characters written out.
+	parts := strings.Split(text, "\n")
+	for i, part := range parts {
+		parts[i] = engine.Printable(part)
+	}
+	text = strings.Join(parts, "\n")
 	if p.barLine {
 		io.WriteString(p.w, "\n")
 		p.barLine = false
@@ -245,7 +278,7 @@ func (p *printer) events(ch <-chan engine.Event) {
 				break
 			}
 			if ev.Kind == engine.EventFileOffered && !ev.Transfer.Outgoing {
-				p.line(nil, ev.Text)
+				p.line(nil, engine.Printable(ev.Text))
 			}
 			p.progress(ev.Transfer)
 			continue
@@ -261,7 +294,8 @@ func (p *printer) events(ch <-chan engine.Event) {
 				continue
 			}
 		}
-		p.line(ev, text)
+		// An event is one line, whatever its sender put in it.
+		p.line(ev, engine.Printable(text))
 	}
 }
 

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/e2em/e2em/desktop/engine/command"
 	"github.com/e2em/e2em/internal/pki"
@@ -100,5 +101,25 @@ func TestErrorsHaveKinds(t *testing.T) {
 		if strings.ContainsAny(err.Error(), "<;") || strings.Contains(err.Error(), "Login") {
 			t.Errorf("%q speaks like one face", err)
 		}
+	}
+}
+
+func TestPrintableKeepsTextOnOneLine(t *testing.T) {
+	for in, want := range map[string]string{
+		"hello":              "hello",
+		"résumé 日本語 👋":       "résumé 日本語 👋",
+		"a\nb":               `a\nb`,
+		"tab\there":          `tab\there`,
+		"\x1b[31mred":        `\u001b[31mred`,
+		"bidi\u202etxt.exe":  `bidi\u202etxt.exe`,
+		"c1\u0085next\u009b": `c1\u0085next\u009b`,
+	} {
+		if got := Printable(in); got != want {
+			t.Errorf("Printable(%q) = %q, want %q", in, got, want)
+		}
+	}
+	m := Message{From: "mal102", Body: "x\ny", Sent: time.Unix(0, 0).UTC()}
+	if strings.Contains(m.Line(), "\n") {
+		t.Fatalf("a history line holds a newline: %q", m.Line())
 	}
 }

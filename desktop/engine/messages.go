@@ -2,7 +2,9 @@ package engine
 
 import (
 	"fmt"
+	"strings"
 	"time"
+	"unicode"
 
 	"github.com/e2em/e2em/desktop/engine/store"
 )
@@ -59,16 +61,51 @@ func messagesOf(ms []*store.Message) []Message {
 	return out
 }
 
-// Line is the message as History prints it: time, who, text, and the
+// Line is the message as History prints it, on one line: time, who,
+// text (its control characters written out, see Printable), and the
 // delivery state of yours.
 func (m Message) Line() string {
 	who := m.From
 	if m.Group != "" {
 		who = m.Group + " : " + m.From
 	}
-	s := fmt.Sprintf("%s %s : %s", m.Sent.Format("2006-01-02 15:04"), who, m.Body)
+	s := fmt.Sprintf("%s %s : %s", m.Sent.Format("2006-01-02 15:04"), Printable(who), Printable(m.Body))
 	if m.Outgoing {
 		s += " [" + string(m.State) + "]"
 	}
 	return s
+}
+
+// Printable writes out the control characters of text someone else wrote
+// (\n, \x1b, …), so that printed on a terminal it stays one line of
+// text: it cannot forge lines that look like other people's messages, nor
+// move the cursor, change colours or retitle the window. Other characters,
+// any script, stay as they are.
+func Printable(s string) string {
+	clean := true
+	for _, r := range s {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s {
+		switch {
+		case r == '\n':
+			b.WriteString(`\n`)
+		case r == '\r':
+			b.WriteString(`\r`)
+		case r == '\t':
+			b.WriteString(`\t`)
+		case unicode.IsControl(r) || unicode.Is(unicode.Cf, r):
+			fmt.Fprintf(&b, `\u%04x`, r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
 }
