@@ -150,3 +150,30 @@ func BenchmarkHistoryPages(b *testing.B) {
 		}
 	})
 }
+
+// A group message's id is the sender's choice: one member reusing another
+// member's id does not make the real message a repeat (issue 12, point 7).
+func TestGroupMessageIDsBelongToTheirSender(t *testing.T) {
+	s := open(t)
+	add := func(from, body string) bool {
+		t.Helper()
+		added, err := s.AddMessage(&Message{ID: "id-alice-chose", Peer: from, Group: "club", From: from, Body: body, Sent: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return added
+	}
+	if !add("mal666", "forged first, under alice's id") {
+		t.Fatal("mallory's message was not stored")
+	}
+	if !add("alice101", "the real one") {
+		t.Fatal("alice's message was dropped as a repeat of mallory's")
+	}
+	if add("alice101", "the real one") {
+		t.Fatal("alice's message, delivered twice, was stored twice")
+	}
+	h, _ := s.History("#club", 10)
+	if len(h) != 2 {
+		t.Fatalf("history holds %d messages", len(h))
+	}
+}

@@ -66,7 +66,7 @@ func (s *Store) AddMessage(m *Message) (bool, error) {
 }
 
 func (s *Store) addMessage(txn *badger.Txn, m *Message) (bool, error) {
-	idKey := msgIDKey(m.Conversation(), m.ID)
+	idKey := dedupKey(m)
 	if _, err := txn.Get(idKey); err == nil {
 		return false, nil
 	} else if !errors.Is(err, badger.ErrKeyNotFound) {
@@ -94,6 +94,18 @@ func (s *Store) addMessage(txn *badger.Txn, m *Message) (bool, error) {
 		}
 	}
 	return true, txn.Set(idKey, hk)
+}
+
+// dedupKey is what makes a message the same message when it comes again:
+// its id within its conversation, and for a group message someone else
+// sent, its sender too. Ids are chosen by senders: without the sender, a
+// member who saw Alice's id could send her own message under it to
+// someone first, who would then drop Alice's as a repeat.
+func dedupKey(m *Message) []byte {
+	if m.Group != "" && !m.Outgoing {
+		return msgIDKey(m.Conversation(), m.From+"\x00"+m.ID)
+	}
+	return msgIDKey(m.Conversation(), m.ID)
 }
 
 // AddOutgoing stores a message you send and queues its deliveries in one
