@@ -64,7 +64,8 @@ func SanitizeName(name string) string {
 		name = "_" + name
 	}
 	stem, ext := splitExt(name)
-	return truncate(stem, ext, MaxNameBytes)
+	// Cutting a long name can leave it ending in spaces or dots again.
+	return strings.TrimRight(truncate(stem, ext, MaxNameBytes), ". ")
 }
 
 // splitExt splits "a.tar.gz" into "a.tar" and ".gz"; a name that is all

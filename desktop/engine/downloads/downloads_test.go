@@ -43,6 +43,12 @@ func TestSanitizeName(t *testing.T) {
 	if len(got) > MaxNameBytes || !utf8.ValidString(got) || !strings.HasSuffix(got, ".pdf") {
 		t.Fatalf("300-byte name became %d bytes %q", len(got), got)
 	}
+	// Found by FuzzSanitizeName: the cut left trailing spaces that a
+	// second pass removed.
+	cut := SanitizeName("x" + strings.Repeat(" ", 254) + "\xf0")
+	if cut != "x" || SanitizeName(cut) != cut {
+		t.Fatalf("a cut name ending in spaces became %q", cut)
+	}
 }
 
 // FuzzSanitizeName: whatever a peer names its file, the result is one
