@@ -270,6 +270,6 @@ func (e *Engine) Trust(ctx context.Context, contact string) error {
 	}
 	e.forget(s, login)
 	e.kickQueue(s)
-	e.spawn(s, e.fetchMail)
+	e.spawn(s, func(s *online) { e.releaseHeld(s, login) })
 	return nil
 }

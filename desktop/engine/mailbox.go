@@ -11,6 +11,7 @@ import (
 	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/desktop/engine/e2e"
 	"github.com/e2em/e2em/desktop/engine/p2p"
+	"github.com/e2em/e2em/desktop/engine/store"
 	"github.com/e2em/e2em/desktop/engine/wire"
 )
 
@@ -69,19 +70,19 @@ func (e *Engine) fetchMail(s *online) {
 		if len(resp.Mail) == 0 {
 			break
 		}
-		stop := false
 		for _, m := range resp.Mail {
 			if err := e.openMail(s, m); errors.Is(err, ErrKeyChanged) {
-				stop = true // held until the person trusts the new key
-				break
+				// Held here until the person trusts the sender's new
+				// key; the mail of everyone else goes on.
+				if err := e.store.HoldMail(&store.HeldMail{From: m.From, Seq: m.Seq, Envelope: m.Envelope}); err != nil {
+					e.log.Error("hold an envelope", "from", m.From, "err", err)
+					return
+				}
 			}
 			cursor = m.Seq
 			if err := e.store.SetMailCursor(cursor); err != nil {
 				return
 			}
-		}
-		if stop {
-			break
 		}
 	}
 	if cursor > start {
@@ -132,4 +133,25 @@ func (e *Engine) openMail(s *online, m *api.Mail) error {
 	}
 	e.handlePayload(s, env.From, &p, nil)
 	return nil
+}
+
+// releaseHeld opens what the mailbox brought from login while its key was
+// not trusted (after Trust).
+func (e *Engine) releaseHeld(s *online, login string) {
+	s.mailMu.Lock()
+	defer s.mailMu.Unlock()
+	held, err := e.store.HeldMailFrom(login)
+	if err != nil {
+		e.log.Error("read held mail", "from", login, "err", err)
+		return
+	}
+	for _, h := range held {
+		if err := e.openMail(s, &api.Mail{Seq: h.Seq, From: h.From, Envelope: h.Envelope}); errors.Is(err, ErrKeyChanged) {
+			return // changed again meanwhile: still held
+		}
+		if err := e.store.ReleaseMail(h.From, h.Seq); err != nil {
+			e.log.Error("release held mail", "from", login, "err", err)
+			return
+		}
+	}
 }

@@ -301,3 +301,31 @@ func TestEveryoneWritesAtOnce(t *testing.T) {
 		}
 	}
 }
+
+// A contact whose key changed holds back only their own mail: what others
+// sent meanwhile arrives, and theirs once the key is trusted (issue 12,
+// point 8; the mailbox used to stop at the first such envelope).
+func TestChangedKeyDoesNotStallTheMailbox(t *testing.T) {
+	c := sharedCluster(t)
+	alice, bob, carol := account(t, c, "mba", "761"), account(t, c, "mbb", "762"), account(t, c, "mbc", "763")
+	carol.Deliver(bob, "mbb762", "hello from my old phone")
+	bobProfile := bob.Profile
+	bob.Quit()
+	carol.Kill()
+	carol = c.StartClient(t, "mbc763-new", ct.ClientOptions{}) // a new device: new keys
+	carol.Do("Login mbc763 password123")
+	carol.Do("Send mbb762 hello from my new phone")
+	carol.WaitEvent(wait, "sent", map[string]string{"via": "mailbox"})
+	alice.Do("Send mbb762 unrelated news")
+	alice.WaitEvent(wait, "sent", map[string]string{"via": "mailbox"})
+
+	bob = c.StartClient(t, "mbb762-again", ct.ClientOptions{Profile: bobProfile})
+	bob.Do("Login mbb762 password123")
+	bob.WaitEvent(wait, "message", map[string]string{"from": "mba761", "body": "unrelated news"})
+	bob.WaitEvent(wait, "key_changed", map[string]string{"contact": "mbc763"})
+	if n := bob.Count("message", map[string]string{"from": "mbc763"}); n != 0 {
+		t.Fatal("a message under an untrusted new key was shown")
+	}
+	bob.Do("Trust mbc763")
+	bob.WaitEvent(wait, "message", map[string]string{"from": "mbc763", "body": "hello from my new phone"})
+}

@@ -114,3 +114,55 @@ func (s *Store) MailCursor() (uint64, error) {
 
 // SetMailCursor records mailbox progress.
 func (s *Store) SetMailCursor(seq uint64) error { return s.put("mailcursor", seq) }
+
+// HeldMail is a mailbox envelope kept in the profile because its sender's
+// identity key changed and is not trusted yet: the mailbox moves past it,
+// and it is opened when the person trusts the new key.
+type HeldMail struct {
+	From     string `json:"from"`
+	Seq      uint64 `json:"seq"`
+	Envelope []byte `json:"envelope"`
+}
+
+func heldKey(from string, seq uint64) []byte {
+	return seqKey("heldmail/"+from+"\x00", seq)
+}
+
+// MaxHeldPerSender bounds what one untrusted sender can park in the
+// profile; past it their oldest held envelope makes room.
+const MaxHeldPerSender = 500
+
+// HoldMail keeps an envelope until its sender is trusted again, dropping
+// the sender's oldest held one when MaxHeldPerSender are already held.
+func (s *Store) HoldMail(m *HeldMail) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	prefix := []byte("heldmail/" + m.From + "\x00")
+	return s.update(func(txn *badger.Txn) error {
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		var keys [][]byte
+		for it.Rewind(); it.Valid(); it.Next() {
+			keys = append(keys, it.Item().KeyCopy(nil))
+		}
+		it.Close()
+		for len(keys) >= MaxHeldPerSender {
+			if err := txn.Delete(keys[0]); err != nil {
+				return err
+			}
+			keys = keys[1:]
+		}
+		return txn.Set(heldKey(m.From, m.Seq), b)
+	})
+}
+
+// HeldMailFrom lists what is held from a sender, in mailbox order.
+func (s *Store) HeldMailFrom(from string) ([]*HeldMail, error) {
+	return scanAll[HeldMail](s, "heldmail/"+from+"\x00")
+}
+
+// ReleaseMail forgets a held envelope (it was opened).
+func (s *Store) ReleaseMail(from string, seq uint64) error {
+	return s.update(func(txn *badger.Txn) error { return txn.Delete(heldKey(from, seq)) })
+}

@@ -303,3 +303,34 @@ func TestTransfersSurviveReopen(t *testing.T) {
 		t.Fatalf("a control message made history: %v", h)
 	}
 }
+
+// One sender whose key changed cannot fill the profile with held mail:
+// past the bound their oldest envelope goes, other senders' stay.
+func TestHeldMailIsBoundedPerSender(t *testing.T) {
+	s := open(t)
+	if err := s.HoldMail(&HeldMail{From: "friend", Seq: 1, Envelope: []byte("keep")}); err != nil {
+		t.Fatal(err)
+	}
+	for seq := uint64(10); seq < 10+MaxHeldPerSender+5; seq++ {
+		if err := s.HoldMail(&HeldMail{From: "flood", Seq: seq, Envelope: []byte("x")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flood, err := s.HeldMailFrom("flood")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(flood) != MaxHeldPerSender || flood[0].Seq != 15 {
+		t.Fatalf("held %d from the flooding sender, oldest seq %d; want %d from seq 15", len(flood), flood[0].Seq, MaxHeldPerSender)
+	}
+	friend, err := s.HeldMailFrom("friend")
+	if err != nil || len(friend) != 1 || string(friend[0].Envelope) != "keep" {
+		t.Fatalf("the other sender's held mail: %v, %v", friend, err)
+	}
+	if err := s.ReleaseMail("friend", 1); err != nil {
+		t.Fatal(err)
+	}
+	if friend, _ = s.HeldMailFrom("friend"); len(friend) != 0 {
+		t.Fatal("released mail is still held")
+	}
+}
