@@ -44,7 +44,9 @@ type Store interface {
 // Config holds the limits the server enforces.
 type Config struct {
 	SessionTTL       time.Duration // how long a log-in lasts
-	MaxLoginFailures int           // failed log-ins per minute, per account and per address
+	MaxLoginFailures int           // failed log-ins per account from one address in LoginWindow, then backoff
+	MaxAddrFailures  int           // failed log-ins per address per minute, whatever the accounts
+	MaxSignUps       int           // sign-ups per address per hour
 	MailMaxBytes     int           // largest envelope
 	MailboxMaxCount  uint32        // envelopes waiting per recipient
 	MailboxMaxBytes  uint64        // bytes waiting per recipient
@@ -56,6 +58,8 @@ func DefaultConfig() Config {
 	return Config{
 		SessionTTL:       24 * time.Hour,
 		MaxLoginFailures: 10,
+		MaxAddrFailures:  30,
+		MaxSignUps:       20,
 		MailMaxBytes:     1 << 20,
 		MailboxMaxCount:  1000,
 		MailboxMaxBytes:  64 << 20,
@@ -154,6 +158,12 @@ func (s *Server) SignUp(ctx context.Context, req *api.SignUpRequest) (*api.SignU
 		return nil, invalid(err)
 	}
 	login := LoginID(req.Username, req.RollNumber)
+	// Counted before hashing, refused or not, so that one address cannot
+	// make accounts (or probe which names are taken) without end.
+	if _, err := s.reserve(ctx, "sign-ups", &statepb.Limit{
+		Key: store.LimitKey("signup-addr", hostOf(observedAddr(ctx))), WindowNano: int64(time.Hour), Max: uint32(s.cfg.MaxSignUps)}); err != nil {
+		return nil, err
+	}
 	var hash *statepb.PasswordHash
 	if err := s.argon(ctx, func() { hash = HashPassword(req.Password) }); err != nil {
 		return nil, err
@@ -175,22 +185,23 @@ func (s *Server) LogIn(ctx context.Context, req *api.LogInRequest) (*api.LogInRe
 	}
 	addr := observedAddr(ctx)
 	ip := hostOf(addr)
-	// See failures and accounts recorded through any coordinator.
+	// The attempt is counted before the password is hashed, in the log's
+	// order, so parallel guesses cannot all pass a check made before any of
+	// them was counted. Failures count per account *from this address*: a
+	// guesser elsewhere slows only himself, never the owner.
+	pair, fromAddr := store.LimitKey("login", login, ip), store.LimitKey("login-addr", ip)
+	attempt, err := s.reserve(ctx, "log-ins",
+		&statepb.Limit{Key: pair, WindowNano: int64(LoginWindow), Max: uint32(s.cfg.MaxLoginFailures), Backoff: true},
+		&statepb.Limit{Key: fromAddr, WindowNano: int64(time.Minute), Max: uint32(s.cfg.MaxAddrFailures)})
+	if err != nil {
+		return nil, err
+	}
+	// See accounts made through any coordinator.
 	if err := s.barrier(ctx); err != nil {
 		return nil, err
 	}
 	fsm := s.store.FSM()
 	now := time.Now()
-	byAcct, byAddr, err := fsm.RecentFailures(login, ip, now.UnixNano())
-	if err != nil {
-		return nil, storeErr(err)
-	}
-	if wait, limited := s.loginLimited(byAcct, now); limited {
-		return nil, status.Errorf(codes.ResourceExhausted, "too many failed log-ins for %s; try again in %d seconds", login, wait)
-	}
-	if wait, limited := s.loginLimited(byAddr, now); limited {
-		return nil, status.Errorf(codes.ResourceExhausted, "too many failed log-ins from your address; try again in %d seconds", wait)
-	}
 	acct, err := fsm.Account(login)
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return nil, storeErr(err)
@@ -203,17 +214,17 @@ func (s *Server) LogIn(ctx context.Context, req *api.LogInRequest) (*api.LogInRe
 		}
 		good = CheckPassword(acct.Password, req.Password)
 	}); err != nil {
+		s.unreserve(attempt, nil, pair, fromAddr) // busy is not a guess
 		return nil, err
 	}
 	if !good {
 		loginFailures.Inc()
 		s.log.Info("failed log-in", "login_id", login, "addr", addr)
-		fail := &statepb.LoginFailed{LoginId: login, Address: ip}
-		if _, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_LoginFailed{LoginFailed: fail}}); err != nil {
-			return nil, err
-		}
 		return nil, status.Error(codes.Unauthenticated, "wrong login id or password")
 	}
+	// The right password: this address's count for the account starts
+	// again, and the attempt does not count against the address.
+	s.unreserve(attempt, [][]byte{pair}, fromAddr)
 	info, err := fsm.ClusterInfo()
 	if err != nil {
 		return nil, status.Error(codes.Unavailable, "the cluster is still starting; try again")
@@ -222,15 +233,36 @@ func (s *Server) LogIn(ctx context.Context, req *api.LogInRequest) (*api.LogInRe
 	return &api.LogInResponse{Token: token, LoginId: login, ExpiresUnix: sess.Expires.Unix(), ObservedAddr: addr}, nil
 }
 
-// loginLimited says whether failures fill the window, and how many seconds
-// until the oldest of them leaves it.
-func (s *Server) loginLimited(failures []int64, now time.Time) (int, bool) {
-	if len(failures) < s.cfg.MaxLoginFailures {
-		return 0, false
+// LoginWindow is how long failed log-ins count against an account from one
+// address.
+const LoginWindow = 15 * time.Minute
+
+// reserve counts an attempt against limits, atomically in the replicated
+// log, before the expensive work; what says the attempt's time.
+func (s *Server) reserve(ctx context.Context, what string, limits ...*statepb.Limit) (int64, error) {
+	res, err := s.store.Apply(ctx, &statepb.Command{Op: &statepb.Command_Reserve{Reserve: &statepb.Reserve{Limits: limits}}})
+	if err != nil {
+		return 0, storeErr(err)
 	}
-	oldest := failures[len(failures)-s.cfg.MaxLoginFailures]
-	wait := time.Until(time.Unix(0, oldest).Add(time.Minute))
-	return int(wait.Seconds()) + 1, true
+	if codes.Code(res.Code) == codes.ResourceExhausted {
+		return 0, status.Errorf(codes.ResourceExhausted, "too many %s from your address; try again in %d seconds", what, res.Seq)
+	}
+	if res.Code != 0 {
+		return 0, status.Error(codes.Code(res.Code), res.Message)
+	}
+	return int64(res.Seq), nil
+}
+
+// unreserve takes back an attempt that turned out well (or never ran):
+// it is forgotten from forget, and clear is emptied. Best effort: a lost
+// release only counts one attempt too many until the window passes.
+func (s *Server) unreserve(attempt int64, clear [][]byte, forget ...[]byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	rel := &statepb.Release{Forget: forget, AttemptUnixNano: attempt, Clear: clear}
+	if _, err := s.store.Apply(ctx, &statepb.Command{Op: &statepb.Command_Release{Release: rel}}); err != nil {
+		s.log.Warn("release a counted attempt", "err", err)
+	}
 }
 
 // LogOut revokes the caller's session everywhere.

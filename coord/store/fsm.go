@@ -32,14 +32,11 @@ const (
 	prefMyGroup = "mygrp/"         // mygrp/<login>/<folded name> → ""
 	prefMailbox = "mbox/"          // mbox/<login> → MailBox
 	prefMail    = "mail/"          // mail/<login>/<seq BE> → api.Mail
-	prefFailAcc = "fail/acct/"     // → Failures
-	prefFailIP  = "fail/addr/"     // → Failures
 	prefRevoked = "rev/"           // rev/<session id> → expiry BE
 	prefNode    = "node/"          // node/<id> → Node
 	prefRequest = "req/"           // req/<request id> → AppliedRequest
 	prefReqTime = "reqt/"          // reqt/<time BE>/<request id> → ""
 	prefRevTime = "revt/"          // revt/<time BE>/<session id> → ""
-	failWindow  = time.Minute      // failed log-ins are counted over this window
 	requestTTL  = 10 * time.Minute // a retried command is recognised this long
 	pruneBatch  = 64               // expired entries removed per applied command
 )
@@ -241,7 +238,11 @@ func (f *FSM) dispatch(txn *writeTxn, cmd *statepb.Command) (*statepb.Result, []
 	case *statepb.Command_RevokeSession:
 		return f.revokeSession(txn, op.RevokeSession)
 	case *statepb.Command_LoginFailed:
-		return f.loginFailed(txn, op.LoginFailed, now)
+		return ok(), nil, nil // older versions' failure count; Reserve replaced it
+	case *statepb.Command_Reserve:
+		return f.reserve(txn, op.Reserve, now)
+	case *statepb.Command_Release:
+		return f.release(txn, op.Release)
 	case *statepb.Command_PublishKeys:
 		return f.publishKeys(txn, op.PublishKeys, now)
 	case *statepb.Command_Group:
@@ -304,35 +305,6 @@ func (f *FSM) revokeSession(txn *writeTxn, r *statepb.RevokeSession) (*statepb.R
 		return nil, nil, err
 	}
 	return ok(), nil, txn.Set([]byte(prefRevTime+string(exp)+"/"+string(r.SessionId)), nil)
-}
-
-func (f *FSM) loginFailed(txn *writeTxn, l *statepb.LoginFailed, now int64) (*statepb.Result, []Event, error) {
-	for _, key := range []string{prefFailAcc + l.GetLoginId(), prefFailIP + l.GetAddress()} {
-		if strings.HasSuffix(key, "/") {
-			continue
-		}
-		var fl statepb.Failures
-		if _, err := getProto(txn, key, &fl); err != nil {
-			return nil, nil, err
-		}
-		fl.UnixNano = append(recentFailures(fl.UnixNano, now), now)
-		if err := setProto(txn, key, &fl); err != nil {
-			return nil, nil, err
-		}
-	}
-	return ok(), nil, nil
-}
-
-// recentFailures keeps the failure times inside the counting window.
-func recentFailures(times []int64, now int64) []int64 {
-	cut := now - int64(failWindow)
-	kept := times[:0]
-	for _, t := range times {
-		if t > cut {
-			kept = append(kept, t)
-		}
-	}
-	return kept
 }
 
 func (f *FSM) publishKeys(txn *writeTxn, k *api.Keys, now int64) (*statepb.Result, []Event, error) {
@@ -475,12 +447,16 @@ func (f *FSM) ackMail(txn *writeTxn, a *statepb.AckMail) (*statepb.Result, []Eve
 	return ok(), nil, setProto(txn, prefMailbox+a.LoginId, &box)
 }
 
-// prune removes retry records and revocations whose time has passed.
+// prune removes retry records, revocations and counted attempts whose
+// time has passed.
 func (f *FSM) prune(txn *writeTxn, now int64) error {
 	if err := f.pruneIndex(txn, prefReqTime, prefRequest, now-int64(requestTTL)); err != nil {
 		return err
 	}
-	return f.pruneIndex(txn, prefRevTime, prefRevoked, now)
+	if err := f.pruneIndex(txn, prefRevTime, prefRevoked, now); err != nil {
+		return err
+	}
+	return f.pruneLimits(txn, now)
 }
 
 func (f *FSM) pruneIndex(txn *writeTxn, index, target string, before int64) error {

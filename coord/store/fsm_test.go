@@ -231,20 +231,6 @@ func TestReplayedEntriesAreSkipped(t *testing.T) {
 	}
 }
 
-func TestLoginFailuresWindow(t *testing.T) {
-	f, _ := openFSM(t)
-	a := &applier{t: t, f: f}
-	base := time.Now()
-	for i := 0; i < 3; i++ {
-		a.applyCmd(&statepb.Command{TimeUnixNano: base.Add(time.Duration(i) * 40 * time.Second).UnixNano(),
-			Op: &statepb.Command_LoginFailed{LoginFailed: &statepb.LoginFailed{LoginId: "alice101", Address: "10.0.0.1"}}})
-	}
-	acct, addr, err := f.RecentFailures("alice101", "10.0.0.1", base.Add(81*time.Second).UnixNano())
-	if err != nil || len(acct) != 2 || len(addr) != 2 {
-		t.Fatalf("failures inside the last minute: %v %v %v", acct, addr, err)
-	}
-}
-
 func TestSnapshotRestoreRoundTrip(t *testing.T) {
 	f, _ := openFSM(t)
 	a := &applier{t: t, f: f}

@@ -214,23 +214,6 @@ func (f *FSM) Revoked(sessionID []byte) (bool, error) {
 	return v.found, err
 }
 
-// RecentFailures counts failed log-ins inside the window ending at now for
-// an account and for an address, and returns the oldest counted time of each.
-func (f *FSM) RecentFailures(login, addr string, now int64) (acct, fromAddr []int64, err error) {
-	read := func(key string) ([]int64, error) {
-		var fl statepb.Failures
-		if err := f.get(key, &fl); err != nil && !errors.Is(err, ErrNotFound) {
-			return nil, err
-		}
-		return recentFailures(fl.UnixNano, now), nil
-	}
-	if acct, err = read(prefFailAcc + login); err != nil {
-		return nil, nil, err
-	}
-	fromAddr, err = read(prefFailIP + addr)
-	return acct, fromAddr, err
-}
-
 // Nodes lists the registered coordinators.
 func (f *FSM) Nodes() ([]*statepb.Node, error) {
 	var out []*statepb.Node

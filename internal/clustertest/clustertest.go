@@ -151,8 +151,11 @@ func Start(t testing.TB, o Options) *Cluster {
 		o.Dir = t.TempDir()
 	}
 	c := &Cluster{t: t, Dir: o.Dir, Bin: Binaries(t), exited: make(chan struct{}), dial: (&net.Dialer{}).DialContext}
+	// Every test person signs up from 127.0.0.1; a test of the sign-up
+	// limit sets its own (a later flag wins).
+	coordArgs := append([]string{"-max-signups-per-addr", "1000000"}, o.CoordArgs...)
 	c.Args = []string{"-n", fmt.Sprint(o.N), "-data", o.Dir, "-base-port", "0", "-lb-port", "0", "-bin", c.Bin,
-		"-coord-args", strings.Join(o.CoordArgs, " "), "-lb-args", strings.Join(o.LBArgs, " ")}
+		"-coord-args", strings.Join(coordArgs, " "), "-lb-args", strings.Join(o.LBArgs, " ")}
 	if o.Host != "" {
 		c.Args = append(c.Args, "-host", o.Host)
 	}
@@ -290,6 +293,21 @@ func (c *Cluster) Conn(addr string) *grpc.ClientConn {
 		conn.Close()
 		return v.(*grpc.ClientConn)
 	}
+	return conn
+}
+
+// ConnFrom is a connection of its own made from the local address ip (any
+// of 127.0.0.0/8 on Linux), as another computer would: the coordinators see
+// that address, through the balancer's PROXY header too.
+func (c *Cluster) ConnFrom(addr, ip string) *grpc.ClientConn {
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	conn, err := api.Dial(addr, c.CAFile(), grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+		return d.DialContext(ctx, "tcp", a)
+	}))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { conn.Close() })
 	return conn
 }
 

@@ -74,7 +74,7 @@ func (x GroupOp_Kind) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use GroupOp_Kind.Descriptor instead.
 func (GroupOp_Kind) EnumDescriptor() ([]byte, []int) {
-	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{9, 0}
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{12, 0}
 }
 
 // Command is one Raft log entry.
@@ -101,6 +101,8 @@ type Command struct {
 	//	*Command_AckMail
 	//	*Command_RegisterNode
 	//	*Command_RemoveNode
+	//	*Command_Reserve
+	//	*Command_Release
 	Op            isCommand_Op `protobuf_oneof:"op"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -254,6 +256,24 @@ func (x *Command) GetRemoveNode() *RemoveNode {
 	return nil
 }
 
+func (x *Command) GetReserve() *Reserve {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Reserve); ok {
+			return x.Reserve
+		}
+	}
+	return nil
+}
+
+func (x *Command) GetRelease() *Release {
+	if x != nil {
+		if x, ok := x.Op.(*Command_Release); ok {
+			return x.Release
+		}
+	}
+	return nil
+}
+
 type isCommand_Op interface {
 	isCommand_Op()
 }
@@ -298,6 +318,14 @@ type Command_RemoveNode struct {
 	RemoveNode *RemoveNode `protobuf:"bytes,19,opt,name=remove_node,json=removeNode,proto3,oneof"`
 }
 
+type Command_Reserve struct {
+	Reserve *Reserve `protobuf:"bytes,20,opt,name=reserve,proto3,oneof"`
+}
+
+type Command_Release struct {
+	Release *Release `protobuf:"bytes,21,opt,name=release,proto3,oneof"`
+}
+
 func (*Command_InitCluster) isCommand_Op() {}
 
 func (*Command_CreateAccount) isCommand_Op() {}
@@ -317,6 +345,10 @@ func (*Command_AckMail) isCommand_Op() {}
 func (*Command_RegisterNode) isCommand_Op() {}
 
 func (*Command_RemoveNode) isCommand_Op() {}
+
+func (*Command_Reserve) isCommand_Op() {}
+
+func (*Command_Release) isCommand_Op() {}
 
 // Result is what applying a Command answered.
 type Result struct {
@@ -697,6 +729,8 @@ func (x *RevokeSession) GetExpiresUnixNano() int64 {
 	return 0
 }
 
+// LoginFailed was how older versions counted failed log-ins; applying one
+// now changes nothing (Reserve replaced it).
 type LoginFailed struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	LoginId       string                 `protobuf:"bytes,1,opt,name=login_id,json=loginId,proto3" json:"login_id,omitempty"`
@@ -749,10 +783,12 @@ func (x *LoginFailed) GetAddress() string {
 	return ""
 }
 
-// Failures are the times of recent failed log-ins for one account or address.
+// Failures are the times of recent attempts counted against one limit.
 type Failures struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	UnixNano      []int64                `protobuf:"varint,1,rep,packed,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	UnixNano []int64                `protobuf:"varint,1,rep,packed,name=unix_nano,json=unixNano,proto3" json:"unix_nano,omitempty"`
+	// The window they count over, kept for pruning.
+	WindowNano    int64 `protobuf:"varint,2,opt,name=window_nano,json=windowNano,proto3" json:"window_nano,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -794,6 +830,197 @@ func (x *Failures) GetUnixNano() []int64 {
 	return nil
 }
 
+func (x *Failures) GetWindowNano() int64 {
+	if x != nil {
+		return x.WindowNano
+	}
+	return 0
+}
+
+// Reserve counts one attempt against every limit it names, all of them or
+// none: it is refused (ResourceExhausted, saying how long to wait) when one
+// is full. Applied in the log's order, it cannot be outrun by parallel
+// calls; the caller reserves first and does the expensive work after.
+// The Result's seq is the attempt's time (for Release) or, refused, the
+// seconds to wait.
+type Reserve struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limits        []*Limit               `protobuf:"bytes,1,rep,name=limits,proto3" json:"limits,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reserve) Reset() {
+	*x = Reserve{}
+	mi := &file_coord_store_statepb_state_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reserve) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reserve) ProtoMessage() {}
+
+func (x *Reserve) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_store_statepb_state_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reserve.ProtoReflect.Descriptor instead.
+func (*Reserve) Descriptor() ([]byte, []int) {
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Reserve) GetLimits() []*Limit {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+type Limit struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What is limited (store.LimitKey).
+	Key        []byte `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	WindowNano int64  `protobuf:"varint,2,opt,name=window_nano,json=windowNano,proto3" json:"window_nano,omitempty"`
+	// Attempts allowed inside the window.
+	Max uint32 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
+	// Past max, one more attempt is allowed 1, 2, 4 … minutes (at most the
+	// window) after the last, instead of none until the window moves.
+	Backoff       bool `protobuf:"varint,4,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Limit) Reset() {
+	*x = Limit{}
+	mi := &file_coord_store_statepb_state_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Limit) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Limit) ProtoMessage() {}
+
+func (x *Limit) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_store_statepb_state_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Limit.ProtoReflect.Descriptor instead.
+func (*Limit) Descriptor() ([]byte, []int) {
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *Limit) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+func (x *Limit) GetWindowNano() int64 {
+	if x != nil {
+		return x.WindowNano
+	}
+	return 0
+}
+
+func (x *Limit) GetMax() uint32 {
+	if x != nil {
+		return x.Max
+	}
+	return 0
+}
+
+func (x *Limit) GetBackoff() bool {
+	if x != nil {
+		return x.Backoff
+	}
+	return false
+}
+
+// Release takes back an attempt that turned out well: forget removes the
+// attempt made at attempt_unix_nano from each key, clear empties a key.
+type Release struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	Forget          [][]byte               `protobuf:"bytes,1,rep,name=forget,proto3" json:"forget,omitempty"`
+	AttemptUnixNano int64                  `protobuf:"varint,2,opt,name=attempt_unix_nano,json=attemptUnixNano,proto3" json:"attempt_unix_nano,omitempty"`
+	Clear           [][]byte               `protobuf:"bytes,3,rep,name=clear,proto3" json:"clear,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *Release) Reset() {
+	*x = Release{}
+	mi := &file_coord_store_statepb_state_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Release) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Release) ProtoMessage() {}
+
+func (x *Release) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_store_statepb_state_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Release.ProtoReflect.Descriptor instead.
+func (*Release) Descriptor() ([]byte, []int) {
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *Release) GetForget() [][]byte {
+	if x != nil {
+		return x.Forget
+	}
+	return nil
+}
+
+func (x *Release) GetAttemptUnixNano() int64 {
+	if x != nil {
+		return x.AttemptUnixNano
+	}
+	return 0
+}
+
+func (x *Release) GetClear() [][]byte {
+	if x != nil {
+		return x.Clear
+	}
+	return nil
+}
+
 type GroupOp struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Kind          GroupOp_Kind           `protobuf:"varint,1,opt,name=kind,proto3,enum=e2em.coord.state.v1.GroupOp_Kind" json:"kind,omitempty"`
@@ -805,7 +1032,7 @@ type GroupOp struct {
 
 func (x *GroupOp) Reset() {
 	*x = GroupOp{}
-	mi := &file_coord_store_statepb_state_proto_msgTypes[9]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -817,7 +1044,7 @@ func (x *GroupOp) String() string {
 func (*GroupOp) ProtoMessage() {}
 
 func (x *GroupOp) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_store_statepb_state_proto_msgTypes[9]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -830,7 +1057,7 @@ func (x *GroupOp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupOp.ProtoReflect.Descriptor instead.
 func (*GroupOp) Descriptor() ([]byte, []int) {
-	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{9}
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GroupOp) GetKind() GroupOp_Kind {
@@ -866,7 +1093,7 @@ type Group struct {
 
 func (x *Group) Reset() {
 	*x = Group{}
-	mi := &file_coord_store_statepb_state_proto_msgTypes[10]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -878,7 +1105,7 @@ func (x *Group) String() string {
 func (*Group) ProtoMessage() {}
 
 func (x *Group) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_store_statepb_state_proto_msgTypes[10]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -891,7 +1118,7 @@ func (x *Group) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Group.ProtoReflect.Descriptor instead.
 func (*Group) Descriptor() ([]byte, []int) {
-	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{10}
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Group) GetName() string {
@@ -935,7 +1162,7 @@ type PutMail struct {
 
 func (x *PutMail) Reset() {
 	*x = PutMail{}
-	mi := &file_coord_store_statepb_state_proto_msgTypes[11]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -947,7 +1174,7 @@ func (x *PutMail) String() string {
 func (*PutMail) ProtoMessage() {}
 
 func (x *PutMail) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_store_statepb_state_proto_msgTypes[11]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -960,7 +1187,7 @@ func (x *PutMail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PutMail.ProtoReflect.Descriptor instead.
 func (*PutMail) Descriptor() ([]byte, []int) {
-	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{11}
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PutMail) GetFrom() string {
@@ -1008,7 +1235,7 @@ type AckMail struct {
 
 func (x *AckMail) Reset() {
 	*x = AckMail{}
-	mi := &file_coord_store_statepb_state_proto_msgTypes[12]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1247,7 @@ func (x *AckMail) String() string {
 func (*AckMail) ProtoMessage() {}
 
 func (x *AckMail) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_store_statepb_state_proto_msgTypes[12]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1260,7 @@ func (x *AckMail) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckMail.ProtoReflect.Descriptor instead.
 func (*AckMail) Descriptor() ([]byte, []int) {
-	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{12}
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *AckMail) GetLoginId() string {
@@ -1061,7 +1288,7 @@ type MailBox struct {
 
 func (x *MailBox) Reset() {
 	*x = MailBox{}
-	mi := &file_coord_store_statepb_state_proto_msgTypes[13]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1073,7 +1300,7 @@ func (x *MailBox) String() string {
 func (*MailBox) ProtoMessage() {}
 
 func (x *MailBox) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_store_statepb_state_proto_msgTypes[13]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1086,7 +1313,7 @@ func (x *MailBox) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MailBox.ProtoReflect.Descriptor instead.
 func (*MailBox) Descriptor() ([]byte, []int) {
-	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{13}
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MailBox) GetNextSeq() uint64 {
@@ -1123,7 +1350,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_coord_store_statepb_state_proto_msgTypes[14]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1135,7 +1362,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_store_statepb_state_proto_msgTypes[14]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1148,7 +1375,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{14}
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *Node) GetId() string {
@@ -1195,7 +1422,7 @@ type RemoveNode struct {
 
 func (x *RemoveNode) Reset() {
 	*x = RemoveNode{}
-	mi := &file_coord_store_statepb_state_proto_msgTypes[15]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1207,7 +1434,7 @@ func (x *RemoveNode) String() string {
 func (*RemoveNode) ProtoMessage() {}
 
 func (x *RemoveNode) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_store_statepb_state_proto_msgTypes[15]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1220,7 +1447,7 @@ func (x *RemoveNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNode.ProtoReflect.Descriptor instead.
 func (*RemoveNode) Descriptor() ([]byte, []int) {
-	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{15}
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *RemoveNode) GetId() string {
@@ -1240,7 +1467,7 @@ type AppliedRequest struct {
 
 func (x *AppliedRequest) Reset() {
 	*x = AppliedRequest{}
-	mi := &file_coord_store_statepb_state_proto_msgTypes[16]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1479,7 @@ func (x *AppliedRequest) String() string {
 func (*AppliedRequest) ProtoMessage() {}
 
 func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_store_statepb_state_proto_msgTypes[16]
+	mi := &file_coord_store_statepb_state_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1492,7 @@ func (x *AppliedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AppliedRequest.ProtoReflect.Descriptor instead.
 func (*AppliedRequest) Descriptor() ([]byte, []int) {
-	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{16}
+	return file_coord_store_statepb_state_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AppliedRequest) GetResult() *Result {
@@ -1286,7 +1513,7 @@ var File_coord_store_statepb_state_proto protoreflect.FileDescriptor
 
 const file_coord_store_statepb_state_proto_rawDesc = "" +
 	"\n" +
-	"\x1fcoord/store/statepb/state.proto\x12\x13e2em.coord.state.v1\x1a\x15coord/api/coord.proto\"\x87\x06\n" +
+	"\x1fcoord/store/statepb/state.proto\x12\x13e2em.coord.state.v1\x1a\x15coord/api/coord.proto\"\xfb\x06\n" +
 	"\aCommand\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\fR\trequestId\x12$\n" +
@@ -1304,7 +1531,9 @@ const file_coord_store_statepb_state_proto_rawDesc = "" +
 	"\back_mail\x18\x11 \x01(\v2\x1c.e2em.coord.state.v1.AckMailH\x00R\aackMail\x12@\n" +
 	"\rregister_node\x18\x12 \x01(\v2\x19.e2em.coord.state.v1.NodeH\x00R\fregisterNode\x12B\n" +
 	"\vremove_node\x18\x13 \x01(\v2\x1f.e2em.coord.state.v1.RemoveNodeH\x00R\n" +
-	"removeNodeB\x04\n" +
+	"removeNode\x128\n" +
+	"\areserve\x18\x14 \x01(\v2\x1c.e2em.coord.state.v1.ReserveH\x00R\areserve\x128\n" +
+	"\arelease\x18\x15 \x01(\v2\x1c.e2em.coord.state.v1.ReleaseH\x00R\areleaseB\x04\n" +
 	"\x02op\"w\n" +
 	"\x06Result\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\rR\x04code\x12\x18\n" +
@@ -1338,9 +1567,23 @@ const file_coord_store_statepb_state_proto_rawDesc = "" +
 	"\x11expires_unix_nano\x18\x02 \x01(\x03R\x0fexpiresUnixNano\"B\n" +
 	"\vLoginFailed\x12\x19\n" +
 	"\blogin_id\x18\x01 \x01(\tR\aloginId\x12\x18\n" +
-	"\aaddress\x18\x02 \x01(\tR\aaddress\"'\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\"H\n" +
 	"\bFailures\x12\x1b\n" +
-	"\tunix_nano\x18\x01 \x03(\x03R\bunixNano\"\xae\x01\n" +
+	"\tunix_nano\x18\x01 \x03(\x03R\bunixNano\x12\x1f\n" +
+	"\vwindow_nano\x18\x02 \x01(\x03R\n" +
+	"windowNano\"=\n" +
+	"\aReserve\x122\n" +
+	"\x06limits\x18\x01 \x03(\v2\x1a.e2em.coord.state.v1.LimitR\x06limits\"f\n" +
+	"\x05Limit\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1f\n" +
+	"\vwindow_nano\x18\x02 \x01(\x03R\n" +
+	"windowNano\x12\x10\n" +
+	"\x03max\x18\x03 \x01(\rR\x03max\x12\x18\n" +
+	"\abackoff\x18\x04 \x01(\bR\abackoff\"c\n" +
+	"\aRelease\x12\x16\n" +
+	"\x06forget\x18\x01 \x03(\fR\x06forget\x12*\n" +
+	"\x11attempt_unix_nano\x18\x02 \x01(\x03R\x0fattemptUnixNano\x12\x14\n" +
+	"\x05clear\x18\x03 \x03(\fR\x05clear\"\xae\x01\n" +
 	"\aGroupOp\x125\n" +
 	"\x04kind\x18\x01 \x01(\x0e2!.e2em.coord.state.v1.GroupOp.KindR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x19\n" +
@@ -1397,7 +1640,7 @@ func file_coord_store_statepb_state_proto_rawDescGZIP() []byte {
 }
 
 var file_coord_store_statepb_state_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_coord_store_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_coord_store_statepb_state_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_coord_store_statepb_state_proto_goTypes = []any{
 	(GroupOp_Kind)(0),      // 0: e2em.coord.state.v1.GroupOp.Kind
 	(*Command)(nil),        // 1: e2em.coord.state.v1.Command
@@ -1409,36 +1652,42 @@ var file_coord_store_statepb_state_proto_goTypes = []any{
 	(*RevokeSession)(nil),  // 7: e2em.coord.state.v1.RevokeSession
 	(*LoginFailed)(nil),    // 8: e2em.coord.state.v1.LoginFailed
 	(*Failures)(nil),       // 9: e2em.coord.state.v1.Failures
-	(*GroupOp)(nil),        // 10: e2em.coord.state.v1.GroupOp
-	(*Group)(nil),          // 11: e2em.coord.state.v1.Group
-	(*PutMail)(nil),        // 12: e2em.coord.state.v1.PutMail
-	(*AckMail)(nil),        // 13: e2em.coord.state.v1.AckMail
-	(*MailBox)(nil),        // 14: e2em.coord.state.v1.MailBox
-	(*Node)(nil),           // 15: e2em.coord.state.v1.Node
-	(*RemoveNode)(nil),     // 16: e2em.coord.state.v1.RemoveNode
-	(*AppliedRequest)(nil), // 17: e2em.coord.state.v1.AppliedRequest
-	(*api.Keys)(nil),       // 18: e2em.coord.v1.Keys
+	(*Reserve)(nil),        // 10: e2em.coord.state.v1.Reserve
+	(*Limit)(nil),          // 11: e2em.coord.state.v1.Limit
+	(*Release)(nil),        // 12: e2em.coord.state.v1.Release
+	(*GroupOp)(nil),        // 13: e2em.coord.state.v1.GroupOp
+	(*Group)(nil),          // 14: e2em.coord.state.v1.Group
+	(*PutMail)(nil),        // 15: e2em.coord.state.v1.PutMail
+	(*AckMail)(nil),        // 16: e2em.coord.state.v1.AckMail
+	(*MailBox)(nil),        // 17: e2em.coord.state.v1.MailBox
+	(*Node)(nil),           // 18: e2em.coord.state.v1.Node
+	(*RemoveNode)(nil),     // 19: e2em.coord.state.v1.RemoveNode
+	(*AppliedRequest)(nil), // 20: e2em.coord.state.v1.AppliedRequest
+	(*api.Keys)(nil),       // 21: e2em.coord.v1.Keys
 }
 var file_coord_store_statepb_state_proto_depIdxs = []int32{
 	3,  // 0: e2em.coord.state.v1.Command.init_cluster:type_name -> e2em.coord.state.v1.InitCluster
 	4,  // 1: e2em.coord.state.v1.Command.create_account:type_name -> e2em.coord.state.v1.CreateAccount
 	7,  // 2: e2em.coord.state.v1.Command.revoke_session:type_name -> e2em.coord.state.v1.RevokeSession
 	8,  // 3: e2em.coord.state.v1.Command.login_failed:type_name -> e2em.coord.state.v1.LoginFailed
-	18, // 4: e2em.coord.state.v1.Command.publish_keys:type_name -> e2em.coord.v1.Keys
-	10, // 5: e2em.coord.state.v1.Command.group:type_name -> e2em.coord.state.v1.GroupOp
-	12, // 6: e2em.coord.state.v1.Command.put_mail:type_name -> e2em.coord.state.v1.PutMail
-	13, // 7: e2em.coord.state.v1.Command.ack_mail:type_name -> e2em.coord.state.v1.AckMail
-	15, // 8: e2em.coord.state.v1.Command.register_node:type_name -> e2em.coord.state.v1.Node
-	16, // 9: e2em.coord.state.v1.Command.remove_node:type_name -> e2em.coord.state.v1.RemoveNode
-	5,  // 10: e2em.coord.state.v1.CreateAccount.account:type_name -> e2em.coord.state.v1.Account
-	6,  // 11: e2em.coord.state.v1.Account.password:type_name -> e2em.coord.state.v1.PasswordHash
-	0,  // 12: e2em.coord.state.v1.GroupOp.kind:type_name -> e2em.coord.state.v1.GroupOp.Kind
-	2,  // 13: e2em.coord.state.v1.AppliedRequest.result:type_name -> e2em.coord.state.v1.Result
-	14, // [14:14] is the sub-list for method output_type
-	14, // [14:14] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	21, // 4: e2em.coord.state.v1.Command.publish_keys:type_name -> e2em.coord.v1.Keys
+	13, // 5: e2em.coord.state.v1.Command.group:type_name -> e2em.coord.state.v1.GroupOp
+	15, // 6: e2em.coord.state.v1.Command.put_mail:type_name -> e2em.coord.state.v1.PutMail
+	16, // 7: e2em.coord.state.v1.Command.ack_mail:type_name -> e2em.coord.state.v1.AckMail
+	18, // 8: e2em.coord.state.v1.Command.register_node:type_name -> e2em.coord.state.v1.Node
+	19, // 9: e2em.coord.state.v1.Command.remove_node:type_name -> e2em.coord.state.v1.RemoveNode
+	10, // 10: e2em.coord.state.v1.Command.reserve:type_name -> e2em.coord.state.v1.Reserve
+	12, // 11: e2em.coord.state.v1.Command.release:type_name -> e2em.coord.state.v1.Release
+	5,  // 12: e2em.coord.state.v1.CreateAccount.account:type_name -> e2em.coord.state.v1.Account
+	6,  // 13: e2em.coord.state.v1.Account.password:type_name -> e2em.coord.state.v1.PasswordHash
+	11, // 14: e2em.coord.state.v1.Reserve.limits:type_name -> e2em.coord.state.v1.Limit
+	0,  // 15: e2em.coord.state.v1.GroupOp.kind:type_name -> e2em.coord.state.v1.GroupOp.Kind
+	2,  // 16: e2em.coord.state.v1.AppliedRequest.result:type_name -> e2em.coord.state.v1.Result
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_coord_store_statepb_state_proto_init() }
@@ -1457,6 +1706,8 @@ func file_coord_store_statepb_state_proto_init() {
 		(*Command_AckMail)(nil),
 		(*Command_RegisterNode)(nil),
 		(*Command_RemoveNode)(nil),
+		(*Command_Reserve)(nil),
+		(*Command_Release)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1464,7 +1715,7 @@ func file_coord_store_statepb_state_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coord_store_statepb_state_proto_rawDesc), len(file_coord_store_statepb_state_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   17,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
