@@ -18,6 +18,9 @@ const (
 	prefLimit     = "lim/"  // lim/<kind>/<parts> → Failures
 	prefLimitTime = "limt/" // limt/<expiry BE>/<limit key> → ""
 	maxLimitKey   = 1024
+	// prefLegacyFail held older versions' failure counts, never pruned;
+	// they are removed a batch per commit.
+	prefLegacyFail = "fail/"
 	// backoffStep is the first wait past a backing-off limit; each attempt
 	// after it doubles the wait, up to the limit's window.
 	backoffStep = time.Minute
@@ -148,6 +151,18 @@ func (f *FSM) pruneLimits(txn *writeTxn, now int64) error {
 		doomed = append(doomed, key)
 	}
 	it.Close()
+	// Older versions' failure counts (fail/acct/<any name>) had no expiry.
+	legacy := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefLegacyFail)})
+	var old [][]byte
+	for legacy.Rewind(); legacy.Valid() && len(old) < pruneBatch; legacy.Next() {
+		old = append(old, legacy.Item().KeyCopy(nil))
+	}
+	legacy.Close()
+	for _, k := range old {
+		if err := txn.Delete(k); err != nil {
+			return err
+		}
+	}
 	for _, k := range doomed {
 		target := string(k[len(prefLimitTime)+9:])
 		var have statepb.Failures

@@ -90,6 +90,9 @@ func TestLimitsArePruned(t *testing.T) {
 	f, _ := openFSM(t)
 	a := &applier{t: t, f: f}
 	base := time.Unix(1_700_000_000, 0)
+	if err := f.db.Update(func(txn *badger.Txn) error { return txn.Set([]byte("fail/acct/anything at all"), nil) }); err != nil {
+		t.Fatal(err)
+	}
 	for i := range 100 {
 		a.reserveAt(base, &statepb.Limit{Key: LimitKey("login", string(rune('a'+i%26))+string(rune('a'+i/26)), "10.0.0.1"), WindowNano: int64(time.Minute), Max: 10})
 	}
@@ -97,7 +100,7 @@ func TestLimitsArePruned(t *testing.T) {
 	for i := range 4 {
 		a.reserveAt(base.Add(2*time.Minute+time.Duration(i)), &statepb.Limit{Key: LimitKey("other"), WindowNano: int64(time.Hour), Max: 100})
 	}
-	for _, prefix := range []string{prefLimit + "login/", prefLimitTime} {
+	for _, prefix := range []string{prefLimit + "login/", prefLimitTime, prefLegacyFail} {
 		if n := countPrefix(t, f, prefix); prefix == prefLimitTime && n != 4 || prefix != prefLimitTime && n != 0 {
 			t.Fatalf("%d %q records left after the window passed", n, prefix)
 		}
