@@ -6,6 +6,18 @@ package api
 
 //go:generate protoc -I ../.. --go_out=../.. --go_opt=paths=source_relative --go-grpc_out=../.. --go-grpc_opt=paths=source_relative coord/api/coord.proto
 
+// Directory bounds, which the coordinators enforce and clients keep to.
+const (
+	// MaxAddrsPerKind is how many addresses of each kind (direct, relay)
+	// a directory entry may hold.
+	MaxAddrsPerKind = 16
+	// MaxAddrLen bounds one multiaddr's text.
+	MaxAddrLen = 256
+	// MaxLookUpMatches bounds the entries one LookUp answers (an exact
+	// login id is always answered alone).
+	MaxLookUpMatches = 20
+)
+
 // identityLabel separates identity-key signatures from anything else the
 // libp2p key might sign.
 const identityLabel = "e2em identity key v1\x00"

@@ -16,6 +16,7 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/crypto/argon2"
+	"golang.org/x/text/secure/precis"
 
 	"github.com/e2em/e2em/coord/store/statepb"
 )
@@ -30,7 +31,7 @@ const (
 	saltLen      = 16
 )
 
-// Limits on what people type.
+// Limits on what people type, in bytes.
 const (
 	MaxNameLen     = 64
 	MaxRollLen     = 32
@@ -63,24 +64,88 @@ func CheckPassword(h *statepb.PasswordHash, password string) bool {
 var dummyHash = HashPassword("e2em: no such account")
 
 // LoginID joins a username and roll number the way the classic commands
-// print it: "alice" and "101" make "alice101".
+// print it: "alice" and "101" make "alice101". The split is unambiguous:
+// a username never ends in a digit and a roll number is only digits, so
+// the roll number is the login id's trailing digits.
 func LoginID(username, roll string) string {
-	return strings.ToLower(username) + strings.ToLower(roll)
+	return NormalizeLoginID(username) + roll
 }
 
-// ValidateUsername accepts 1–64 letters, digits, '.', '_' or '-'.
+// NormalizeLoginID is the one spelling of a login id (or username) that
+// keys an account: PRECIS case-mapped (RFC 8265: width-mapped, NFC,
+// case-folded), so "ＡＬＩＣＥ101" and "Alice101" are the same person. A
+// string PRECIS refuses is only lower-cased (it names no new account).
+func NormalizeLoginID(s string) string {
+	if n, err := precis.UsernameCaseMapped.String(s); err == nil {
+		return n
+	}
+	return strings.ToLower(s)
+}
+
+// ValidateUsername accepts up to 64 bytes of letters, digits, '.', '_' or
+// '-' that PRECIS accepts as a username, whose letters come from one
+// writing system (so "pаypal" with a Cyrillic а is refused), and that do
+// not end in a digit (which would be read as part of the roll number).
 func ValidateUsername(name string) error {
-	return validateName("username", name, func(r rune) bool {
+	if err := validateName("username", name, func(r rune) bool {
 		return unicode.IsLetter(r) || unicode.IsDigit(r) || r == '.' || r == '_' || r == '-'
-	}, "letters, digits, '.', '_' and '-'")
+	}, "letters, digits, '.', '_' and '-'"); err != nil {
+		return err
+	}
+	if last, _ := utf8.DecodeLastRuneInString(name); unicode.IsDigit(last) {
+		return errors.New("username must not end in a digit: the roll number follows it in the login id")
+	}
+	if _, err := precis.UsernameCaseMapped.String(name); err != nil {
+		return fmt.Errorf("username %q is not a valid username: %w", name, err)
+	}
+	if a, b, mixed := mixedScripts(name); mixed {
+		return fmt.Errorf("username mixes %s and %s letters; use one writing system so that it cannot pass for another name", a, b)
+	}
+	return nil
 }
 
-// ValidateGroupName accepts 1–64 printable characters without spaces (the
-// classic commands separate arguments with spaces).
+// scriptGroups are writing systems used together in one name (Japanese
+// mixes Han, Hiragana and Katakana; Korean Hangul and Han).
+var scriptGroups = map[string]string{"Han": "CJK", "Hiragana": "CJK", "Katakana": "CJK", "Hangul": "CJK", "Bopomofo": "CJK"}
+
+// mixedScripts names two writing systems whose letters a name mixes.
+func mixedScripts(name string) (string, string, bool) {
+	first, firstGroup := "", ""
+	for _, r := range name {
+		if !unicode.IsLetter(r) {
+			continue
+		}
+		script := scriptOf(r)
+		group := script
+		if g, ok := scriptGroups[script]; ok {
+			group = g
+		}
+		switch {
+		case first == "":
+			first, firstGroup = script, group
+		case group != firstGroup:
+			return first, script, true
+		}
+	}
+	return "", "", false
+}
+
+func scriptOf(r rune) string {
+	for name, table := range unicode.Scripts {
+		if name != "Common" && name != "Inherited" && unicode.Is(table, r) {
+			return name
+		}
+	}
+	return "Common"
+}
+
+// ValidateGroupName accepts up to 64 bytes of printable characters other
+// than spaces (the classic commands separate arguments with spaces) and
+// '/' (which separates the parts of the coordinators' keys).
 func ValidateGroupName(name string) error {
 	return validateName("group name", name, func(r rune) bool {
-		return unicode.IsPrint(r) && !unicode.IsSpace(r)
-	}, "printable characters other than spaces")
+		return unicode.IsPrint(r) && !unicode.IsSpace(r) && r != '/'
+	}, "printable characters other than spaces and '/'")
 }
 
 func validateName(what, name string, allowed func(rune) bool, allowedText string) error {
@@ -90,8 +155,8 @@ func validateName(what, name string, allowed func(rune) bool, allowedText string
 	if !utf8.ValidString(name) {
 		return fmt.Errorf("%s is not valid UTF-8 text", what)
 	}
-	if n := utf8.RuneCountInString(name); n > MaxNameLen {
-		return fmt.Errorf("%s is %d characters long; the limit is %d", what, n, MaxNameLen)
+	if len(name) > MaxNameLen {
+		return fmt.Errorf("%s is %d bytes long; the limit is %d", what, len(name), MaxNameLen)
 	}
 	for _, r := range name {
 		switch {
@@ -106,7 +171,7 @@ func validateName(what, name string, allowed func(rune) bool, allowedText string
 	return nil
 }
 
-// ValidateRollNumber accepts 1–32 ASCII letters and digits.
+// ValidateRollNumber accepts 1–32 ASCII digits.
 func ValidateRollNumber(roll string) error {
 	if roll == "" {
 		return errors.New("roll number is empty")
@@ -115,8 +180,8 @@ func ValidateRollNumber(roll string) error {
 		return fmt.Errorf("roll number is %d characters long; the limit is %d", len(roll), MaxRollLen)
 	}
 	for _, r := range roll {
-		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
-			return fmt.Errorf("roll number may contain only letters and digits, not %q", r)
+		if r < '0' || r > '9' {
+			return fmt.Errorf("roll number may contain only digits, not %q", r)
 		}
 	}
 	return nil

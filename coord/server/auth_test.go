@@ -85,7 +85,7 @@ func TestValidation(t *testing.T) {
 			t.Errorf("username %q accepted", bad)
 		}
 	}
-	for _, good := range []string{"alice", "Élodie", "a.b-c_d", strings.Repeat("a", 64)} {
+	for _, good := range []string{"alice", "Élodie", "a.b-c_d", strings.Repeat("a", 64), "b2b", "こんにちは世界", "Ωμέγα"} {
 		if err := ValidateUsername(good); err != nil {
 			t.Errorf("username %q refused: %v", good, err)
 		}
@@ -108,5 +108,41 @@ func TestValidation(t *testing.T) {
 	}
 	if LoginID("Alice", "101") != "alice101" {
 		t.Error("login id must join lower-cased username and roll number")
+	}
+}
+
+// Issue 12, point 4: one login id, one person.
+func TestLoginIDsCannotCollide(t *testing.T) {
+	// alice+101 and alice1+01 were both alice101: a username may not end
+	// in a digit, a roll number is only digits.
+	if ValidateUsername("alice1") == nil {
+		t.Error("a username ending in a digit was accepted")
+	}
+	if ValidateRollNumber("01a") == nil || ValidateRollNumber("abc") == nil {
+		t.Error("a roll number with letters was accepted")
+	}
+	// Look-alikes: mixed writing systems are refused, widths and cases
+	// fold to one spelling.
+	for _, bad := range []string{"pаypal", "Αlice", "ǅ"} { // Cyrillic а; Greek Α; a titlecase digraph PRECIS refuses
+		if ValidateUsername(bad) == nil {
+			t.Errorf("look-alike username %q accepted", bad)
+		}
+	}
+	for in, want := range map[string]string{"ＡＬＩＣＥ101": "alice101", "Alice101": "alice101", "ÉLODIE7": "élodie7", "e\u0301lodie7": "élodie7"} {
+		if got := NormalizeLoginID(in); got != want {
+			t.Errorf("NormalizeLoginID(%q) = %q, want %q", in, got, want)
+		}
+	}
+	if ValidateUsername(strings.Repeat("é", 33)) == nil {
+		t.Error("a 66-byte username was accepted: the limit is in bytes")
+	}
+}
+
+// Issue 12, point 6: a name that holds the keys' separator is refused.
+func TestGroupNamesCannotHoldKeySeparators(t *testing.T) {
+	for _, bad := range []string{"a/b", "a/bob1", "/", "x/"} {
+		if ValidateGroupName(bad) == nil {
+			t.Errorf("group name %q accepted", bad)
+		}
 	}
 }

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/coord/store"
@@ -157,7 +158,9 @@ func (s *Server) SignUp(ctx context.Context, req *api.SignUpRequest) (*api.SignU
 	if err := ValidatePassword(req.Password); err != nil {
 		return nil, invalid(err)
 	}
-	login := LoginID(req.Username, req.RollNumber)
+	// The account keeps the one spelling every look-up finds it by.
+	username := NormalizeLoginID(req.Username)
+	login := username + req.RollNumber
 	// Counted before hashing, refused or not, so that one address cannot
 	// make accounts (or probe which names are taken) without end.
 	if _, err := s.reserve(ctx, "sign-ups", &statepb.Limit{
@@ -168,7 +171,7 @@ func (s *Server) SignUp(ctx context.Context, req *api.SignUpRequest) (*api.SignU
 	if err := s.argon(ctx, func() { hash = HashPassword(req.Password) }); err != nil {
 		return nil, err
 	}
-	acct := &statepb.Account{LoginId: login, Username: req.Username, RollNumber: req.RollNumber, Password: hash}
+	acct := &statepb.Account{LoginId: login, Username: username, RollNumber: req.RollNumber, Password: hash}
 	res, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_CreateAccount{CreateAccount: &statepb.CreateAccount{Account: acct}}})
 	if err != nil {
 		return nil, err
@@ -179,8 +182,11 @@ func (s *Server) SignUp(ctx context.Context, req *api.SignUpRequest) (*api.SignU
 
 // LogIn checks the password and issues a token every coordinator accepts.
 func (s *Server) LogIn(ctx context.Context, req *api.LogInRequest) (*api.LogInResponse, error) {
-	login := strings.ToLower(req.LoginId)
-	if login == "" || len(login) > MaxNameLen+MaxRollLen || len(req.Password) > MaxPasswordLen {
+	if req.LoginId == "" || len(req.LoginId) > MaxNameLen+MaxRollLen || len(req.Password) > MaxPasswordLen {
+		return nil, status.Error(codes.Unauthenticated, "wrong login id or password")
+	}
+	login := NormalizeLoginID(req.LoginId)
+	if len(login) > MaxNameLen+MaxRollLen {
 		return nil, status.Error(codes.Unauthenticated, "wrong login id or password")
 	}
 	addr := observedAddr(ctx)
@@ -299,11 +305,6 @@ func (s *Server) PublishKeys(ctx context.Context, req *api.PublishKeysRequest) (
 	return &api.PublishKeysResponse{ObservedAddr: observedAddr(ctx)}, nil
 }
 
-const (
-	maxAddrs   = 32
-	maxAddrLen = 512
-)
-
 func verifyKeys(login string, k *api.Keys) error {
 	if len(k.IdentityKey) != 32 {
 		return fmt.Errorf("identity key must be 32 bytes (X25519), not %d", len(k.IdentityKey))
@@ -326,12 +327,12 @@ func verifyKeys(login string, k *api.Keys) error {
 	if err != nil || !okSig {
 		return errors.New("identity key signature does not verify")
 	}
-	if len(k.Addrs) > maxAddrs || len(k.RelayAddrs) > maxAddrs {
-		return fmt.Errorf("at most %d addresses of each kind", maxAddrs)
+	if len(k.Addrs) > api.MaxAddrsPerKind || len(k.RelayAddrs) > api.MaxAddrsPerKind {
+		return fmt.Errorf("at most %d addresses of each kind", api.MaxAddrsPerKind)
 	}
 	for _, a := range append(append([]string{}, k.Addrs...), k.RelayAddrs...) {
-		if len(a) > maxAddrLen {
-			return fmt.Errorf("address longer than %d bytes", maxAddrLen)
+		if len(a) > api.MaxAddrLen {
+			return fmt.Errorf("address longer than %d bytes", api.MaxAddrLen)
 		}
 		if _, err := ma.NewMultiaddr(a); err != nil {
 			return fmt.Errorf("address %q: %w", a, err)
@@ -350,12 +351,24 @@ func (s *Server) LookUp(ctx context.Context, req *api.LookUpRequest) (*api.LookU
 		return nil, err
 	}
 	fsm := s.store.FSM()
-	logins, err := fsm.FindAccounts(q)
-	if err != nil {
+	q = NormalizeLoginID(q)
+	// An exact login id names one person: answered alone, so that no
+	// number of accounts whose username or roll number equals it can
+	// crowd that person out of the answer.
+	var logins []string
+	if _, err := fsm.Account(q); err == nil {
+		logins = []string{q}
+	} else if !errors.Is(err, store.ErrNotFound) {
+		return nil, storeErr(err)
+	} else if logins, err = fsm.FindAccounts(q); err != nil {
 		return nil, storeErr(err)
 	}
 	resp := &api.LookUpResponse{}
+	size := 0
 	for _, l := range logins {
+		if len(resp.Matches) == api.MaxLookUpMatches {
+			break
+		}
 		k, err := fsm.Keys(l)
 		if errors.Is(err, store.ErrNotFound) {
 			acct, err := fsm.Account(l)
@@ -366,10 +379,20 @@ func (s *Server) LookUp(ctx context.Context, req *api.LookUpRequest) (*api.LookU
 		} else if err != nil {
 			return nil, storeErr(err)
 		}
+		// Entries written before the directory's bounds are cut to them.
+		k.Addrs = k.Addrs[:min(len(k.Addrs), api.MaxAddrsPerKind)]
+		k.RelayAddrs = k.RelayAddrs[:min(len(k.RelayAddrs), api.MaxAddrsPerKind)]
+		if size += proto.Size(k); size > maxLookUpBytes {
+			break
+		}
 		resp.Matches = append(resp.Matches, k)
 	}
 	return resp, nil
 }
+
+// maxLookUpBytes bounds a LookUp answer well under a client's 2 MiB
+// message limit (20 full entries are about 170 KiB).
+const maxLookUpBytes = 512 << 10
 
 func (s *Server) groupOp(ctx context.Context, kind statepb.GroupOp_Kind, name string) (*api.GroupResponse, error) {
 	if err := ValidateGroupName(name); err != nil {
@@ -453,8 +476,8 @@ func (s *Server) PutMail(ctx context.Context, req *api.PutMailRequest) (*api.Put
 	if len(req.Envelope) > s.cfg.MailMaxBytes {
 		return nil, status.Errorf(codes.InvalidArgument, "the envelope is %d bytes; the limit is %d", len(req.Envelope), s.cfg.MailMaxBytes)
 	}
-	to := strings.ToLower(req.To)
-	if to == "" || len(to) > MaxNameLen+MaxRollLen {
+	to := NormalizeLoginID(req.To)
+	if to == "" || len(req.To) > MaxNameLen+MaxRollLen || len(to) > MaxNameLen+MaxRollLen {
 		return nil, status.Error(codes.InvalidArgument, "give the recipient's login id")
 	}
 	put := &statepb.PutMail{

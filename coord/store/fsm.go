@@ -325,6 +325,11 @@ func (f *FSM) group(txn *writeTxn, g *statepb.GroupOp, now int64) (*statepb.Resu
 	if folded == "" || g.GetLoginId() == "" {
 		return fail(codes.InvalidArgument, "group name and member are required"), nil, nil
 	}
+	// '/' ends the name in member keys (gmem/<name>/<login>): a name that
+	// held it could list members of another group.
+	if strings.ContainsAny(folded, "/\x00") || strings.ContainsAny(g.GetLoginId(), "/\x00") {
+		return fail(codes.InvalidArgument, "group names and login ids cannot hold '/'"), nil, nil
+	}
 	var rec statepb.Group
 	found, err := getProto(txn, prefGroup+folded, &rec)
 	if err != nil {

@@ -318,3 +318,22 @@ func FuzzApply(f *testing.F) {
 		}
 	})
 }
+
+// Issue 12, point 6: groups "a/b" and "a/bob1" made Members("a") list
+// phantom members "b/…" and "bob1/…".
+func TestGroupNamesCannotForgeMembers(t *testing.T) {
+	f, _ := openFSM(t)
+	a := &applier{t: t, f: f}
+	a.apply(account("alice101", "alice", "101"))
+	a.apply(account("mallory7", "mallory", "7"))
+	a.apply(group(statepb.GroupOp_CREATE, "a", "alice101"))
+	for _, name := range []string{"a/b", "a/bob1"} {
+		if r := a.apply(group(statepb.GroupOp_CREATE, name, "mallory7")); codes.Code(r.Code) != codes.InvalidArgument {
+			t.Fatalf("group %q: %v", name, r)
+		}
+	}
+	_, members, err := f.Members("a")
+	if err != nil || len(members) != 1 || members[0] != "alice101" {
+		t.Fatalf("members of a: %v %v", members, err)
+	}
+}

@@ -78,6 +78,10 @@ func (f *FSM) FindAccounts(query string) ([]string, error) {
 	return append([]string(nil), logins...), nil
 }
 
+// maxFound bounds FindAccounts: a roll number many people share lists
+// the first of them, not all.
+const maxFound = 100
+
 // findAccounts is FindAccounts from badger, for a lower-cased query.
 func (f *FSM) findAccounts(q string) ([]string, error) {
 	found := map[string]bool{}
@@ -99,7 +103,7 @@ func (f *FSM) findAccounts(q string) ([]string, error) {
 		prefix := []byte(prefRoll + q + "/")
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		for it.Rewind(); it.Valid() && len(found) < maxFound; it.Next() {
 			found[string(it.Item().Key()[len(prefix):])] = true
 		}
 		return nil

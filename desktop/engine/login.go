@@ -253,7 +253,7 @@ func (e *Engine) publishKeys(ctx context.Context, s *online) error {
 	keys := &api.Keys{
 		LoginId: s.login, PeerId: s.host.ID().String(), Libp2PPublicKey: pub,
 		IdentityKey: identity, IdentitySignature: sig,
-		Addrs: p2p.ListenAddrs(s.host), RelayAddrs: s.relays.CircuitAddrs(),
+		Addrs: firstN(p2p.ListenAddrs(s.host), api.MaxAddrsPerKind), RelayAddrs: firstN(s.relays.CircuitAddrs(), api.MaxAddrsPerKind),
 	}
 	if e.cfg.RelayOnly {
 		keys.Addrs = nil
@@ -345,3 +345,6 @@ func (s *online) observedIP() net.IP {
 }
 
 var errNoSession = errors.New("no session")
+
+// firstN is at most the first n of list (the directory takes no more).
+func firstN(list []string, n int) []string { return list[:min(len(list), n)] }

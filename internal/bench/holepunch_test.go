@@ -53,7 +53,7 @@ func BenchmarkHolePunchRate(b *testing.B) {
 func punchOnce(b *testing.B, c *ct.Cluster, lab *ct.NATLab, r int) (bool, time.Duration) {
 	var cl [2]*ct.Client
 	for i := range cl {
-		name := fmt.Sprintf("p%dx%d", r, i)
+		name := fmt.Sprintf("p%dx%dz", r, i)
 		cl[i] = c.StartClient(b, name, ct.ClientOptions{Wrap: ct.Wrap(lab.Clients[i]), Args: []string{"-port", fmt.Sprint(4100 + 2*r + i)}})
 		cl[i].Do(fmt.Sprintf("Sign up %s 9 password123", name))
 		cl[i].Do(fmt.Sprintf("Login %s9 password123", name))

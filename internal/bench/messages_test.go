@@ -256,7 +256,7 @@ func BenchmarkGroupFanOut(b *testing.B) {
 	}
 	var group []*person
 	for i := 0; i < members; i++ {
-		p := newPerson(b, c, fmt.Sprintf("member%d", i), false)
+		p := newPerson(b, c, fmt.Sprintf("member%dx", i), false)
 		if _, err := p.eng.JoinGroup(ctx, "fanout"); err != nil {
 			b.Fatal(err)
 		}

@@ -49,12 +49,14 @@ func TestBadInputIsRefusedAndStoresNothing(t *testing.T) {
 		wantCode(t, err, b.code, b.name)
 	}
 	authed := logIn(t, lb, "kim401", "password123")
+	// The same person however the login id is written.
+	logIn(t, lb, "ＫＩＭ401", "password123")
 	look, err := lb.LookUp(authed, &api.LookUpRequest{Query: "okname1"})
 	if err != nil || len(look.Matches) != 0 {
 		t.Fatalf("a refused sign-up left an account: %v %v", look, err)
 	}
 
-	for _, g := range []string{"", strings.Repeat("g", 65), "two words", "bell\a"} {
+	for _, g := range []string{"", strings.Repeat("g", 65), "two words", "bell\a", "a/b"} {
 		_, err := lb.CreateGroup(authed, &api.GroupRequest{Name: g})
 		wantCode(t, err, codes.InvalidArgument, fmt.Sprintf("group name %q", g))
 	}

@@ -123,7 +123,7 @@ func TestReadYourWritesOnEveryCoordinator(t *testing.T) {
 	c := sharedCluster(t)
 	n := len(c.Layout.Coordinators)
 	for i := 0; i < n; i++ {
-		user := fmt.Sprintf("ryw%d", i)
+		user := fmt.Sprintf("ryw%c", 'a'+i)
 		login := signUp(t, c.Coord(i), user, "7", "password123")
 		authed := logIn(t, c.Coord(i), login, "password123")
 		group := fmt.Sprintf("ryw-group-%d", i)
@@ -257,7 +257,7 @@ func TestLeaderKillDuringSignUps(t *testing.T) {
 			cl := api.NewCoordinatorClient(c.NewConn(c.Layout.LB))
 			cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			resp, err := cl.SignUp(cctx, &api.SignUpRequest{Username: fmt.Sprintf("load%d", i), RollNumber: "r9", Password: "password123"})
+			resp, err := cl.SignUp(cctx, &api.SignUpRequest{Username: fmt.Sprintf("load%dx", i), RollNumber: "9", Password: "password123"})
 			mu.Lock()
 			defer mu.Unlock()
 			if err == nil {

@@ -87,3 +87,24 @@ func TestLogInLimitsHoldAndLockOutOnlyTheGuesser(t *testing.T) {
 	}
 	signUp(t, from("127.0.0.6"), "elsewhere", "1", "password123")
 }
+
+// Issue 12, point 5: no number of accounts sharing a roll number can make
+// a person's look-up too big to answer; an exact login id is answered
+// alone, and a shared roll number lists at most 20.
+func TestLookUpStaysSmall(t *testing.T) {
+	c := sharedCluster(t)
+	lb := c.LB()
+	victim := signUp(t, lb, "lux", "5550", "password123")
+	for i := range 25 {
+		signUp(t, lb, fmt.Sprintf("crowd%c%c", 'a'+i/26, 'a'+i%26), "5550", "password123")
+	}
+	authed := logIn(t, lb, victim, "password123")
+	look, err := lb.LookUp(authed, &api.LookUpRequest{Query: victim})
+	if err != nil || len(look.Matches) != 1 || look.Matches[0].LoginId != victim {
+		t.Fatalf("looking up %s: %v %v", victim, look, err)
+	}
+	look, err = lb.LookUp(authed, &api.LookUpRequest{Query: "5550"})
+	if err != nil || len(look.Matches) != api.MaxLookUpMatches {
+		t.Fatalf("26 people share roll number 5550: %d matches (want %d), %v", len(look.GetMatches()), api.MaxLookUpMatches, err)
+	}
+}
