@@ -31,7 +31,33 @@ func (s slogSink) Accept(name string, level hclog.Level, msg string, args ...int
 	default:
 		lv = slog.LevelError
 	}
+	for i, a := range args {
+		args[i] = hcValue(a)
+	}
 	s.log.Log(context.Background(), lv, msg, append([]any{"part", name}, args...)...)
+}
+
+// hcValue renders hclog's formatting wrappers the way hclog would; slog
+// would print hclog.Fmt("%+v", x) as its format string and arguments.
+func hcValue(v any) any {
+	switch x := v.(type) {
+	case hclog.Format:
+		if len(x) > 0 {
+			if f, ok := x[0].(string); ok {
+				return fmt.Sprintf(f, x[1:]...)
+			}
+		}
+		return fmt.Sprint(x...)
+	case hclog.Hex:
+		return fmt.Sprintf("0x%x", int(x))
+	case hclog.Octal:
+		return fmt.Sprintf("0%o", int(x))
+	case hclog.Binary:
+		return fmt.Sprintf("0b%b", int(x))
+	case hclog.Quote:
+		return fmt.Sprintf("%q", string(x))
+	}
+	return v
 }
 
 // badgerLogger hands badger's printf-style logs to slog; badger's info
