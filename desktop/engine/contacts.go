@@ -33,7 +33,7 @@ var (
 type KeyChangedError struct{ Contact string }
 
 func (e *KeyChangedError) Error() string {
-	return fmt.Sprintf("%s's identity key changed since you first talked; compare safety numbers (Verify %s) and accept it with Trust %s before messages go",
+	return fmt.Sprintf("%s's identity key changed since you first talked; compare safety numbers (Verify %s) and accept it with Trust %s <safety number> before messages go",
 		e.Contact, e.Contact, e.Contact)
 }
 
@@ -246,7 +246,10 @@ func (e *Engine) SafetyNumber(ctx context.Context, contact string) (string, erro
 }
 
 // Trust accepts a contact's changed identity key; held messages then go.
-func (e *Engine) Trust(ctx context.Context, contact string) error {
+// safetyNumber is the number the person compared (SafetyNumber, spaces
+// and words ignored): Trust refuses when it is not the pending key's, so a
+// key that changed again after the person looked is never trusted unseen.
+func (e *Engine) Trust(ctx context.Context, contact, safetyNumber string) error {
 	s, err := e.current()
 	if err != nil {
 		return err
@@ -262,6 +265,13 @@ func (e *Engine) Trust(ctx context.Context, contact string) error {
 	if c.PendingIdentity == nil {
 		return fmt.Errorf("%s's key has not changed; nothing to trust", login)
 	}
+	me := e2e.Party{LoginID: s.login, Identity: s.static.PublicKey().Bytes()}
+	want := e2e.SafetyNumber(me, e2e.Party{LoginID: login, Identity: c.PendingIdentity})
+	if got := digitsOf(safetyNumber); got == "" {
+		return &Error{Kind: KindInvalid, Msg: "give the safety number you compared with " + login}
+	} else if got != digitsOf(want) {
+		return &Error{Kind: KindKeyChanged, Msg: "that is not the safety number of " + login + "'s new key (it may have changed again since you looked); compare the new number before trusting it"}
+	}
 	c.Identity, c.PeerID = c.PendingIdentity, c.PendingPeerID
 	c.PendingIdentity, c.PendingPeerID = nil, ""
 	c.PinnedAt = time.Now()
@@ -272,4 +282,14 @@ func (e *Engine) Trust(ctx context.Context, contact string) error {
 	e.kickQueue(s)
 	e.spawn(s, func(s *online) { e.releaseHeld(s, login) })
 	return nil
+}
+
+// digitsOf keeps the digits of a safety number as typed or pasted.
+func digitsOf(s string) string {
+	return strings.Map(func(r rune) rune {
+		if r >= '0' && r <= '9' {
+			return r
+		}
+		return -1
+	}, s)
 }

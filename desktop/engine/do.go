@@ -115,7 +115,7 @@ func (e *Engine) Do(ctx context.Context, c *command.Command) (Result, error) {
 			r.Text = "Safety number with " + c.To + ": " + sn
 		}
 	case command.Trust:
-		if err = e.Trust(ctx, c.To); err == nil {
+		if err = e.Trust(ctx, c.To, c.Text); err == nil {
 			r.Text = "Trusted the new key of " + c.To + "; held messages go now."
 		}
 	case command.Logout:

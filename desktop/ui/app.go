@@ -34,7 +34,7 @@ type Engine interface {
 	SendGroupFile(ctx context.Context, path string, groups ...string) (string, error)
 	Cancel(ctx context.Context, id string) (engine.Transfer, error)
 	SafetyNumber(ctx context.Context, contact string) (string, error)
-	Trust(ctx context.Context, contact string) error
+	Trust(ctx context.Context, contact, safetyNumber string) error
 	ListGroups(ctx context.Context) ([]engine.Group, error)
 	MyGroups(ctx context.Context) ([]engine.Group, error)
 	CreateGroup(ctx context.Context, name string) (string, error)

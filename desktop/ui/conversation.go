@@ -76,7 +76,7 @@ func newConversationView(app *App) *conversationView {
 	v.transfers = newTransfersStrip(app)
 	bottom := container.NewVBox(v.transfers.box, container.NewBorder(nil, nil, nil, v.attachBtn, v.composer))
 	v.banner = newKeyBanner(app)
-	v.safetyBtn = widget.NewButton("Safety number", func() { app.showSafetyNumber(v.conv.Peer) })
+	v.safetyBtn = widget.NewButton("Safety number", func() { app.showSafetyNumber(v.conv.Peer, nil) })
 	v.safetyBtn.Hide()
 	header := container.NewBorder(nil, nil, nil, v.safetyBtn, v.title)
 	v.content = container.NewBorder(container.NewVBox(header, v.banner.content, v.older), bottom, nil, nil, v.list)

@@ -24,8 +24,8 @@ type keyBanner struct {
 func newKeyBanner(app *App) *keyBanner {
 	b := &keyBanner{app: app, text: widget.NewLabel("")}
 	b.text.Wrapping = fyne.TextWrapWord
-	b.verify = widget.NewButton("Verify", func() { b.app.showSafetyNumber(b.peer) })
-	b.trust = widget.NewButton("Trust the new key", b.trustKey)
+	b.verify = widget.NewButton("Verify", func() { b.app.showSafetyNumber(b.peer, nil) })
+	b.trust = widget.NewButton("Trust the new key", func() { b.app.showSafetyNumber(b.peer, b.trustKey) })
 	b.trust.Importance = widget.DangerImportance
 	b.content = container.NewBorder(nil, nil, nil, container.NewHBox(b.verify, b.trust), b.text)
 	b.content.Hide()
@@ -43,9 +43,10 @@ func (b *keyBanner) show(peer string, changed bool) {
 	b.content.Show()
 }
 
-func (b *keyBanner) trustKey() {
-	peer := b.peer
-	b.app.background(func(ctx context.Context) error { return b.app.eng.Trust(ctx, peer) }, func(err error) {
+// trustKey trusts peer's new key under the safety number the person saw
+// (the engine refuses it if the key changed again meanwhile).
+func (b *keyBanner) trustKey(peer, safetyNumber string) {
+	b.app.background(func(ctx context.Context) error { return b.app.eng.Trust(ctx, peer, safetyNumber) }, func(err error) {
 		if err != nil {
 			b.app.chats.notice(words(err))
 			return
@@ -56,8 +57,9 @@ func (b *keyBanner) trustKey() {
 	})
 }
 
-// showSafetyNumber shows the safety number to compare with peer.
-func (app *App) showSafetyNumber(peer string) {
+// showSafetyNumber shows the safety number to compare with peer; with
+// trust, the dialog asks whether they match and trusts that number.
+func (app *App) showSafetyNumber(peer string, trust func(peer, safetyNumber string)) {
 	var sn string
 	app.background(func(ctx context.Context) (err error) {
 		sn, err = app.eng.SafetyNumber(ctx, peer)
@@ -69,8 +71,17 @@ func (app *App) showSafetyNumber(peer string) {
 		}
 		number := widget.NewLabelWithStyle(sn, fyne.TextAlignCenter, fyne.TextStyle{Monospace: true})
 		number.Wrapping = fyne.TextWrapWord
-		dialog.ShowCustom("Safety number with "+peer, "Close", container.NewVBox(
+		content := container.NewVBox(
 			widget.NewLabel("Compare these digits with "+peer+", in person or on a call. If they match, nobody is between you."),
-			number), app.win)
+			number)
+		if trust == nil {
+			dialog.ShowCustom("Safety number with "+peer, "Close", content, app.win)
+			return
+		}
+		dialog.ShowCustomConfirm("Safety number with "+peer, "They match: trust", "Not now", content, func(match bool) {
+			if match {
+				trust(peer, sn)
+			}
+		}, app.win)
 	})
 }

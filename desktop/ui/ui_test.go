@@ -194,9 +194,9 @@ func (f *fakeEngine) SafetyNumber(_ context.Context, contact string) (string, er
 	return "12345 67890 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890", nil
 }
 
-func (f *fakeEngine) Trust(_ context.Context, contact string) error {
+func (f *fakeEngine) Trust(_ context.Context, contact, safetyNumber string) error {
 	delete(f.changed, contact)
-	f.did = append(f.did, "Trust "+contact)
+	f.did = append(f.did, "Trust "+contact+" "+safetyNumber)
 	return nil
 }
 
@@ -450,8 +450,15 @@ func TestKeyChangeBanner(t *testing.T) {
 	if len(app.win.Canvas().Overlays().List()) == 0 {
 		t.Fatal("Verify showed nothing")
 	}
+	// Trust shows the number again and trusts only what was shown, once
+	// the person says it matches.
 	test.Tap(b.trust)
-	if f.did[len(f.did)-1] != "Trust bob102" || b.content.Visible() {
+	if n := len(f.did); n > 0 && strings.HasPrefix(f.did[n-1], "Trust") {
+		t.Fatal("trusted before the person compared the number")
+	}
+	tapButton(t, app.win.Canvas().Overlays().Top(), "They match: trust")
+	want := "Trust bob102 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890"
+	if f.did[len(f.did)-1] != want || b.content.Visible() {
 		t.Fatalf("after Trust: did %v, banner visible %v", f.did, b.content.Visible())
 	}
 }
@@ -576,4 +583,16 @@ func TestDeliveryStatesInWords(t *testing.T) {
 			t.Errorf("%+v: %q, want %q", m, got, want)
 		}
 	}
+}
+
+// tapButton taps the button labelled text inside o (a dialog, a screen).
+func tapButton(t *testing.T, o fyne.CanvasObject, text string) {
+	t.Helper()
+	for _, obj := range test.LaidOutObjects(o) {
+		if b, ok := obj.(*widget.Button); ok && b.Text == text {
+			test.Tap(b)
+			return
+		}
+	}
+	t.Fatalf("no button %q", text)
 }

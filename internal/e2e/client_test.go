@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -239,9 +240,13 @@ func TestChangedKeyHoldsMessagesUntilTrusted(t *testing.T) {
 	if n := bob.Count("message", map[string]string{"body": "are you still you?"}); n != 0 {
 		t.Fatal("a message went to a changed key before it was trusted")
 	}
-	alice.Do("Trust max752")
+	// Trust takes the number the person compared, and no other.
+	if r := alice.Try("Trust max752 12345 12345 12345 12345 12345 12345 12345 12345 12345 12345 12345 12345"); r["ok"] == true {
+		t.Fatal("Trust accepted a safety number that is not the new key's")
+	}
+	alice.Do("Trust max752 " + safetyDigits(t, alice.Do("Verify max752").S("text")))
 	bob.WaitEvent(wait, "message", map[string]string{"from": "lia751", "body": "are you still you?"})
-	if r := alice.Try("Trust max752"); r["ok"] == true {
+	if r := alice.Try("Trust max752 " + safetyDigits(t, alice.Do("Verify max752").S("text"))); r["ok"] == true {
 		t.Fatal("trusting an unchanged key should say there is nothing to trust")
 	}
 }
@@ -326,6 +331,16 @@ func TestChangedKeyDoesNotStallTheMailbox(t *testing.T) {
 	if n := bob.Count("message", map[string]string{"from": "mbc763"}); n != 0 {
 		t.Fatal("a message under an untrusted new key was shown")
 	}
-	bob.Do("Trust mbc763")
+	bob.Do("Trust mbc763 " + safetyDigits(t, bob.Do("Verify mbc763").S("text")))
 	bob.WaitEvent(wait, "message", map[string]string{"from": "mbc763", "body": "hello from my new phone"})
+}
+
+// safetyDigits is the safety number in a Verify answer.
+func safetyDigits(t *testing.T, text string) string {
+	t.Helper()
+	n := regexp.MustCompile(`\d{5}( \d{5}){11}`).FindString(text)
+	if n == "" {
+		t.Fatalf("no safety number in %q", text)
+	}
+	return n
 }

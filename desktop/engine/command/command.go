@@ -48,7 +48,7 @@ type Command struct {
 	Password string   // Sign up, Login
 	To       string   // Send, Send_file, History, Verify, Trust (a contact); Cancel (a transfer id)
 	Groups   []string // Send_group*, and the one group of Create/Join/Leave/Members
-	Text     string   // Send*, Search: the rest of the line
+	Text     string   // Send*, Search: the rest of the line; Trust: the safety number
 	Path     string   // Send_file, Send_group_File
 	Count    int      // History
 }
@@ -70,7 +70,7 @@ var Usage = map[Kind]string{
 	History:       "History <contact|group> [n]",
 	Search:        "Search <text>",
 	Verify:        "Verify <contact>",
-	Trust:         "Trust <contact>",
+	Trust:         "Trust <contact> <safety number>",
 	Transfers:     "Transfers",
 	Cancel:        "Cancel <transfer id>",
 	Logout:        "Logout",
@@ -233,11 +233,22 @@ func Parse(line string) (*Command, error) {
 			return bad("give the text to look for")
 		}
 		c.Text = strings.TrimSpace(rest)
-	case Verify, Trust:
+	case Verify:
 		if len(args) != 1 || NormalizeRecipient(args[0]) == "" {
 			return bad("give one contact")
 		}
 		c.To = NormalizeRecipient(args[0])
+	case Trust:
+		if len(args) < 2 || NormalizeRecipient(args[0]) == "" {
+			return bad("give the contact and the safety number you compared (Verify shows it)")
+		}
+		c.To = NormalizeRecipient(args[0])
+		for _, group := range args[1:] {
+			if strings.Trim(group, "0123456789") != "" {
+				return bad("a safety number is only digits, in groups of five")
+			}
+		}
+		c.Text = strings.Join(args[1:], " ")
 	case ShowMyGroups, List, Logout, Help, Quit:
 		if len(args) != 0 {
 			return bad("this command takes no arguments")

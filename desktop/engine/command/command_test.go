@@ -36,7 +36,7 @@ func TestParseClassicCommands(t *testing.T) {
 		{"History g1", Command{Kind: History, To: "g1", Count: 20}},
 		{"Search lunch plans", Command{Kind: Search, Text: "lunch plans"}},
 		{"Verify bob102", Command{Kind: Verify, To: "bob102"}},
-		{"Trust bob102", Command{Kind: Trust, To: "bob102"}},
+		{"Trust bob102 12345 67890", Command{Kind: Trust, To: "bob102", Text: "12345 67890"}},
 		{"Quit", Command{Kind: Quit}},
 	}
 	for _, c := range cases {
@@ -57,6 +57,7 @@ func TestBadLinesGetUsage(t *testing.T) {
 		"Send_group x g1 hi", "Send_group 2 g1 g2", "Create", "Create two words", "History",
 		"History bob 0", "List extra", "Frobnicate now", "Sign in alice",
 		"Send + 0", "Login + pw", "Verify <>", // found by FuzzParse
+		"Trust bob102", "Trust bob102 12345-67890",
 		"Send_file", "Send_file a.pdf", `Send_file "a.pdf bob102`, "Send_group_File a.pdf", "Send_group_File a.pdf 2 g1",
 		"Send_group_File 2 g1 g2 a.pdf", "Send_group_File 1 g1 a.pdf", "Cancel", "Cancel a b", "Transfers now",
 	} {
