@@ -76,6 +76,12 @@ func parseFlags(args []string) (*options, error) {
 	var mboxBytes uint64
 	fs.UintVar(&mboxCount, "mailbox-max-count", uint(o.srv.MailboxMaxCount), "envelopes that may wait for one recipient")
 	fs.Uint64Var(&mboxBytes, "mailbox-max-bytes", o.srv.MailboxMaxBytes, "bytes that may wait for one recipient")
+	var senderCount uint
+	fs.UintVar(&senderCount, "mailbox-sender-max-count", uint(o.srv.SenderMaxCount), "envelopes one sender may have waiting for one recipient")
+	fs.Uint64Var(&o.srv.SenderMaxBytes, "mailbox-sender-max-bytes", o.srv.SenderMaxBytes, "bytes one sender may have waiting for one recipient")
+	var groupsCreated, groupsJoined uint
+	fs.UintVar(&groupsCreated, "max-groups-created", uint(o.srv.MaxGroupsCreated), "groups one account may create")
+	fs.UintVar(&groupsJoined, "max-groups-joined", uint(o.srv.MaxGroupsJoined), "groups one account may belong to")
 	fs.DurationVar(&o.relay.MaxDuration, "relay-max-duration", o.relay.MaxDuration, "longest relayed connection")
 	fs.Int64Var(&o.relay.MaxBytes, "relay-max-bytes", o.relay.MaxBytes, "most bytes relayed each way per connection")
 	fs.IntVar(&o.relay.MaxReservations, "relay-max-reservations", o.relay.MaxReservations, "clients that may hold a relay reservation (libp2p's connection limits are sized for them)")
@@ -96,6 +102,7 @@ func parseFlags(args []string) (*options, error) {
 		return nil, errors.New("-id is required")
 	}
 	o.srv.MailboxMaxCount, o.srv.MailboxMaxBytes = uint32(mboxCount), mboxBytes
+	o.srv.SenderMaxCount, o.srv.MaxGroupsCreated, o.srv.MaxGroupsJoined = uint32(senderCount), uint32(groupsCreated), uint32(groupsJoined)
 	if o.dataDir == "" {
 		o.dataDir = filepath.Join("data", o.id)
 	}

@@ -708,8 +708,12 @@ func (x *GroupResponse) GetName() string {
 	return ""
 }
 
+// Groups come in pages, in name order: page_token is the previous answer's
+// next_page_token ("" for the first page); page_size at most 500 (0: 500).
 type ListGroupsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	PageToken     string                 `protobuf:"bytes,1,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageSize      uint32                 `protobuf:"varint,2,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -742,6 +746,20 @@ func (x *ListGroupsRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListGroupsRequest.ProtoReflect.Descriptor instead.
 func (*ListGroupsRequest) Descriptor() ([]byte, []int) {
 	return file_coord_api_coord_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *ListGroupsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+func (x *ListGroupsRequest) GetPageSize() uint32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
 }
 
 type GroupInfo struct {
@@ -797,8 +815,10 @@ func (x *GroupInfo) GetMembers() uint32 {
 }
 
 type ListGroupsResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Groups        []*GroupInfo           `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Groups []*GroupInfo           `protobuf:"bytes,1,rep,name=groups,proto3" json:"groups,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -838,6 +858,13 @@ func (x *ListGroupsResponse) GetGroups() []*GroupInfo {
 		return x.Groups
 	}
 	return nil
+}
+
+func (x *ListGroupsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type MembersResponse struct {
@@ -2293,13 +2320,17 @@ const file_coord_api_coord_proto_rawDesc = "" +
 	"\fGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"#\n" +
 	"\rGroupResponse\x12\x12\n" +
-	"\x04name\x18\x01 \x01(\tR\x04name\"\x13\n" +
-	"\x11ListGroupsRequest\"9\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\"O\n" +
+	"\x11ListGroupsRequest\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x01 \x01(\tR\tpageToken\x12\x1b\n" +
+	"\tpage_size\x18\x02 \x01(\rR\bpageSize\"9\n" +
 	"\tGroupInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
-	"\amembers\x18\x02 \x01(\rR\amembers\"F\n" +
+	"\amembers\x18\x02 \x01(\rR\amembers\"n\n" +
 	"\x12ListGroupsResponse\x120\n" +
-	"\x06groups\x18\x01 \x03(\v2\x18.e2em.coord.v1.GroupInfoR\x06groups\"B\n" +
+	"\x06groups\x18\x01 \x03(\v2\x18.e2em.coord.v1.GroupInfoR\x06groups\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"B\n" +
 	"\x0fMembersResponse\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tlogin_ids\x18\x02 \x03(\tR\bloginIds\"<\n" +

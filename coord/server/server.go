@@ -51,6 +51,10 @@ type Config struct {
 	MailMaxBytes     int           // largest envelope
 	MailboxMaxCount  uint32        // envelopes waiting per recipient
 	MailboxMaxBytes  uint64        // bytes waiting per recipient
+	SenderMaxCount   uint32        // envelopes one sender may have waiting for one recipient
+	SenderMaxBytes   uint64        // bytes one sender may have waiting for one recipient
+	MaxGroupsCreated uint32        // groups one account may create
+	MaxGroupsJoined  uint32        // groups one account may belong to
 	Logger           *slog.Logger
 }
 
@@ -64,6 +68,10 @@ func DefaultConfig() Config {
 		MailMaxBytes:     1 << 20,
 		MailboxMaxCount:  1000,
 		MailboxMaxBytes:  64 << 20,
+		SenderMaxCount:   250,      // a quarter of the box
+		SenderMaxBytes:   36 << 20, // a 32 MiB file (the client's mailbox file limit) and its envelopes
+		MaxGroupsCreated: 100,
+		MaxGroupsJoined:  1000,
 	}
 }
 
@@ -398,7 +406,7 @@ func (s *Server) groupOp(ctx context.Context, kind statepb.GroupOp_Kind, name st
 	if err := ValidateGroupName(name); err != nil {
 		return nil, invalid(err)
 	}
-	op := &statepb.GroupOp{Kind: kind, Name: name, LoginId: sessionFrom(ctx).LoginID}
+	op := &statepb.GroupOp{Kind: kind, Name: name, LoginId: sessionFrom(ctx).LoginID, MaxCreated: s.cfg.MaxGroupsCreated, MaxJoined: s.cfg.MaxGroupsJoined}
 	res, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_Group{Group: op}})
 	if err != nil {
 		return nil, err
@@ -422,28 +430,45 @@ func (s *Server) LeaveGroup(ctx context.Context, req *api.GroupRequest) (*api.Gr
 }
 
 // ListGroups lists every group with its member count.
-func (s *Server) ListGroups(ctx context.Context, _ *api.ListGroupsRequest) (*api.ListGroupsResponse, error) {
+func (s *Server) ListGroups(ctx context.Context, req *api.ListGroupsRequest) (*api.ListGroupsResponse, error) {
 	if err := s.barrier(ctx); err != nil {
 		return nil, err
 	}
-	groups, err := s.store.FSM().Groups()
-	return groupList(groups, err)
+	if len(req.PageToken) > MaxNameLen*4 {
+		return nil, status.Error(codes.InvalidArgument, "that page token is not one this cluster gave")
+	}
+	groups, next, err := s.store.FSM().Groups(req.PageToken, pageSize(req))
+	return groupList(groups, next, err)
 }
 
 // MyGroups lists the caller's groups.
-func (s *Server) MyGroups(ctx context.Context, _ *api.ListGroupsRequest) (*api.ListGroupsResponse, error) {
+func (s *Server) MyGroups(ctx context.Context, req *api.ListGroupsRequest) (*api.ListGroupsResponse, error) {
 	if err := s.barrier(ctx); err != nil {
 		return nil, err
 	}
-	groups, err := s.store.FSM().MyGroups(sessionFrom(ctx).LoginID)
-	return groupList(groups, err)
+	if len(req.PageToken) > MaxNameLen*4 {
+		return nil, status.Error(codes.InvalidArgument, "that page token is not one this cluster gave")
+	}
+	groups, next, err := s.store.FSM().MyGroups(sessionFrom(ctx).LoginID, req.PageToken, pageSize(req))
+	return groupList(groups, next, err)
 }
 
-func groupList(groups []*statepb.Group, err error) (*api.ListGroupsResponse, error) {
+// MaxGroupPage is the most groups one ListGroups or MyGroups answer holds.
+const MaxGroupPage = 500
+
+// pageSize is the page a listing asks for, within MaxGroupPage.
+func pageSize(req *api.ListGroupsRequest) int {
+	if req.PageSize == 0 || req.PageSize > MaxGroupPage {
+		return MaxGroupPage
+	}
+	return int(req.PageSize)
+}
+
+func groupList(groups []*statepb.Group, next string, err error) (*api.ListGroupsResponse, error) {
 	if err != nil {
 		return nil, storeErr(err)
 	}
-	resp := &api.ListGroupsResponse{}
+	resp := &api.ListGroupsResponse{NextPageToken: next}
 	for _, g := range groups {
 		resp.Groups = append(resp.Groups, &api.GroupInfo{Name: g.Name, Members: g.Members})
 	}
@@ -483,6 +508,7 @@ func (s *Server) PutMail(ctx context.Context, req *api.PutMailRequest) (*api.Put
 	put := &statepb.PutMail{
 		From: sessionFrom(ctx).LoginID, To: to, Envelope: req.Envelope,
 		MaxCount: s.cfg.MailboxMaxCount, MaxBytes: s.cfg.MailboxMaxBytes,
+		MaxCountPerSender: s.cfg.SenderMaxCount, MaxBytesPerSender: s.cfg.SenderMaxBytes,
 	}
 	res, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_PutMail{PutMail: put}})
 	if err != nil {

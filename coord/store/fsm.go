@@ -32,6 +32,8 @@ const (
 	prefMyGroup = "mygrp/"         // mygrp/<login>/<folded name> → ""
 	prefMailbox = "mbox/"          // mbox/<login> → MailBox
 	prefMail    = "mail/"          // mail/<login>/<seq BE> → api.Mail
+	prefMailBy  = "mboxfrom/"      // mboxfrom/<to>/<from> → MailBox (count, bytes from one sender)
+	prefGrpBy   = "grpby/"         // grpby/<login> → uint64 groups created
 	prefRevoked = "rev/"           // rev/<session id> → expiry BE
 	prefNode    = "node/"          // node/<id> → Node
 	prefRequest = "req/"           // req/<request id> → AppliedRequest
@@ -347,6 +349,16 @@ func (f *FSM) group(txn *writeTxn, g *statepb.GroupOp, now int64) (*statepb.Resu
 		if found {
 			return fail(codes.AlreadyExists, "group %q already exists", rec.Name), nil, nil
 		}
+		created, err := getU64(txn, prefGrpBy+g.LoginId)
+		if err != nil {
+			return nil, nil, err
+		}
+		if g.MaxCreated > 0 && created >= uint64(g.MaxCreated) {
+			return fail(codes.ResourceExhausted, "you have created %d groups, the most one person may", created), nil, nil
+		}
+		if err := txn.Set([]byte(prefGrpBy+g.LoginId), u64(created+1)); err != nil {
+			return nil, nil, err
+		}
 		rec = statepb.Group{Name: g.Name, CreatedBy: g.LoginId, CreatedUnixNano: now}
 		change = "created"
 		fallthrough
@@ -359,6 +371,15 @@ func (f *FSM) group(txn *writeTxn, g *statepb.GroupOp, now int64) (*statepb.Resu
 				return fail(codes.AlreadyExists, "you are already a member of %q", rec.Name), nil, nil
 			}
 			change = "joined"
+		}
+		if g.MaxJoined > 0 {
+			n, err := countKeys(txn, prefMyGroup+g.LoginId+"/", int(g.MaxJoined))
+			if err != nil {
+				return nil, nil, err
+			}
+			if n >= int(g.MaxJoined) {
+				return fail(codes.ResourceExhausted, "you are in %d groups, the most one person may be in; leave one first", n), nil, nil
+			}
 		}
 		rec.Members++
 		if err := txn.Set([]byte(member), nil); err != nil {
@@ -404,6 +425,20 @@ func (f *FSM) putMail(txn *writeTxn, m *statepb.PutMail, now int64) (*statepb.Re
 	if (m.MaxCount > 0 && box.Count+1 > m.MaxCount) || (m.MaxBytes > 0 && box.Bytes+size > m.MaxBytes) {
 		return fail(codes.ResourceExhausted, "the mailbox of %s is full (%d messages, %d bytes waiting)", m.To, box.Count, box.Bytes), nil, nil
 	}
+	// Each sender has a share, so that one cannot fill the box for all.
+	var mine statepb.MailBox
+	byKey := prefMailBy + m.To + "/" + m.From
+	if _, err := getProto(txn, byKey, &mine); err != nil {
+		return nil, nil, err
+	}
+	if (m.MaxCountPerSender > 0 && mine.Count+1 > m.MaxCountPerSender) || (m.MaxBytesPerSender > 0 && mine.Bytes+size > m.MaxBytesPerSender) {
+		return fail(codes.ResourceExhausted, "you have filled your share of the mailbox of %s (%d messages, %d bytes from you wait there)", m.To, mine.Count, mine.Bytes), nil, nil
+	}
+	mine.Count++
+	mine.Bytes += size
+	if err := setProto(txn, byKey, &mine); err != nil {
+		return nil, nil, err
+	}
 	box.NextSeq++
 	box.Count++
 	box.Bytes += size
@@ -426,6 +461,7 @@ func (f *FSM) ackMail(txn *writeTxn, a *statepb.AckMail) (*statepb.Result, []Eve
 	prefix := []byte(prefMail + a.GetLoginId() + "/")
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
 	var doomed [][]byte
+	senders := map[string][]uint64{}
 	for it.Rewind(); it.Valid(); it.Next() {
 		key := it.Item().KeyCopy(nil)
 		if binary.BigEndian.Uint64(key[len(prefix):]) > a.UpToSeq {
@@ -439,8 +475,14 @@ func (f *FSM) ackMail(txn *writeTxn, a *statepb.AckMail) (*statepb.Result, []Eve
 		box.Count--
 		box.Bytes -= uint64(len(m.Envelope))
 		doomed = append(doomed, key)
+		senders[m.From] = append(senders[m.From], uint64(len(m.Envelope)))
 	}
 	it.Close()
+	for from, sizes := range senders {
+		if err := f.releaseShare(txn, a.GetLoginId(), from, sizes); err != nil {
+			return nil, nil, err
+		}
+	}
 	for _, k := range doomed {
 		if err := txn.Delete(k); err != nil {
 			return nil, nil, err
@@ -450,6 +492,53 @@ func (f *FSM) ackMail(txn *writeTxn, a *statepb.AckMail) (*statepb.Result, []Eve
 		return ok(), nil, nil
 	}
 	return ok(), nil, setProto(txn, prefMailbox+a.LoginId, &box)
+}
+
+// releaseShare gives a sender's share back as its mail is acknowledged
+// (mail stored before shares existed has none to give back).
+func (f *FSM) releaseShare(txn *writeTxn, to, from string, sizes []uint64) error {
+	key := prefMailBy + to + "/" + from
+	var mine statepb.MailBox
+	found, err := getProto(txn, key, &mine)
+	if err != nil || !found {
+		return err
+	}
+	for _, n := range sizes {
+		if mine.Count > 0 {
+			mine.Count--
+		}
+		mine.Bytes -= min(mine.Bytes, n)
+	}
+	if mine.Count == 0 {
+		return txn.Delete([]byte(key))
+	}
+	return setProto(txn, key, &mine)
+}
+
+// countKeys counts keys under prefix, stopping at most.
+func countKeys(txn *writeTxn, prefix string, most int) (int, error) {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
+	defer it.Close()
+	n := 0
+	for it.Rewind(); it.Valid() && n < most; it.Next() {
+		n++
+	}
+	return n, nil
+}
+
+func getU64(txn getter, key string) (uint64, error) {
+	item, err := txn.Get([]byte(key))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return 0, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	v, err := item.ValueCopy(nil)
+	if err != nil || len(v) != 8 {
+		return 0, err
+	}
+	return binary.BigEndian.Uint64(v), nil
 }
 
 // prune removes retry records, revocations and counted attempts whose

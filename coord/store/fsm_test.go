@@ -2,6 +2,7 @@ package store
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"sync/atomic"
 	"testing"
@@ -132,11 +133,11 @@ func TestGroupsLifecycle(t *testing.T) {
 	if r := a.apply(group(statepb.GroupOp_LEAVE, "g1", "alice101")); r.Code != 0 {
 		t.Fatal(r)
 	}
-	mine, _ := f.MyGroups("alice101")
+	mine, _, _ := f.MyGroups("alice101", "", 100)
 	if len(mine) != 0 {
 		t.Fatalf("alice left but still has %v", mine)
 	}
-	all, _ := f.Groups()
+	all, _, _ := f.Groups("", 100)
 	if len(all) != 1 || all[0].Members != 1 {
 		t.Fatalf("groups: %v", all)
 	}
@@ -335,5 +336,83 @@ func TestGroupNamesCannotForgeMembers(t *testing.T) {
 	_, members, err := f.Members("a")
 	if err != nil || len(members) != 1 || members[0] != "alice101" {
 		t.Fatalf("members of a: %v %v", members, err)
+	}
+}
+
+// Issue 12, point 10: one sender fills only its share of a mailbox; the
+// share comes back as the recipient acknowledges.
+func TestMailboxSharePerSender(t *testing.T) {
+	f, _ := openFSM(t)
+	a := &applier{t: t, f: f}
+	a.apply(account("bob102", "bob", "102"))
+	put := func(from string) *statepb.Result {
+		return a.apply(&statepb.Command_PutMail{PutMail: &statepb.PutMail{From: from, To: "bob102", Envelope: []byte("x"),
+			MaxCount: 10, MaxBytes: 1 << 20, MaxCountPerSender: 3, MaxBytesPerSender: 1 << 20}})
+	}
+	for i := range 3 {
+		if r := put("mallory7"); r.Code != 0 {
+			t.Fatalf("mallory's envelope %d: %v", i, r)
+		}
+	}
+	if r := put("mallory7"); codes.Code(r.Code) != codes.ResourceExhausted {
+		t.Fatalf("past her share: %v", r)
+	}
+	if r := put("alice101"); r.Code != 0 {
+		t.Fatalf("another sender was refused: %v", r)
+	}
+	a.apply(&statepb.Command_AckMail{AckMail: &statepb.AckMail{LoginId: "bob102", UpToSeq: 2}})
+	if r := put("mallory7"); r.Code != 0 {
+		t.Fatalf("the share did not come back after the ack: %v", r)
+	}
+}
+
+// Issue 12, point 10: groups per creator and per member are capped, and the
+// list comes in pages.
+func TestGroupCapsAndPages(t *testing.T) {
+	f, _ := openFSM(t)
+	a := &applier{t: t, f: f}
+	a.apply(account("alice101", "alice", "101"))
+	mk := func(kind statepb.GroupOp_Kind, name, login string) *statepb.Result {
+		return a.apply(&statepb.Command_Group{Group: &statepb.GroupOp{Kind: kind, Name: name, LoginId: login, MaxCreated: 5, MaxJoined: 7}})
+	}
+	for i := range 5 {
+		if r := mk(statepb.GroupOp_CREATE, fmt.Sprintf("g%d", i), "alice101"); r.Code != 0 {
+			t.Fatal(r)
+		}
+	}
+	if r := mk(statepb.GroupOp_CREATE, "g5", "alice101"); codes.Code(r.Code) != codes.ResourceExhausted {
+		t.Fatalf("a sixth group: %v", r)
+	}
+	for i := range 9 {
+		if r := mk(statepb.GroupOp_CREATE, fmt.Sprintf("h%d", i), fmt.Sprintf("u%c", 'a'+i)); r.Code != 0 {
+			t.Fatal(r)
+		}
+	}
+	mk(statepb.GroupOp_JOIN, "h0", "alice101")
+	mk(statepb.GroupOp_JOIN, "h1", "alice101")
+	if r := mk(statepb.GroupOp_JOIN, "h2", "alice101"); codes.Code(r.Code) != codes.ResourceExhausted {
+		t.Fatalf("an eighth membership: %v", r)
+	}
+	var names []string
+	for token, pages := "", 0; ; pages++ {
+		page, next, err := f.Groups(token, 4)
+		if err != nil || len(page) > 4 || pages > 5 {
+			t.Fatalf("page %d: %d groups, %v", pages, len(page), err)
+		}
+		for _, g := range page {
+			names = append(names, g.Name)
+		}
+		if next == "" {
+			break
+		}
+		token = next
+	}
+	if len(names) != 14 || names[0] != "g0" || names[13] != "h8" {
+		t.Fatalf("paged through %v", names)
+	}
+	mine, next, _ := f.MyGroups("alice101", "", 5)
+	more, last, _ := f.MyGroups("alice101", next, 5)
+	if len(mine) != 5 || len(more) != 2 || last != "" {
+		t.Fatalf("my groups in pages: %d then %d (next %q)", len(mine), len(more), last)
 	}
 }

@@ -118,13 +118,20 @@ func (f *FSM) Keys(login string) (*api.Keys, error) {
 	return &k, f.get(prefKeys+login, &k)
 }
 
-// Groups lists every group in name order.
-func (f *FSM) Groups() ([]*statepb.Group, error) {
+// Groups lists a page of groups in (folded) name order: at most limit
+// after the page token after; next is the following page's token, "" on
+// the last page.
+func (f *FSM) Groups(after string, limit int) ([]*statepb.Group, string, error) {
 	var out []*statepb.Group
+	next := ""
 	err := f.db.View(func(txn *badger.Txn) error {
 		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefGroup), PrefetchValues: true})
 		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		for it.Seek(pageStart(prefGroup, after)); it.Valid(); it.Next() {
+			if len(out) == limit {
+				next = FoldGroupName(out[len(out)-1].Name)
+				return nil
+			}
 			g := &statepb.Group{}
 			if err := it.Item().Value(func(v []byte) error { return proto.Unmarshal(v, g) }); err != nil {
 				return err
@@ -133,7 +140,15 @@ func (f *FSM) Groups() ([]*statepb.Group, error) {
 		}
 		return nil
 	})
-	return out, err
+	return out, next, err
+}
+
+// pageStart is the first key of a page that follows the key prefix+after.
+func pageStart(prefix, after string) []byte {
+	if after == "" {
+		return []byte(prefix)
+	}
+	return []byte(prefix + after + "\x00")
 }
 
 // Group returns one group by name, case-insensitively.
@@ -142,30 +157,35 @@ func (f *FSM) Group(name string) (*statepb.Group, error) {
 	return &g, f.get(prefGroup+FoldGroupName(name), &g)
 }
 
-// MyGroups lists the groups login is a member of.
-func (f *FSM) MyGroups(login string) ([]*statepb.Group, error) {
+// MyGroups lists a page of the groups login is a member of, as Groups.
+func (f *FSM) MyGroups(login, after string, limit int) ([]*statepb.Group, string, error) {
 	var names []string
+	next := ""
 	err := f.db.View(func(txn *badger.Txn) error {
-		prefix := []byte(prefMyGroup + login + "/")
-		it := txn.NewIterator(badger.IteratorOptions{Prefix: prefix})
+		prefix := prefMyGroup + login + "/"
+		it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
 		defer it.Close()
-		for it.Rewind(); it.Valid(); it.Next() {
+		for it.Seek(pageStart(prefix, after)); it.Valid(); it.Next() {
+			if len(names) == limit {
+				next = names[len(names)-1]
+				return nil
+			}
 			names = append(names, string(it.Item().Key()[len(prefix):]))
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	out := make([]*statepb.Group, 0, len(names))
 	for _, n := range names {
 		g, err := f.Group(n)
 		if err != nil {
-			return nil, err
+			return nil, "", err
 		}
 		out = append(out, g)
 	}
-	return out, nil
+	return out, next, nil
 }
 
 // Members lists a group's members' login ids; ErrNotFound for no group.

@@ -57,23 +57,34 @@ func (e *Engine) listGroups(ctx context.Context, mine bool) ([]Group, error) {
 	if err != nil {
 		return nil, err
 	}
-	cctx, cancel := e.callCtx(ctx, s)
-	defer cancel()
-	var resp *api.ListGroupsResponse
-	if mine {
-		resp, err = e.coord.MyGroups(cctx, &api.ListGroupsRequest{})
-	} else {
-		resp, err = e.coord.ListGroups(cctx, &api.ListGroupsRequest{})
-	}
-	if err != nil {
-		return nil, e.friendly(err)
-	}
 	var out []Group
-	for _, g := range resp.Groups {
-		out = append(out, Group{Name: g.Name, Members: int(g.Members)})
+	req := &api.ListGroupsRequest{}
+	for page := 0; page < maxGroupPages; page++ {
+		cctx, cancel := e.callCtx(ctx, s)
+		var resp *api.ListGroupsResponse
+		if mine {
+			resp, err = e.coord.MyGroups(cctx, req)
+		} else {
+			resp, err = e.coord.ListGroups(cctx, req)
+		}
+		cancel()
+		if err != nil {
+			return nil, e.friendly(err)
+		}
+		for _, g := range resp.Groups {
+			out = append(out, Group{Name: g.Name, Members: int(g.Members)})
+		}
+		if resp.NextPageToken == "" {
+			break
+		}
+		req.PageToken = resp.NextPageToken
 	}
 	return out, nil
 }
+
+// maxGroupPages bounds a listing the client gathers (the cluster answers
+// at most 500 groups a page).
+const maxGroupPages = 100
 
 // ListGroups lists every group with its member count.
 func (e *Engine) ListGroups(ctx context.Context) ([]Group, error) { return e.listGroups(ctx, false) }

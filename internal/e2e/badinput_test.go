@@ -26,7 +26,8 @@ import (
 // Every bad input gets a clear error, stores nothing, and leaves the
 // cluster serving.
 func TestBadInputIsRefusedAndStoresNothing(t *testing.T) {
-	c := ct.Start(t, ct.Options{N: 3, CoordArgs: []string{"-session-ttl", "3s", "-mailbox-max-count", "3"}})
+	c := ct.Start(t, ct.Options{N: 3, CoordArgs: []string{"-session-ttl", "3s", "-mailbox-max-count", "4",
+		"-mailbox-sender-max-count", "3", "-max-groups-created", "2"}})
 	lb := c.LB()
 	signUp(t, lb, "kim", "401", "password123")
 
@@ -83,7 +84,28 @@ func TestBadInputIsRefusedAndStoresNothing(t *testing.T) {
 		}
 	}
 	_, err = lb.PutMail(authed, &api.PutMailRequest{To: "kim401", Envelope: []byte("x")})
+	wantCode(t, err, codes.ResourceExhausted, "mail over one sender's share")
+	// Issue 12, point 10: another sender still has room, until the box is full.
+	other := logIn(t, lb, signUp(t, lb, "mia", "404", "password123"), "password123")
+	if _, err := lb.PutMail(other, &api.PutMailRequest{To: "kim401", Envelope: []byte("x")}); err != nil {
+		t.Fatalf("a second sender was refused by the first one's mail: %v", err)
+	}
+	_, err = lb.PutMail(other, &api.PutMailRequest{To: "kim401", Envelope: []byte("x")})
 	wantCode(t, err, codes.ResourceExhausted, "mail over quota")
+	// Groups per creator are capped; the list comes in pages.
+	if _, err := lb.CreateGroup(authed, &api.GroupRequest{Name: "second"}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = lb.CreateGroup(authed, &api.GroupRequest{Name: "third"})
+	wantCode(t, err, codes.ResourceExhausted, "a third group from one creator")
+	first, err := lb.ListGroups(authed, &api.ListGroupsRequest{PageSize: 1})
+	if err != nil || len(first.Groups) != 1 || first.NextPageToken == "" {
+		t.Fatalf("first page: %v %v", first, err)
+	}
+	rest, err := lb.ListGroups(authed, &api.ListGroupsRequest{PageSize: 1, PageToken: first.NextPageToken})
+	if err != nil || len(rest.Groups) != 1 || rest.NextPageToken != "" || rest.Groups[0].Name == first.Groups[0].Name {
+		t.Fatalf("second page: %v %v", rest, err)
+	}
 
 	// Tokens: forged, from another cluster, expired, logged out.
 	_, err = lb.MyGroups(ctx(t), &api.ListGroupsRequest{})

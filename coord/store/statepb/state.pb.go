@@ -1022,10 +1022,14 @@ func (x *Release) GetClear() [][]byte {
 }
 
 type GroupOp struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kind          GroupOp_Kind           `protobuf:"varint,1,opt,name=kind,proto3,enum=e2em.coord.state.v1.GroupOp_Kind" json:"kind,omitempty"`
-	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
-	LoginId       string                 `protobuf:"bytes,3,opt,name=login_id,json=loginId,proto3" json:"login_id,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Kind    GroupOp_Kind           `protobuf:"varint,1,opt,name=kind,proto3,enum=e2em.coord.state.v1.GroupOp_Kind" json:"kind,omitempty"`
+	Name    string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	LoginId string                 `protobuf:"bytes,3,opt,name=login_id,json=loginId,proto3" json:"login_id,omitempty"`
+	// Limits the proposer enforces (0: none): groups one account may
+	// create, and groups it may belong to.
+	MaxCreated    uint32 `protobuf:"varint,4,opt,name=max_created,json=maxCreated,proto3" json:"max_created,omitempty"`
+	MaxJoined     uint32 `protobuf:"varint,5,opt,name=max_joined,json=maxJoined,proto3" json:"max_joined,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1079,6 +1083,20 @@ func (x *GroupOp) GetLoginId() string {
 		return x.LoginId
 	}
 	return ""
+}
+
+func (x *GroupOp) GetMaxCreated() uint32 {
+	if x != nil {
+		return x.MaxCreated
+	}
+	return 0
+}
+
+func (x *GroupOp) GetMaxJoined() uint32 {
+	if x != nil {
+		return x.MaxJoined
+	}
+	return 0
 }
 
 type Group struct {
@@ -1150,14 +1168,17 @@ func (x *Group) GetMembers() uint32 {
 }
 
 type PutMail struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	From          string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
-	To            string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
-	Envelope      []byte                 `protobuf:"bytes,3,opt,name=envelope,proto3" json:"envelope,omitempty"`
-	MaxCount      uint32                 `protobuf:"varint,4,opt,name=max_count,json=maxCount,proto3" json:"max_count,omitempty"`
-	MaxBytes      uint64                 `protobuf:"varint,5,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	From     string                 `protobuf:"bytes,1,opt,name=from,proto3" json:"from,omitempty"`
+	To       string                 `protobuf:"bytes,2,opt,name=to,proto3" json:"to,omitempty"`
+	Envelope []byte                 `protobuf:"bytes,3,opt,name=envelope,proto3" json:"envelope,omitempty"`
+	MaxCount uint32                 `protobuf:"varint,4,opt,name=max_count,json=maxCount,proto3" json:"max_count,omitempty"`
+	MaxBytes uint64                 `protobuf:"varint,5,opt,name=max_bytes,json=maxBytes,proto3" json:"max_bytes,omitempty"`
+	// One sender's share of the recipient's mailbox (0: no share limit).
+	MaxCountPerSender uint32 `protobuf:"varint,6,opt,name=max_count_per_sender,json=maxCountPerSender,proto3" json:"max_count_per_sender,omitempty"`
+	MaxBytesPerSender uint64 `protobuf:"varint,7,opt,name=max_bytes_per_sender,json=maxBytesPerSender,proto3" json:"max_bytes_per_sender,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *PutMail) Reset() {
@@ -1221,6 +1242,20 @@ func (x *PutMail) GetMaxCount() uint32 {
 func (x *PutMail) GetMaxBytes() uint64 {
 	if x != nil {
 		return x.MaxBytes
+	}
+	return 0
+}
+
+func (x *PutMail) GetMaxCountPerSender() uint32 {
+	if x != nil {
+		return x.MaxCountPerSender
+	}
+	return 0
+}
+
+func (x *PutMail) GetMaxBytesPerSender() uint64 {
+	if x != nil {
+		return x.MaxBytesPerSender
 	}
 	return 0
 }
@@ -1583,11 +1618,15 @@ const file_coord_store_statepb_state_proto_rawDesc = "" +
 	"\aRelease\x12\x16\n" +
 	"\x06forget\x18\x01 \x03(\fR\x06forget\x12*\n" +
 	"\x11attempt_unix_nano\x18\x02 \x01(\x03R\x0fattemptUnixNano\x12\x14\n" +
-	"\x05clear\x18\x03 \x03(\fR\x05clear\"\xae\x01\n" +
+	"\x05clear\x18\x03 \x03(\fR\x05clear\"\xee\x01\n" +
 	"\aGroupOp\x125\n" +
 	"\x04kind\x18\x01 \x01(\x0e2!.e2em.coord.state.v1.GroupOp.KindR\x04kind\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x19\n" +
-	"\blogin_id\x18\x03 \x01(\tR\aloginId\"=\n" +
+	"\blogin_id\x18\x03 \x01(\tR\aloginId\x12\x1f\n" +
+	"\vmax_created\x18\x04 \x01(\rR\n" +
+	"maxCreated\x12\x1d\n" +
+	"\n" +
+	"max_joined\x18\x05 \x01(\rR\tmaxJoined\"=\n" +
 	"\x04Kind\x12\x14\n" +
 	"\x10KIND_UNSPECIFIED\x10\x00\x12\n" +
 	"\n" +
@@ -1599,13 +1638,15 @@ const file_coord_store_statepb_state_proto_rawDesc = "" +
 	"\n" +
 	"created_by\x18\x02 \x01(\tR\tcreatedBy\x12*\n" +
 	"\x11created_unix_nano\x18\x03 \x01(\x03R\x0fcreatedUnixNano\x12\x18\n" +
-	"\amembers\x18\x04 \x01(\rR\amembers\"\x83\x01\n" +
+	"\amembers\x18\x04 \x01(\rR\amembers\"\xe5\x01\n" +
 	"\aPutMail\x12\x12\n" +
 	"\x04from\x18\x01 \x01(\tR\x04from\x12\x0e\n" +
 	"\x02to\x18\x02 \x01(\tR\x02to\x12\x1a\n" +
 	"\benvelope\x18\x03 \x01(\fR\benvelope\x12\x1b\n" +
 	"\tmax_count\x18\x04 \x01(\rR\bmaxCount\x12\x1b\n" +
-	"\tmax_bytes\x18\x05 \x01(\x04R\bmaxBytes\"@\n" +
+	"\tmax_bytes\x18\x05 \x01(\x04R\bmaxBytes\x12/\n" +
+	"\x14max_count_per_sender\x18\x06 \x01(\rR\x11maxCountPerSender\x12/\n" +
+	"\x14max_bytes_per_sender\x18\a \x01(\x04R\x11maxBytesPerSender\"@\n" +
 	"\aAckMail\x12\x19\n" +
 	"\blogin_id\x18\x01 \x01(\tR\aloginId\x12\x1a\n" +
 	"\tup_to_seq\x18\x02 \x01(\x04R\aupToSeq\"P\n" +
