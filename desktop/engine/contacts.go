@@ -100,11 +100,21 @@ func (e *Engine) target(ctx context.Context, s *online, login string, fresh bool
 			return &t, nil
 		}
 	}
+	k, pid, err := e.entry(ctx, s, login)
+	if err != nil {
+		return nil, err
+	}
+	return e.targetFrom(s, login, k, pid)
+}
+
+// entry is login's directory entry, its signature checked. It pins
+// nothing: a peer that only claims to be login must not make it a contact.
+func (e *Engine) entry(ctx context.Context, s *online, login string) (*api.Keys, peer.ID, error) {
 	cctx, cancel := e.callCtx(ctx, s)
 	resp, err := e.coord.LookUp(cctx, &api.LookUpRequest{Query: login})
 	cancel()
 	if err != nil {
-		return nil, e.friendly(err)
+		return nil, "", e.friendly(err)
 	}
 	var k *api.Keys
 	for _, m := range resp.Matches {
@@ -113,15 +123,21 @@ func (e *Engine) target(ctx context.Context, s *online, login string, fresh bool
 		}
 	}
 	if k == nil {
-		return nil, fmt.Errorf("no account %s", login)
+		return nil, "", fmt.Errorf("no account %s", login)
 	}
 	if k.PeerId == "" || len(k.IdentityKey) == 0 {
-		return nil, fmt.Errorf("%s %w", login, ErrNoKeys)
+		return nil, "", fmt.Errorf("%s %w", login, ErrNoKeys)
 	}
 	pid, err := verifyEntry(k)
 	if err != nil {
-		return nil, fmt.Errorf("the directory entry of %s does not check out (%v); not sending", login, err)
+		return nil, "", fmt.Errorf("the directory entry of %s does not check out (%v); not sending", login, err)
 	}
+	return k, pid, nil
+}
+
+// targetFrom pins a checked directory entry's key and caches how to reach
+// its owner.
+func (e *Engine) targetFrom(s *online, login string, k *api.Keys, pid peer.ID) (*p2p.Target, error) {
 	identity, err := e.pin(login, k.IdentityKey, k.PeerId)
 	if err != nil {
 		return nil, err
@@ -206,16 +222,23 @@ func (e *Engine) verifyPeer(ctx context.Context, login string, p peer.ID) ([]byt
 	if err != nil {
 		return nil, errNoSession
 	}
-	for _, fresh := range []bool{false, true} {
-		t, err := e.target(ctx, s, login, fresh)
-		if err != nil {
-			return nil, err
-		}
-		if t.PeerID == p {
-			return t.Identity, nil
-		}
+	if c, ok := s.targets.Load(login); ok && c.(cachedTarget).t.PeerID == p && time.Since(c.(cachedTarget).at) < directoryCacheTTL {
+		return c.(cachedTarget).t.Identity, nil
 	}
-	return nil, fmt.Errorf("%s is not the device the directory lists for %s", p, login)
+	// The directory decides who login is; only a peer that is that device
+	// (libp2p authenticated its peer id) gets its key pinned.
+	k, pid, err := e.entry(ctx, s, login)
+	if err != nil {
+		return nil, err
+	}
+	if pid != p {
+		return nil, fmt.Errorf("%s is not the device the directory lists for %s", p, login)
+	}
+	t, err := e.targetFrom(s, login, k, pid)
+	if err != nil {
+		return nil, err
+	}
+	return t.Identity, nil
 }
 
 // SafetyNumber is what to compare with contact out of band.

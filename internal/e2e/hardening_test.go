@@ -1,14 +1,25 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
+	"crypto/rand"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"github.com/libp2p/go-libp2p"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/desktop/engine"
+	"github.com/e2em/e2em/desktop/engine/e2e"
+	"github.com/e2em/e2em/desktop/engine/p2p"
+	"github.com/e2em/e2em/desktop/engine/wire"
 	ct "github.com/e2em/e2em/internal/clustertest"
 )
 
@@ -106,5 +117,68 @@ func TestLookUpStaysSmall(t *testing.T) {
 	look, err = lb.LookUp(authed, &api.LookUpRequest{Query: "5550"})
 	if err != nil || len(look.Matches) != api.MaxLookUpMatches {
 		t.Fatalf("26 people share roll number 5550: %d matches (want %d), %v", len(look.GetMatches()), api.MaxLookUpMatches, err)
+	}
+}
+
+// Issue 12, point 13: a libp2p peer without the claimed account's key
+// sends Hellos claiming to be someone: refused, nobody is pinned as a
+// contact, a From that is no login id never reaches the screen, and a
+// burst is cut off before each claim costs a directory look-up.
+func TestStrangerHellosPinNobody(t *testing.T) {
+	c := sharedCluster(t)
+	bob := newPerson(t, c, "hbob", "771")
+	claimed := newPerson(t, c, "hann", "772") // a real account bob never talked to
+	stranger, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	host := bob.Host()
+	stranger.Peerstore().AddAddrs(host.ID(), host.Addrs(), time.Hour)
+	hello := func(from string) string {
+		t.Helper()
+		cctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		st, err := stranger.NewStream(cctx, host.ID(), p2p.ProtocolID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		eph := make([]byte, 32)
+		rand.Read(eph)
+		if err := wire.WriteFrame(st, &wire.Frame{Kind: &wire.Frame_Hello{Hello: &wire.Hello{Version: e2e.Version, From: from, To: bob.login, Ephemeral: eph}}}); err != nil {
+			t.Fatal(err)
+		}
+		f, err := wire.ReadFrame(bufio.NewReader(st))
+		if err != nil || f.GetReject() == nil {
+			t.Fatalf("a stranger's Hello as %q was answered %v, %v", from, f, err)
+		}
+		return f.GetReject().Reason
+	}
+	hello(claimed.login)
+	bob.await(t, "the refused session reported", func(ev engine.Event) bool {
+		return ev.Kind == engine.EventSecurity && ev.From == claimed.login
+	})
+	contacts, err := bob.Contacts()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, who := range contacts {
+		if who.Login == claimed.login {
+			t.Fatalf("a stranger's claim pinned %s as bob's contact", claimed.login)
+		}
+	}
+	if r := hello("x\x1b[2J\nforged line"); !strings.Contains(r, "not a login id") {
+		t.Fatalf("a From with control characters: %q", r)
+	}
+	limited := false
+	for range 20 {
+		if strings.Contains(hello(claimed.login), "too many") {
+			limited = true
+			break
+		}
+	}
+	if !limited {
+		t.Fatal("20 Hellos at once from one peer were all checked")
 	}
 }

@@ -78,6 +78,8 @@ type Messenger struct {
 	sessions map[string]*Session
 	dialing  map[string]*sync.Mutex
 
+	hellos *helloLimiter // bounds the sessions strangers can make us check
+
 	relayIdle time.Duration // see closeIdleRelayed
 	stop      chan struct{}
 	stopOnce  sync.Once
@@ -93,7 +95,7 @@ func NewMessenger(h host.Host, self Self, verify Verifier, handler Handler, log 
 }
 
 func newMessenger(h host.Host, self Self, verify Verifier, handler Handler, log *slog.Logger, relayIdle time.Duration) *Messenger {
-	m := &Messenger{h: h, self: self, verify: verify, handler: handler, log: log,
+	m := &Messenger{hellos: newHelloLimiter(), h: h, self: self, verify: verify, handler: handler, log: log,
 		sessions: map[string]*Session{}, dialing: map[string]*sync.Mutex{},
 		relayIdle: relayIdle, stop: make(chan struct{})}
 	h.SetStreamHandler(ProtocolID, m.accept)
@@ -285,12 +287,14 @@ func (m *Messenger) accept(st network.Stream) {
 			m.handler.Rejected(from, err)
 		}
 	}
-	if hello == nil || hello.Version != e2e.Version {
-		reject("", "unsupported protocol version", nil)
+	if problem := helloProblem(f, m.self.LoginID); problem != "" {
+		reject("", problem, nil)
 		return
 	}
-	if hello.To != m.self.LoginID {
-		reject(hello.From, "this is not "+hello.To, nil)
+	// Checking a claim costs a directory look-up: a peer gets a few, then
+	// one every few seconds, and all peers together a bounded rate.
+	if !m.hellos.allow(st.Conn().RemotePeer()) {
+		reject("", "too many sessions opened; try again later", nil)
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), handshakeTimeout)
