@@ -9,6 +9,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -148,7 +150,12 @@ func run(o *options, log *slog.Logger) error {
 		args = append(args, strings.Fields(o.coordArgs)...)
 		sup.add(c.ID, coordBin, args)
 	}
-	lbArgs := []string{"-listen", layout.LB, "-metrics", layout.LBMetrics, "-health-ca", caFile, "-backend", strings.Join(apis, ",")}
+	tokenFile, err := adminToken(o.dataDir)
+	if err != nil {
+		return err
+	}
+	lbArgs := []string{"-listen", layout.LB, "-metrics", layout.LBMetrics, "-health-ca", caFile, "-backend", strings.Join(apis, ","),
+		"-admin-token-file", tokenFile}
 	lbArgs = append(lbArgs, strings.Fields(o.lbArgs)...)
 	sup.add("lb", lbBin, lbArgs)
 
@@ -470,4 +477,23 @@ func certCommand(args []string) error {
 	fmt.Printf("wrote %s and %s; copy them and %s to the coordinator's machine\n",
 		filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(*dataDir, "ca.pem"))
 	return nil
+}
+
+// AdminTokenFile is where bootstrap keeps the balancer's admin token, in
+// the data folder.
+const AdminTokenFile = "lb-admin-token"
+
+// adminToken makes (once) the random token the balancer's admin API asks
+// for, readable only by its owner, and says where it is.
+func adminToken(dataDir string) (string, error) {
+	path := filepath.Join(dataDir, AdminTokenFile)
+	if _, err := os.Stat(path); err == nil {
+		return path, nil
+	}
+	b := make([]byte, 24)
+	rand.Read(b)
+	if err := os.WriteFile(path, []byte(base64.RawURLEncoding.EncodeToString(b)+"\n"), 0o600); err != nil {
+		return "", fmt.Errorf("write the balancer's admin token: %w", err)
+	}
+	return path, nil
 }

@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -42,6 +43,7 @@ func (l *listFlag) Set(v string) error {
 
 type options struct {
 	listen, metrics, configFile, policy, healthCA, healthServerName, healthService, healthMode string
+	adminTokenFile                                                                             string
 	backends                                                                                   listFlag
 	pool                                                                                       balance.Options
 	proxy                                                                                      proxy.Options
@@ -68,6 +70,10 @@ func parseFlags(args []string) (*options, error) {
 	fs.DurationVar(&o.pool.SlowStart, "slow-start", 10*time.Second, "ramp time for a backend that just became healthy")
 	fs.Int64Var(&o.pool.MaxConnsPerBackend, "max-conns-per-backend", 0, "open connections per backend (0: no limit)")
 	fs.Int64Var(&o.proxy.MaxConns, "max-conns", 20000, "open client connections (0: no limit); more are closed at once")
+	fs.Int64Var(&o.proxy.MaxConnsPerSource, "max-conns-per-source", 1000, "open connections from one client address (0: no limit)")
+	fs.Float64Var(&o.proxy.NewConnsPerSec, "new-conns-per-source", 200, "new connections a second from one client address (0: no limit)")
+	fs.IntVar(&o.proxy.NewConnBurst, "new-conns-burst", 1000, "new connections one client address may open at once before -new-conns-per-source applies")
+	fs.StringVar(&o.adminTokenFile, "admin-token-file", "", "file holding the bearer token the admin API (/backends, /debug/pprof/) requires; without it the admin API is off")
 	fs.DurationVar(&o.proxy.IdleTimeout, "idle-timeout", 5*time.Minute, "close a connection with no bytes either way for this long (0: never)")
 	fs.DurationVar(&o.proxy.DialTimeout, "connect-timeout", 2*time.Second, "time to connect to a backend")
 	fs.IntVar(&o.proxy.DialRetries, "retries", 2, "other backends tried when a connect fails")
@@ -163,9 +169,13 @@ func run(o *options, log *slog.Logger) error {
 		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newCollector(pool, srv))
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
-		mux.HandleFunc("/backends", adminBackends(pool, log))
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		token, err := readAdminToken(o.adminTokenFile)
+		if err != nil {
+			return err
+		}
+		mux.Handle("/backends", adminOnly(token, adminBackends(pool, log)))
+		mux.Handle("/debug/pprof/", adminOnly(token, http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/profile", adminOnly(token, http.HandlerFunc(pprof.Profile)))
 		ms := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { serveErr <- ms.Serve(mln) }()
 		defer ms.Close()
@@ -197,6 +207,42 @@ func run(o *options, log *slog.Logger) error {
 			return nil
 		}
 	}
+}
+
+// readAdminToken reads the admin API's token ("" when no file is given:
+// the admin API is then off).
+func readAdminToken(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("read the admin token: %w", err)
+	}
+	token := strings.TrimSpace(string(b))
+	if len(token) < 16 {
+		return "", fmt.Errorf("the admin token in %s is shorter than 16 characters", path)
+	}
+	return token, nil
+}
+
+// adminOnly lets through only requests that carry the admin token and do
+// not come from a web browser: a page the operator visits must not be
+// able to add a backend with a simple cross-site request.
+func adminOnly(token string, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case token == "":
+			http.Error(w, "the admin API is off: start the balancer with -admin-token-file", http.StatusForbidden)
+		case r.Header.Get("Origin") != "" || r.Header.Get("Sec-Fetch-Mode") != "":
+			http.Error(w, "the admin API does not answer web browsers", http.StatusForbidden)
+		case subtle.ConstantTimeCompare([]byte(r.Header.Get("Authorization")), []byte("Bearer "+token)) != 1:
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			http.Error(w, "give the admin token: Authorization: Bearer <token>", http.StatusUnauthorized)
+		default:
+			next.ServeHTTP(w, r)
+		}
+	})
 }
 
 // adminBackends serves GET (list with state), POST ?addr= (add) and
@@ -286,6 +332,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(c.accepted, prometheus.CounterValue, float64(c.srv.Accepted.Load()))
 	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(c.srv.Rejected.Load()), "limit")
+	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(c.srv.RejectedSource.Load()), "source")
 	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(c.srv.NoRoute.Load()), "no_backend")
 	ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(c.srv.Active()))
 }

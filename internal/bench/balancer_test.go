@@ -189,7 +189,8 @@ func BenchmarkBalancerVsHAProxy(b *testing.B) {
 	backends := []string{echoBackend(b), echoBackend(b), echoBackend(b)}
 	lbAddr, haAddr := freeAddr(b), freeAddr(b)
 	startProcess(b, filepath.Join(bin, "lb"), "-listen", lbAddr, "-metrics", "", "-backend", strings.Join(backends, ","),
-		"-health", "tcp", "-send-proxy=false", "-rise", "1", "-max-conns", "0")
+		"-health", "tcp", "-send-proxy=false", "-rise", "1", "-max-conns", "0",
+		"-max-conns-per-source", "0", "-new-conns-per-source", "0") // every benchmark client is 127.0.0.1
 	cfg := filepath.Join(b.TempDir(), "haproxy.cfg")
 	var servers strings.Builder
 	for i, be := range backends {

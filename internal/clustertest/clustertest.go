@@ -232,11 +232,23 @@ type Backend struct {
 // Backends asks the balancer's admin API for its backends.
 func (c *Cluster) Backends() ([]Backend, error) {
 	hc := &http.Client{Transport: &http.Transport{DialContext: c.dial}, Timeout: 5 * time.Second}
-	resp, err := hc.Get("http://" + c.Layout.LBMetrics + "/backends")
+	token, err := os.ReadFile(filepath.Join(c.Dir, "lb-admin-token"))
+	if err != nil {
+		return nil, err
+	}
+	req, err := http.NewRequest(http.MethodGet, "http://"+c.Layout.LBMetrics+"/backends", nil)
+	if err != nil {
+		return nil, err
+	}
+	req.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(token)))
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, err
 	}
 	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("GET /backends: %s", resp.Status)
+	}
 	var rows []Backend
 	return rows, json.NewDecoder(resp.Body).Decode(&rows)
 }

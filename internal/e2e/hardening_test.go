@@ -4,9 +4,16 @@ import (
 	"bufio"
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -180,5 +187,79 @@ func TestStrangerHellosPinNobody(t *testing.T) {
 	}
 	if !limited {
 		t.Fatal("20 Hellos at once from one peer were all checked")
+	}
+}
+
+// Issue 12, point 12: one address cannot take all the balancer's
+// connections, and the admin API answers only its token, never a browser.
+func TestBalancerLimitsEachSourceAndGuardsItsAdminAPI(t *testing.T) {
+	c := ct.Start(t, ct.Options{N: 1, LBArgs: []string{"-max-conns-per-source", "20"}})
+	dialFrom := func(ip string) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}, Timeout: 5 * time.Second}
+		conn, err := d.Dial("tcp", c.Layout.LB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		return conn
+	}
+	// closed says whether the balancer closed conn (it sends nothing to an
+	// open one before the client speaks; a coordinator closes a connection
+	// that never starts TLS after a few seconds, so look quickly).
+	closed := func(conn net.Conn) bool {
+		conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		_, err := conn.Read(make([]byte, 1))
+		var ne net.Error
+		return !(errors.As(err, &ne) && ne.Timeout())
+	}
+	var held []net.Conn
+	for range 20 {
+		held = append(held, dialFrom("127.0.0.7"))
+	}
+	extra := dialFrom("127.0.0.7")
+	for i, conn := range held {
+		if closed(conn) {
+			t.Fatalf("connection %d of 20 from one address was closed", i)
+		}
+	}
+	extra.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); !errors.Is(err, io.EOF) && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("a 21st connection from one address was kept: %v", err)
+	}
+	if closed(dialFrom("127.0.0.8")) {
+		t.Fatal("another address was refused because of the first one")
+	}
+
+	admin := "http://" + c.Layout.LBMetrics + "/backends?addr=127.0.0.1:1"
+	token, err := os.ReadFile(filepath.Join(c.Dir, "lb-admin-token"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name   string
+		header map[string]string
+		want   int
+	}{
+		{"no token", nil, http.StatusUnauthorized},
+		{"a wrong token", map[string]string{"Authorization": "Bearer wrong-token-0123456789"}, http.StatusUnauthorized},
+		{"a web page's request", map[string]string{"Authorization": "Bearer " + strings.TrimSpace(string(token)), "Origin": "https://evil.example"}, http.StatusForbidden},
+	} {
+		req, _ := http.NewRequest(http.MethodPost, admin, nil)
+		for k, v := range tc.header {
+			req.Header.Set(k, v)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tc.want {
+			t.Fatalf("POST /backends with %s: %s, want %d", tc.name, resp.Status, tc.want)
+		}
+	}
+	rows, err := c.Backends() // with the token
+	if err != nil || len(rows) != 1 {
+		t.Fatalf("the admin API with its token: %v %v", rows, err)
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -123,6 +124,17 @@ func toSockaddr(a *net.TCPAddr) unix.Sockaddr {
 		}
 	}
 	return sa
+}
+
+// sourceOf is the address a client connects from (IPv4-mapped IPv6 as IPv4).
+func sourceOf(sa unix.Sockaddr) netip.Addr {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(a.Addr)
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(a.Addr).Unmap()
+	}
+	return netip.Addr{}
 }
 
 func fromSockaddr(sa unix.Sockaddr) *net.TCPAddr {

@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync/atomic"
 	"time"
 
@@ -43,8 +44,9 @@ type conn struct {
 	tried           []*balance.Backend
 	connecting      bool
 	clientAddr      unix.Sockaddr
-	started, last   int64 // connect start and last bytes moved, unix nanoseconds
-	index           int   // in loop.conns
+	source          netip.Addr // the client's address, as the per-address limits count it
+	started, last   int64      // connect start and last bytes moved, unix nanoseconds
+	index           int        // in loop.conns
 	closed          bool
 	queued          bool // in loop.again
 }
@@ -273,12 +275,19 @@ func (l *loop) accept() {
 			unix.Close(fd)
 			continue
 		}
+		src := sourceOf(sa)
+		if !l.s.sources.admit(src) {
+			l.s.RejectedSource.Add(1)
+			unix.Close(fd)
+			continue
+		}
 		l.s.Accepted.Add(1)
 		l.s.active.Add(1)
-		c := &conn{client: side{fd: fd, writable: true}, backend: side{fd: -1}, clientAddr: sa, last: l.now}
+		c := &conn{client: side{fd: fd, writable: true}, backend: side{fd: -1}, clientAddr: sa, source: src, last: l.now}
 		if err := l.watch(fd, connectEvents); err != nil {
 			l.s.opts.Log.Warn("cannot watch a client connection", "err", err)
 			l.s.active.Add(-1)
+			l.s.sources.release(src)
 			unix.Close(fd)
 			continue
 		}
@@ -661,6 +670,7 @@ func (l *loop) closeConn(c *conn) {
 	last.index = c.index
 	l.conns = l.conns[:len(l.conns)-1]
 	l.s.active.Add(-1)
+	l.s.sources.release(c.source)
 }
 
 // forget stops routing events to fd and closes it after the current batch.

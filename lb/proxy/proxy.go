@@ -26,11 +26,16 @@ import (
 
 // Options tune a Server.
 type Options struct {
-	MaxConns    int64         // open client connections at once (0: no limit)
-	IdleTimeout time.Duration // close a connection with no bytes either way for this long
-	DialTimeout time.Duration
-	DialRetries int  // other backends tried after a failed connect
-	SendProxy   bool // send a PROXY protocol v2 header to the backend
+	MaxConns int64 // open client connections at once (0: no limit)
+	// Per client address: open connections, and new connections a second
+	// (with bursts of NewConnBurst); 0 is no limit.
+	MaxConnsPerSource int64
+	NewConnsPerSec    float64
+	NewConnBurst      int
+	IdleTimeout       time.Duration // close a connection with no bytes either way for this long
+	DialTimeout       time.Duration
+	DialRetries       int  // other backends tried after a failed connect
+	SendProxy         bool // send a PROXY protocol v2 header to the backend
 	// Loops is how many event loops (each a thread at work) move bytes;
 	// 0 means one per CPU the Go runtime uses.
 	Loops int
@@ -44,7 +49,10 @@ type Server struct {
 	active   atomic.Int64
 	Accepted atomic.Uint64
 	Rejected atomic.Uint64 // over the connection limit
-	NoRoute  atomic.Uint64 // no backend could take the connection
+	// RejectedSource counts connections refused by a per-address limit.
+	RejectedSource atomic.Uint64
+	sources        *sources
+	NoRoute        atomic.Uint64 // no backend could take the connection
 
 	mu      sync.Mutex
 	serving bool
@@ -66,7 +74,8 @@ func New(pool *balance.Pool, opts Options) *Server {
 	if opts.Log == nil {
 		opts.Log = slog.Default()
 	}
-	return &Server{pool: pool, opts: opts, served: make(chan struct{})}
+	return &Server{pool: pool, opts: opts, served: make(chan struct{}),
+		sources: newSources(opts.MaxConnsPerSource, opts.NewConnsPerSec, opts.NewConnBurst)}
 }
 
 // Active is the number of open client connections.
