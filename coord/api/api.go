@@ -16,6 +16,9 @@ const (
 	// MaxLookUpMatches bounds the entries one LookUp answers (an exact
 	// login id is always answered alone).
 	MaxLookUpMatches = 20
+	// MaxWatch bounds the accounts one Events stream watches for key
+	// changes.
+	MaxWatch = 2000
 )
 
 // identityLabel separates identity-key signatures from anything else the

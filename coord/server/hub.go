@@ -1,6 +1,7 @@
 package server
 
 import (
+	"errors"
 	"sync"
 
 	"github.com/e2em/e2em/coord/api"
@@ -11,25 +12,32 @@ import (
 // its stream is ended (it reconnects and fetches its mail again).
 const subscriberBuffer = 256
 
+// MaxStreamsPerLogin bounds the Events streams one account holds open on
+// one coordinator (a client needs one; a few cover reconnects).
+const MaxStreamsPerLogin = 8
+
 // Hub fans the state machine's events out to open Events streams. Publish
-// never blocks: it runs on the Raft apply path.
+// never blocks: it runs on the Raft apply path, and finds the streams an
+// event concerns through indexes (by login, by watched login) instead of
+// scanning every stream.
 type Hub struct {
-	mu      sync.Mutex
-	subs    map[*Subscriber]struct{}
-	members func(group string) []string
+	mu       sync.Mutex
+	byLogin  map[string]map[*Subscriber]struct{}
+	watchers map[string]map[*Subscriber]struct{}
+	members  func(group string) []string
 }
 
 // Subscriber is one open Events stream.
 type Subscriber struct {
 	C     chan *api.Event
 	login string
-	watch map[string]bool
+	watch []string
 	gone  bool
 }
 
 // NewHub makes a hub; members answers who is in a group.
 func NewHub(members func(group string) []string) *Hub {
-	return &Hub{subs: map[*Subscriber]struct{}{}, members: members}
+	return &Hub{byLogin: map[string]map[*Subscriber]struct{}{}, watchers: map[string]map[*Subscriber]struct{}{}, members: members}
 }
 
 // SetMembers sets how the hub learns who is in a group (the store opens after
@@ -40,25 +48,48 @@ func (h *Hub) SetMembers(members func(group string) []string) {
 	h.mu.Unlock()
 }
 
+// ErrTooManyStreams refuses a stream past MaxStreamsPerLogin.
+var ErrTooManyStreams = errors.New("too many event streams open for this account")
+
 // Subscribe opens a stream for login, watching the key changes of watch.
-func (h *Hub) Subscribe(login string, watch []string) *Subscriber {
-	s := &Subscriber{C: make(chan *api.Event, subscriberBuffer), login: login, watch: map[string]bool{}}
-	for _, w := range watch {
-		s.watch[w] = true
-	}
+func (h *Hub) Subscribe(login string, watch []string) (*Subscriber, error) {
+	s := &Subscriber{C: make(chan *api.Event, subscriberBuffer), login: login, watch: watch}
 	h.mu.Lock()
-	h.subs[s] = struct{}{}
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	if len(h.byLogin[login]) >= MaxStreamsPerLogin {
+		return nil, ErrTooManyStreams
+	}
+	add(h.byLogin, login, s)
+	for _, w := range watch {
+		add(h.watchers, w, s)
+	}
 	eventSubscribers.Inc()
-	return s
+	return s, nil
+}
+
+func add(index map[string]map[*Subscriber]struct{}, key string, s *Subscriber) {
+	if index[key] == nil {
+		index[key] = map[*Subscriber]struct{}{}
+	}
+	index[key][s] = struct{}{}
+}
+
+func remove(index map[string]map[*Subscriber]struct{}, key string, s *Subscriber) {
+	delete(index[key], s)
+	if len(index[key]) == 0 {
+		delete(index, key)
+	}
 }
 
 // Unsubscribe closes a stream.
 func (h *Hub) Unsubscribe(s *Subscriber) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if _, ok := h.subs[s]; ok {
-		delete(h.subs, s)
+	if _, ok := h.byLogin[s.login][s]; ok {
+		remove(h.byLogin, s.login, s)
+		for _, w := range s.watch {
+			remove(h.watchers, w, s)
+		}
 		eventSubscribers.Dec()
 	}
 	h.drop(s)
@@ -73,40 +104,48 @@ func (h *Hub) drop(s *Subscriber) {
 
 // Publish delivers one state machine event to the streams it concerns.
 func (h *Hub) Publish(e store.Event) {
+	var members []string
+	if e.Group != nil {
+		h.mu.Lock()
+		lookup := h.members
+		h.mu.Unlock()
+		if lookup != nil {
+			members = lookup(e.Group.Name) // a read, outside the lock
+		}
+	}
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if len(h.subs) == 0 {
-		return
-	}
 	var ev *api.Event
-	var to func(*Subscriber) bool
+	var to []map[*Subscriber]struct{}
 	switch {
 	case e.Mail != nil:
 		ev = &api.Event{Kind: &api.Event_Mail{Mail: &api.MailWaiting{Seq: e.Mail.Seq, From: e.Mail.From}}}
-		to = func(s *Subscriber) bool { return s.login == e.Mail.To }
+		to = append(to, h.byLogin[e.Mail.To])
 	case e.Group != nil:
-		members := map[string]bool{e.Group.LoginID: true}
-		if h.members != nil {
-			for _, m := range h.members(e.Group.Name) {
-				members[m] = true
+		ev = &api.Event{Kind: &api.Event_Group{Group: &api.GroupChanged{Name: e.Group.Name, LoginId: e.Group.LoginID, Change: e.Group.Change}}}
+		seen := map[string]bool{}
+		for _, m := range append(members, e.Group.LoginID) {
+			if !seen[m] {
+				seen[m] = true
+				to = append(to, h.byLogin[m])
 			}
 		}
-		ev = &api.Event{Kind: &api.Event_Group{Group: &api.GroupChanged{Name: e.Group.Name, LoginId: e.Group.LoginID, Change: e.Group.Change}}}
-		to = func(s *Subscriber) bool { return members[s.login] }
 	case e.Keys != nil:
 		ev = &api.Event{Kind: &api.Event_Keys{Keys: &api.KeysChanged{Keys: e.Keys}}}
-		to = func(s *Subscriber) bool { return s.watch[e.Keys.LoginId] }
+		to = append(to, h.watchers[e.Keys.LoginId])
 	default:
 		return
 	}
-	for s := range h.subs {
-		if s.gone || !to(s) {
-			continue
-		}
-		select {
-		case s.C <- ev:
-		default:
-			h.drop(s)
+	for _, set := range to {
+		for s := range set {
+			if s.gone {
+				continue
+			}
+			select {
+			case s.C <- ev:
+			default:
+				h.drop(s)
+			}
 		}
 	}
 }

@@ -549,13 +549,17 @@ func (s *Server) AckMail(ctx context.Context, req *api.AckMailRequest) (*api.Ack
 // Events streams the caller's events until it goes away. The response
 // headers are sent once the subscription is in place.
 func (s *Server) Events(req *api.EventsRequest, stream api.Coordinator_EventsServer) error {
-	if len(req.Watch) > 10000 {
-		return status.Error(codes.InvalidArgument, "watch at most 10000 accounts")
+	if len(req.Watch) > api.MaxWatch {
+		return status.Errorf(codes.InvalidArgument, "watch at most %d accounts", api.MaxWatch)
 	}
 	if err := s.barrier(stream.Context()); err != nil {
 		return err
 	}
-	sub := s.hub.Subscribe(sessionFrom(stream.Context()).LoginID, req.Watch)
+	sess := sessionFrom(stream.Context())
+	sub, err := s.hub.Subscribe(sess.LoginID, req.Watch)
+	if err != nil {
+		return status.Error(codes.ResourceExhausted, err.Error())
+	}
 	defer s.hub.Unsubscribe(sub)
 	// Response headers now, before any event: a client that waits for them
 	// knows every later change will reach it, so it can fetch what is
@@ -563,10 +567,22 @@ func (s *Server) Events(req *api.EventsRequest, stream api.Coordinator_EventsSer
 	if err := stream.SendHeader(metadata.MD{}); err != nil {
 		return err
 	}
+	// The stream lasts no longer than its session: it ends at the token's
+	// expiry, and soon after a log-out anywhere in the cluster.
+	expiry := time.NewTimer(time.Until(sess.Expires))
+	defer expiry.Stop()
+	revocation := time.NewTicker(revocationCheck)
+	defer revocation.Stop()
 	for {
 		select {
 		case <-stream.Context().Done():
 			return nil
+		case <-expiry.C:
+			return status.Error(codes.Unauthenticated, ErrExpiredToken.Error())
+		case <-revocation.C:
+			if gone, err := s.store.FSM().Revoked(sess.ID); err == nil && gone {
+				return status.Error(codes.Unauthenticated, store.LoggedOutMessage)
+			}
 		case ev, ok := <-sub.C:
 			if !ok {
 				return status.Error(codes.Unavailable, "the event stream fell behind; reconnect and fetch your mail")
@@ -577,6 +593,9 @@ func (s *Server) Events(req *api.EventsRequest, stream api.Coordinator_EventsSer
 		}
 	}
 }
+
+// revocationCheck is how soon an Events stream notices a log-out.
+const revocationCheck = 2 * time.Second
 
 // Relays lists the coordinators' relay addresses.
 func (s *Server) Relays(ctx context.Context, _ *api.RelaysRequest) (*api.RelaysResponse, error) {

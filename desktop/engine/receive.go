@@ -176,7 +176,7 @@ func (e *Engine) watchEvents(s *online) {
 			case <-sctx.Done():
 			}
 		}()
-		stream, err := e.coord.Events(sctx, &api.EventsRequest{Watch: e.contacts()})
+		stream, err := e.coord.Events(sctx, &api.EventsRequest{Watch: firstN(e.contacts(), api.MaxWatch)})
 		if err == nil {
 			// The coordinator sends the headers once it is subscribed: mail
 			// put from then on raises an event, mail put before is fetched

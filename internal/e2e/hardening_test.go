@@ -263,3 +263,31 @@ func TestBalancerLimitsEachSourceAndGuardsItsAdminAPI(t *testing.T) {
 		t.Fatalf("the admin API with its token: %v %v", rows, err)
 	}
 }
+
+// Issue 12, point 9: an Events stream ends when its session is logged out.
+func TestEventsStreamEndsAtLogOut(t *testing.T) {
+	c := sharedCluster(t)
+	lb := c.LB()
+	authed := logIn(t, lb, signUp(t, lb, "streamer", "5551", "password123"), "password123")
+	stream, err := lb.Events(authed, &api.EventsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Header(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lb.LogOut(authed, &api.LogOutRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	ended := make(chan error, 1)
+	go func() {
+		_, err := stream.Recv()
+		ended <- err
+	}()
+	select {
+	case err := <-ended:
+		wantCode(t, err, codes.Unauthenticated, "the stream after its log-out")
+	case <-time.After(wait):
+		t.Fatal("the events stream outlived its log-out")
+	}
+}
