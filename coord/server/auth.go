@@ -18,6 +18,7 @@ import (
 	"golang.org/x/crypto/argon2"
 	"golang.org/x/text/secure/precis"
 
+	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/coord/store/statepb"
 )
 
@@ -35,8 +36,8 @@ const (
 const (
 	MaxNameLen     = 64
 	MaxRollLen     = 32
-	MinPasswordLen = 8
-	MaxPasswordLen = 1024
+	MinPasswordLen = api.MinPasswordLen
+	MaxPasswordLen = api.MaxPasswordLen
 )
 
 // HashPassword derives a new argon2id hash with a fresh salt.
@@ -71,16 +72,9 @@ func LoginID(username, roll string) string {
 	return NormalizeLoginID(username) + roll
 }
 
-// NormalizeLoginID is the one spelling of a login id (or username) that
-// keys an account: PRECIS case-mapped (RFC 8265: width-mapped, NFC,
-// case-folded), so "ＡＬＩＣＥ101" and "Alice101" are the same person. A
-// string PRECIS refuses is only lower-cased (it names no new account).
-func NormalizeLoginID(s string) string {
-	if n, err := precis.UsernameCaseMapped.String(s); err == nil {
-		return n
-	}
-	return strings.ToLower(s)
-}
+// NormalizeLoginID is api.NormalizeLoginID: the one spelling of a login
+// id, which the clients compute too.
+func NormalizeLoginID(s string) string { return api.NormalizeLoginID(s) }
 
 // ValidateUsername accepts up to 64 bytes of letters, digits, '.', '_' or
 // '-' that PRECIS accepts as a username, whose letters come from one

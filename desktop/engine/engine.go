@@ -223,11 +223,29 @@ func (e *Engine) Host() host.Host {
 
 // SignUp creates an account and returns its login id.
 func (e *Engine) SignUp(ctx context.Context, username, roll, password string) (string, error) {
+	if err := checkPassword(password); err != nil {
+		return "", err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	resp, err := e.coord.SignUp(ctx, &api.SignUpRequest{Username: username, RollNumber: roll, Password: password})
+	// The cluster gets a secret derived from the password, never the
+	// password (which also locks this profile's keys).
+	secret := api.AuthSecret(api.NormalizeLoginID(username)+roll, password)
+	resp, err := e.coord.SignUp(ctx, &api.SignUpRequest{Username: username, RollNumber: roll, Password: secret})
 	if err != nil {
 		return "", e.friendly(err)
 	}
 	return resp.LoginId, nil
+}
+
+// checkPassword applies the password rules here, where the password is
+// typed: the cluster only ever sees the secret derived from it.
+func checkPassword(password string) error {
+	switch {
+	case len(password) < api.MinPasswordLen:
+		return &Error{Kind: KindInvalid, Msg: fmt.Sprintf("password is too short: use at least %d characters", api.MinPasswordLen)}
+	case len(password) > api.MaxPasswordLen:
+		return &Error{Kind: KindInvalid, Msg: fmt.Sprintf("password is too long: the limit is %d bytes", api.MaxPasswordLen)}
+	}
+	return nil
 }

@@ -32,6 +32,11 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	if e.LoginID() != "" {
 		return ErrLoggedIn
 	}
+	if len(password) > api.MaxPasswordLen {
+		return &Error{Kind: KindUnauthenticated, Msg: "wrong login id or password"}
+	}
+	loginID = api.NormalizeLoginID(loginID)
+	secret := api.AuthSecret(loginID, password)
 	owner, err := e.store.Owner()
 	if err != nil {
 		return err
@@ -40,7 +45,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 		return &Error{Kind: KindProfileOwned, Msg: fmt.Sprintf("this profile belongs to %s, not %s", owner, loginID)}
 	}
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	resp, err := e.coord.LogIn(cctx, &api.LogInRequest{LoginId: loginID, Password: password})
+	resp, err := e.coord.LogIn(cctx, &api.LogInRequest{LoginId: loginID, Password: secret})
 	cancel()
 	offline := false
 	if err != nil {
@@ -108,7 +113,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	p2p.ServeFiles(s.ctx, h, e.serveFile(s), e.log)
 	if offline {
 		e.setConnected(s, false, fmt.Sprintf("the e2em cluster at %s is unreachable; working offline until it is back", e.cfg.LB))
-		e.spawn(s, func(s *online) { e.reconnect(s, password) })
+		e.spawn(s, func(s *online) { e.reconnect(s, secret) })
 	} else if err := e.publishKeys(ctx, s); err != nil {
 		e.stopSession()
 		return err
@@ -134,7 +139,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 // reconnect logs in to the cluster after an offline log-in, with backoff,
 // until it works: then the keys are published, the relays reserved, and
 // the event stream (waiting on relogged) opens.
-func (e *Engine) reconnect(s *online, password string) {
+func (e *Engine) reconnect(s *online, secret string) {
 	backoff := time.Second
 	for s.ctx.Err() == nil {
 		select {
@@ -144,7 +149,7 @@ func (e *Engine) reconnect(s *online, password string) {
 		}
 		backoff = min(2*backoff, 30*time.Second)
 		cctx, cancel := context.WithTimeout(s.ctx, 15*time.Second)
-		resp, err := e.coord.LogIn(cctx, &api.LogInRequest{LoginId: s.login, Password: password})
+		resp, err := e.coord.LogIn(cctx, &api.LogInRequest{LoginId: s.login, Password: secret})
 		cancel()
 		if err != nil {
 			if k := KindOf(e.friendly(err)); k == KindUnreachable || k == KindTimeout {

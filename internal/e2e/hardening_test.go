@@ -291,3 +291,16 @@ func TestEventsStreamEndsAtLogOut(t *testing.T) {
 		t.Fatal("the events stream outlived its log-out")
 	}
 }
+
+// Issue 12, point 3: the cluster is never given the password, which also
+// locks the profile's keys; it gets a secret derived from it.
+func TestClusterNeverSeesThePassword(t *testing.T) {
+	c := sharedCluster(t)
+	p := newPerson(t, c, "hsec", "773") // signs up and logs in with password123
+	_, err := c.LB().LogIn(ctx(t), &api.LogInRequest{LoginId: p.login, Password: "password123"})
+	wantCode(t, err, codes.Unauthenticated, "the password itself as the log-in secret")
+	logIn(t, c.LB(), p.login, api.AuthSecret(p.login, "password123"))
+	if _, err := p.SignUp(context.Background(), "hsecb", "774", "short"); engine.KindOf(err) != engine.KindInvalid {
+		t.Fatalf("a short password: %v", err)
+	}
+}
