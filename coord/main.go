@@ -21,6 +21,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
 	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -41,6 +42,7 @@ import (
 )
 
 type options struct {
+	relayOpen                                                 bool
 	id, dataDir, apiAddr, apiAdvertise, raftAddr, metricsAddr string
 	p2pListen, p2pAnnounce, join, trustedProxies              string
 	caFile, certFile, keyFile, logLevel                       string
@@ -86,6 +88,8 @@ func parseFlags(args []string) (*options, error) {
 	fs.Int64Var(&o.relay.MaxBytes, "relay-max-bytes", o.relay.MaxBytes, "most bytes relayed each way per connection")
 	fs.IntVar(&o.relay.MaxReservations, "relay-max-reservations", o.relay.MaxReservations, "clients that may hold a relay reservation (libp2p's connection limits are sized for them)")
 	fs.IntVar(&o.relay.MaxConnsPerIP, "relay-max-conns-per-ip", o.relay.MaxConnsPerIP, "libp2p connections from one IP address (people behind one NAT share it)")
+	fs.IntVar(&o.relay.MaxReservationsPerIP, "relay-max-reservations-per-ip", o.relay.MaxReservationsPerIP, "relay reservations from one IP address")
+	fs.BoolVar(&o.relayOpen, "relay-open", false, "let any libp2p peer use the relay, not only the devices people published (capacity tests)")
 	fs.IntVar(&o.relay.Circuits, "relay-circuits", o.relay.Circuits, "relayed connections carried at once, in all, each reserving 128 KiB of buffers (0: libp2p's memory-scaled size)")
 	fs.DurationVar(&o.heartbeat, "raft-heartbeat-timeout", time.Second, "Raft heartbeat timeout")
 	fs.BoolVar(&o.leaseReads, "lease-reads", true, "serve read barriers on the leader's lease; false confirms leadership with a heartbeat round for every batch of reads")
@@ -171,6 +175,11 @@ func run(o *options, log *slog.Logger) error {
 	}
 	reg := prometheus.NewRegistry()
 	o.relay.Metrics = reg // libp2p's own: swarm, relay service, identify
+	var acl *relay.ACL
+	if !o.relayOpen {
+		acl = &relay.ACL{}
+		o.relay.Admit = acl
+	}
 	p2p, err := relay.Start(o.relay)
 	if err != nil {
 		return err
@@ -192,6 +201,11 @@ func run(o *options, log *slog.Logger) error {
 		return err
 	}
 	defer st.Close()
+	if acl != nil {
+		// The relay serves the devices people published in the directory,
+		// and nobody else (a client publishes before it reserves).
+		acl.SetCheck(func(p peer.ID) bool { return st.FSM().PeerPublished(p.String()) })
+	}
 	hub.SetMembers(func(group string) []string {
 		_, m, _ := st.FSM().Members(group)
 		return m

@@ -11,11 +11,13 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"github.com/libp2p/go-libp2p/core/peer"
 	relayv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/relay"
 	ma "github.com/multiformats/go-multiaddr"
 	"github.com/prometheus/client_golang/prometheus"
@@ -49,6 +51,38 @@ type Config struct {
 	// default, 8, would shut out a campus or an office whose people share
 	// one NAT address.
 	MaxConnsPerIP int
+	// MaxReservationsPerIP bounds reservations from one IP address, well
+	// below MaxReservations so that one host cannot take them all.
+	MaxReservationsPerIP int
+	// Admit, when set, decides which peers may reserve a slot and open
+	// circuits: the coordinator admits the devices people published in
+	// the directory, so the relay is no open proxy. Nil admits anyone.
+	Admit *ACL
+}
+
+// ACL admits the peers its check accepts. The check is set once the
+// coordinator's state is open (the relay starts first); until then
+// nobody is admitted and clients try again.
+type ACL struct {
+	check atomic.Pointer[func(peer.ID) bool]
+}
+
+// SetCheck installs the admission test.
+func (a *ACL) SetCheck(f func(peer.ID) bool) { a.check.Store(&f) }
+
+func (a *ACL) admits(p peer.ID) bool {
+	f := a.check.Load()
+	return f != nil && (*f)(p)
+}
+
+// AllowReserve implements relayv2.ACLFilter: only published devices hold
+// a slot.
+func (a *ACL) AllowReserve(p peer.ID, _ ma.Multiaddr) bool { return a.admits(p) }
+
+// AllowConnect implements relayv2.ACLFilter: circuits run between
+// published devices only.
+func (a *ACL) AllowConnect(src peer.ID, _ ma.Multiaddr, dest peer.ID) bool {
+	return a.admits(src) && a.admits(dest)
 }
 
 // bufferSize is each direction's copy buffer of a circuit: libp2p's 2 KiB
@@ -64,6 +98,9 @@ func DefaultConfig() Config {
 		MaxCircuits:     64,
 		Circuits:        1024,
 		MaxConnsPerIP:   1024,
+		// A NAT'd office shares an address; a single host cannot take the
+		// relay.
+		MaxReservationsPerIP: 128,
 	}
 }
 
@@ -78,7 +115,10 @@ func Start(cfg Config) (host.Host, error) {
 	res.MaxReservations = cfg.MaxReservations
 	res.MaxCircuits = cfg.MaxCircuits
 	res.BufferSize = bufferSize
-	res.MaxReservationsPerIP = cfg.MaxReservations
+	res.MaxReservationsPerIP = cfg.MaxReservationsPerIP
+	if res.MaxReservationsPerIP <= 0 || res.MaxReservationsPerIP > cfg.MaxReservations {
+		res.MaxReservationsPerIP = cfg.MaxReservations
+	}
 	res.MaxReservationsPerASN = cfg.MaxReservations
 	rm, cm, err := p2plimits.NewForRelay(cfg.MaxReservations, cfg.MaxConnsPerIP,
 		p2plimits.Relay{Circuits: cfg.Circuits, MemoryPerCircuit: 2 * bufferSize})
@@ -90,7 +130,7 @@ func Start(cfg Config) (host.Host, error) {
 		libp2p.ResourceManager(rm),
 		libp2p.ConnectionManager(cm),
 		libp2p.ListenAddrStrings(cfg.ListenAddrs...),
-		libp2p.EnableRelayService(relayv2.WithResources(res)),
+		libp2p.EnableRelayService(relayOptions(res, cfg.Admit)...),
 		libp2p.ForceReachabilityPublic(),
 		libp2p.EnableNATService(),
 		libp2p.EnableAutoNATv2(),
@@ -155,4 +195,12 @@ func loadOrCreateKey(path string) (crypto.PrivKey, error) {
 		return nil, err
 	}
 	return k, os.Rename(path+".tmp", path)
+}
+
+func relayOptions(res relayv2.Resources, acl *ACL) []relayv2.Option {
+	opts := []relayv2.Option{relayv2.WithResources(res)}
+	if acl != nil {
+		opts = append(opts, relayv2.WithACL(acl))
+	}
+	return opts
 }

@@ -34,6 +34,7 @@ const (
 	prefMail    = "mail/"          // mail/<login>/<seq BE> → api.Mail
 	prefMailBy  = "mboxfrom/"      // mboxfrom/<to>/<from> → MailBox (count, bytes from one sender)
 	prefGrpBy   = "grpby/"         // grpby/<login> → uint64 groups created
+	prefPeer    = "peer/"          // peer/<libp2p peer id> → login (published in the directory)
 	prefRevoked = "rev/"           // rev/<session id> → expiry BE
 	prefNode    = "node/"          // node/<id> → Node
 	prefRequest = "req/"           // req/<request id> → AppliedRequest
@@ -316,7 +317,19 @@ func (f *FSM) publishKeys(txn *writeTxn, k *api.Keys, now int64) (*statepb.Resul
 	}
 	k.Username, k.RollNumber = acct.Username, acct.RollNumber
 	k.UpdatedUnix = now / int64(time.Second)
+	var before api.Keys
+	if found, err := getProto(txn, prefKeys+k.LoginId, &before); err != nil {
+		return nil, nil, err
+	} else if found && before.PeerId != "" && before.PeerId != k.PeerId {
+		if err := txn.Delete([]byte(prefPeer + before.PeerId)); err != nil {
+			return nil, nil, err
+		}
+	}
 	if err := setProto(txn, prefKeys+k.LoginId, k); err != nil {
+		return nil, nil, err
+	}
+	// The relays admit the peers people published (relay ACL).
+	if err := txn.Set([]byte(prefPeer+k.PeerId), []byte(k.LoginId)); err != nil {
 		return nil, nil, err
 	}
 	return ok(), []Event{{Keys: k}}, nil

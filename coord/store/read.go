@@ -323,3 +323,10 @@ func sortedKeys(m map[string]bool) []string {
 	sort.Strings(out)
 	return out
 }
+
+// PeerPublished says whether a libp2p peer id is the device some account
+// published in the directory (the relays admit only those).
+func (f *FSM) PeerPublished(peerID string) bool {
+	v, err := f.read(prefPeer + peerID)
+	return err == nil && v.found
+}

@@ -96,15 +96,9 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	if err != nil {
 		e.log.Warn("no relays from the cluster", "err", err)
 	}
-	s.relays = p2p.NewRelays(sctx, h, relays, e.log)
-	if len(relays) > 0 {
-		// Publish with a relay circuit when one can be had quickly, so
-		// people behind NATs can be reached from the first message on.
-		select {
-		case <-s.relays.Changed():
-		case <-time.After(3 * time.Second):
-		}
-	}
+	// The relays admit only devices published in the directory: they get
+	// their list once the keys are out (below).
+	s.relays = p2p.NewRelays(sctx, h, nil, e.log)
 	e.mu.Lock()
 	e.online = s
 	e.mu.Unlock()
@@ -117,6 +111,18 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	} else if err := e.publishKeys(ctx, s); err != nil {
 		e.stopSession()
 		return err
+	}
+	s.relays.SetRelays(relays)
+	if len(relays) > 0 && !offline {
+		// Publish again with a relay circuit when one can be had quickly,
+		// so people behind NATs can be reached from the first message on.
+		select {
+		case <-s.relays.Changed():
+			if err := e.publishKeys(ctx, s); err != nil {
+				e.log.Warn("could not publish the relay addresses", "err", err)
+			}
+		case <-time.After(3 * time.Second):
+		}
 	}
 	// Messages queued before this log-in go first, through the delivery
 	// loop; the fast path waits for them.
@@ -162,11 +168,12 @@ func (e *Engine) reconnect(s *online, secret string) {
 		}
 		s.setToken(resp.Token)
 		s.setObserved(resp.ObservedAddr)
-		if relays, err := e.relays(s.ctx); err == nil {
-			s.relays.SetRelays(relays)
-		}
+		// Keys first: the relays admit only published devices.
 		if err := e.publishKeys(s.ctx, s); err != nil {
 			e.log.Warn("publish keys after reconnecting", "err", err)
+		}
+		if relays, err := e.relays(s.ctx); err == nil {
+			s.relays.SetRelays(relays)
 		}
 		select {
 		case s.relogged <- struct{}{}:

@@ -153,7 +153,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	c := &Cluster{t: t, Dir: o.Dir, Bin: Binaries(t), exited: make(chan struct{}), dial: (&net.Dialer{}).DialContext}
 	// Every test person signs up from 127.0.0.1; a test of the sign-up
 	// limit sets its own (a later flag wins).
-	coordArgs := append([]string{"-max-signups-per-addr", "1000000"}, o.CoordArgs...)
+	coordArgs := append([]string{"-max-signups-per-addr", "1000000", "-relay-max-reservations-per-ip", "1024"}, o.CoordArgs...)
 	c.Args = []string{"-n", fmt.Sprint(o.N), "-data", o.Dir, "-base-port", "0", "-lb-port", "0", "-bin", c.Bin,
 		"-coord-args", strings.Join(coordArgs, " "), "-lb-args", strings.Join(o.LBArgs, " ")}
 	if o.Host != "" {

@@ -85,7 +85,10 @@ func crowd(t *testing.T, target peer.AddrInfo, n int, then func(context.Context,
 
 // soleRelay starts a one-coordinator cluster and returns its relay.
 func soleRelay(t *testing.T) peer.AddrInfo {
-	c := ct.Start(t, ct.Options{N: 1})
+	// Anonymous peers test the relay's capacity and other libp2p
+	// implementations: this relay admits anyone (TestRelayAdmitsOnlyPublishedPeers
+	// shows the default).
+	c := ct.Start(t, ct.Options{N: 1, CoordArgs: []string{"-relay-open", "-relay-max-reservations-per-ip", "1024"}})
 	relays, err := c.LB().Relays(ctx(t), &api.RelaysRequest{})
 	if err != nil || len(relays.Relays) == 0 {
 		t.Fatalf("relays: %v %v", relays, err)

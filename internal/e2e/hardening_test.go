@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/libp2p/go-libp2p"
+	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -303,4 +304,43 @@ func TestClusterNeverSeesThePassword(t *testing.T) {
 	if _, err := p.SignUp(context.Background(), "hsecb", "774", "short"); engine.KindOf(err) != engine.KindInvalid {
 		t.Fatalf("a short password: %v", err)
 	}
+}
+
+// Issue 12, point 11: the coordinators' relays serve the devices people
+// published in the directory, not any libp2p peer on the internet.
+func TestRelayAdmitsOnlyPublishedPeers(t *testing.T) {
+	c := sharedCluster(t)
+	relays, err := c.LB().Relays(ctx(t), &api.RelaysRequest{})
+	if err != nil || len(relays.Relays) == 0 {
+		t.Fatalf("relays: %v %v", relays, err)
+	}
+	r := relays.Relays[0]
+	info := tcpInfo(t, r.PeerId, r.Addrs)
+	stranger, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger.Close()
+	cctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := stranger.Connect(cctx, info); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client.Reserve(cctx, stranger, info); err == nil {
+		t.Fatal("a peer nobody published got a relay reservation")
+	}
+	// A person's device, published at log-in, holds one and publishes its
+	// circuit address.
+	p := newPerson(t, c, "hrel", "775")
+	authed := logIn(t, c.LB(), signUp(t, c.LB(), "hrelb", "776", "password123"), "password123")
+	ct.Eventually(t, wait, func() error {
+		look, err := c.LB().LookUp(authed, &api.LookUpRequest{Query: p.login})
+		if err != nil {
+			return err
+		}
+		if len(look.Matches) != 1 || len(look.Matches[0].RelayAddrs) == 0 {
+			return fmt.Errorf("%s has published no relay address yet", p.login)
+		}
+		return nil
+	})
 }

@@ -283,11 +283,12 @@ type Relays struct {
 	relays   []peer.AddrInfo
 	reserved map[peer.ID]time.Time
 	changed  chan struct{}
+	wake     chan struct{} // SetRelays: reserve now
 }
 
 // NewRelays starts keeping reservations on relays until ctx ends.
 func NewRelays(ctx context.Context, h host.Host, relays []peer.AddrInfo, log *slog.Logger) *Relays {
-	r := &Relays{h: h, log: log, relays: relays, reserved: map[peer.ID]time.Time{}, changed: make(chan struct{}, 1)}
+	r := &Relays{h: h, log: log, relays: relays, reserved: map[peer.ID]time.Time{}, changed: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
 	go r.run(ctx)
 	return r
 }
@@ -295,11 +296,17 @@ func NewRelays(ctx context.Context, h host.Host, relays []peer.AddrInfo, log *sl
 // Changed is signalled when the set of reservations changes.
 func (r *Relays) Changed() <-chan struct{} { return r.changed }
 
-// SetRelays replaces the relays to reserve on (the cluster changed).
+// SetRelays replaces the relays to reserve on (the cluster changed, or the
+// keys are published and the relays will admit this peer) and reserves at
+// once.
 func (r *Relays) SetRelays(relays []peer.AddrInfo) {
 	r.mu.Lock()
 	r.relays = relays
 	r.mu.Unlock()
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
 }
 
 func (r *Relays) run(ctx context.Context) {
@@ -309,6 +316,7 @@ func (r *Relays) run(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(next):
+		case <-r.wake:
 		}
 	}
 }
