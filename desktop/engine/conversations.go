@@ -95,9 +95,13 @@ type Contact struct {
 
 // Contacts lists the people whose keys are pinned, by login id.
 func (e *Engine) Contacts() ([]Contact, error) {
+	st := e.profile()
+	if st == nil {
+		return nil, ErrNotLoggedIn
+	}
 	var out []Contact
-	for _, login := range e.store.ContactIDs() {
-		c, err := e.store.Contact(login)
+	for _, login := range st.ContactIDs() {
+		c, err := st.Contact(login)
 		if err != nil {
 			return nil, err
 		}

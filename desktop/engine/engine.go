@@ -10,6 +10,7 @@ package engine
 import (
 	"context"
 	"crypto/ecdh"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -55,6 +56,7 @@ type Config struct {
 
 // Engine is one signed-in (or signing-in) client.
 type Engine struct {
+	lock   *store.ProfileLock // this process holds the profile folder
 	cfg    Config
 	log    *slog.Logger
 	store  *store.Store
@@ -132,22 +134,19 @@ func New(cfg Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	st, err := store.Open(cfg.Profile)
+	// The profile is claimed now; it is opened (it is encrypted under the
+	// password) at log-in.
+	lock, err := store.Lock(cfg.Profile)
 	if err != nil {
-		return nil, err
-	}
-	xfers, err := newTransferTable(st)
-	if err != nil {
-		st.Close()
 		return nil, err
 	}
 	conn, err := api.Dial(cfg.LB, cfg.CAFile)
 	if err != nil {
-		st.Close()
+		lock.Release()
 		return nil, fmt.Errorf("cluster address %s: %w", cfg.LB, err)
 	}
-	return &Engine{cfg: cfg, log: cfg.Log, store: st, conn: conn, coord: api.NewCoordinatorClient(conn),
-		events: newEventLog(), xfers: xfers, downloads: folder}, nil
+	return &Engine{cfg: cfg, log: cfg.Log, lock: lock, conn: conn, coord: api.NewCoordinatorClient(conn),
+		events: newEventLog(), xfers: newTransferTable(), downloads: folder}, nil
 }
 
 // Downloads is the folder received files land in.
@@ -173,7 +172,42 @@ func (e *Engine) Close() error {
 	e.stopSession()
 	e.events.close()
 	e.conn.Close()
-	return e.store.Close()
+	defer e.lock.Release()
+	if st := e.profile(); st != nil {
+		return st.Close()
+	}
+	return nil
+}
+
+// profile is the open profile, or nil before the first log-in (it is
+// encrypted under the password).
+func (e *Engine) profile() *store.Store {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.store
+}
+
+// unlockProfile opens the profile under password (creating it when new)
+// and loads what it keeps; later log-ins reuse it.
+func (e *Engine) unlockProfile(password string) error {
+	if e.profile() != nil {
+		return nil
+	}
+	st, err := store.OpenSealed(e.cfg.Profile, password)
+	if errors.Is(err, store.ErrWrongPassword) {
+		return &Error{Kind: KindUnauthenticated, Msg: "wrong password for this profile", Err: err}
+	}
+	if err != nil {
+		return err
+	}
+	if err := e.xfers.load(st); err != nil {
+		st.Close()
+		return err
+	}
+	e.mu.Lock()
+	e.store = st
+	e.mu.Unlock()
+	return nil
 }
 
 // LoginID is who is logged in, or "".

@@ -200,6 +200,10 @@ func (e *Engine) Search(text string, limit int) ([]Message, error) {
 	if s, err := e.current(); err == nil {
 		e.flushStates(s)
 	}
-	ms, err := e.store.Search(text, limit)
+	st := e.profile()
+	if st == nil {
+		return nil, ErrNotLoggedIn
+	}
+	ms, err := st.Search(text, limit)
 	return messagesOf(ms), err
 }

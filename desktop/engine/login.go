@@ -37,9 +37,18 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	}
 	loginID = api.NormalizeLoginID(loginID)
 	secret := api.AuthSecret(loginID, password)
-	owner, err := e.store.Owner()
-	if err != nil {
-		return err
+	// A profile made before opens now (its password is checked here, which
+	// is what lets the log-in go on offline); a new one is made only once
+	// the cluster accepted the password, so a typo cannot seal it.
+	owner := ""
+	if store.Sealed(e.cfg.Profile) {
+		if err := e.unlockProfile(password); err != nil {
+			return err
+		}
+		var err error
+		if owner, err = e.profile().Owner(); err != nil {
+			return err
+		}
 	}
 	if owner != "" && owner != loginID {
 		return &Error{Kind: KindProfileOwned, Msg: fmt.Sprintf("this profile belongs to %s, not %s", owner, loginID)}
@@ -57,6 +66,9 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 		resp = &api.LogInResponse{LoginId: loginID}
 	}
 	loginID = resp.LoginId
+	if err := e.unlockProfile(password); err != nil {
+		return err
+	}
 	id, err := e.loadOrCreateIdentity(loginID, password, owner == "")
 	// argon2id took 64 MiB for a moment: give it back now, or the garbage
 	// collector's next goal is sized after it and the process keeps twice

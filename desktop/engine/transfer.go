@@ -117,23 +117,29 @@ func (m *meter) add(n int64, now time.Time) {
 // second at most).
 const progressEvery = 100 * time.Millisecond
 
-func newTransferTable(st *store.Store) (*transferTable, error) {
-	t := &transferTable{out: map[string]*outXfer{}, in: map[string]*inXfer{}}
+func newTransferTable() *transferTable {
+	return &transferTable{out: map[string]*outXfer{}, in: map[string]*inXfer{}}
+}
+
+// load adds the transfers a profile keeps (when it is unlocked).
+func (t *transferTable) load(st *store.Store) error {
 	outs, err := st.OutTransfers()
 	if err != nil {
-		return nil, fmt.Errorf("read transfers: %w", err)
-	}
-	for _, r := range outs {
-		t.out[r.ID] = &outXfer{rec: r}
+		return fmt.Errorf("read transfers: %w", err)
 	}
 	ins, err := st.InTransfers()
 	if err != nil {
-		return nil, fmt.Errorf("read transfers: %w", err)
+		return fmt.Errorf("read transfers: %w", err)
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, r := range outs {
+		t.out[r.ID] = &outXfer{rec: r}
 	}
 	for _, r := range ins {
 		t.in[r.Key] = &inXfer{rec: r, wake: make(chan struct{}, 1)}
 	}
-	return t, nil
+	return nil
 }
 
 func (t *transferTable) outgoing(id string) *outXfer {

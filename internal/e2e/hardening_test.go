@@ -2,11 +2,13 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"net/http"
 	"os"
@@ -343,4 +345,33 @@ func TestRelayAdmitsOnlyPublishedPeers(t *testing.T) {
 		}
 		return nil
 	})
+}
+
+// Issue 12, point 16: a profile folder taken from a stopped client shows
+// none of its history or contacts.
+func TestProfileRevealsNothingAtRest(t *testing.T) {
+	c := sharedCluster(t)
+	alice, bob := account(t, c, "hra", "777"), account(t, c, "hrb", "778")
+	const secret = "the spare key is under the third flowerpot"
+	alice.Deliver(bob, "hrb778", secret)
+	profile := bob.Profile
+	bob.Quit()
+	err := filepath.WalkDir(profile, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for _, clear := range []string{secret, "hra777"} {
+			if bytes.Contains(b, []byte(clear)) {
+				t.Errorf("%s holds %q in the clear", path, clear)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }

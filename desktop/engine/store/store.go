@@ -38,20 +38,30 @@ type Store struct {
 // nothing; they are not forced to the disk each time (a power cut can lose
 // the last moments), which is what keeps a message's round trip in
 // microseconds.
-func Open(dir string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+func Open(dir string) (*Store, error) { return openDB(dir, dir, nil) }
+
+func openDB(profile, dbDir string, key []byte) (*Store, error) {
+	if err := os.MkdirAll(dbDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create profile folder: %w", err)
 	}
-	opts := badger.DefaultOptions(dir).WithLogger(nil).WithNumVersionsToKeep(1).
+	opts := badger.DefaultOptions(dbDir).WithLogger(nil).WithNumVersionsToKeep(1).
 		WithMemTableSize(8 << 20).WithValueThreshold(1 << 10)
+	if key != nil {
+		// Badger encrypts every table and value log with AES-CTR under data
+		// keys it keeps sealed by this one (and rotates every 10 days).
+		opts = opts.WithEncryptionKey(key).WithIndexCacheSize(16 << 20)
+	}
 	db, err := badger.Open(opts)
 	if err != nil {
 		if strings.Contains(err.Error(), "Cannot acquire directory lock") || strings.Contains(err.Error(), "resource temporarily unavailable") {
 			return nil, ErrInUse
 		}
-		return nil, fmt.Errorf("open profile %s: %w", dir, err)
+		if errors.Is(err, badger.ErrEncryptionKeyMismatch) {
+			return nil, ErrWrongPassword
+		}
+		return nil, fmt.Errorf("open profile %s: %w", profile, err)
 	}
-	s := &Store{db: db, dir: dir}
+	s := &Store{db: db, dir: profile}
 	if s.history, err = openCounter(db, "seq/history"); err == nil {
 		s.out, err = openCounter(db, "seq/out")
 	}
@@ -60,7 +70,7 @@ func Open(dir string) (*Store, error) {
 	}
 	if err != nil {
 		db.Close()
-		return nil, fmt.Errorf("open profile %s: %w", dir, err)
+		return nil, fmt.Errorf("open profile %s: %w", profile, err)
 	}
 	return s, nil
 }

@@ -1,9 +1,13 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -333,4 +337,70 @@ func TestHeldMailIsBoundedPerSender(t *testing.T) {
 	if friend, _ = s.HeldMailFrom("friend"); len(friend) != 0 {
 		t.Fatal("released mail is still held")
 	}
+}
+
+// Issue 12, point 16: a sealed profile shows nothing of what it holds
+// without the password, and opens with it.
+func TestSealedProfileRevealsNothingWithoutThePassword(t *testing.T) {
+	dir := t.TempDir()
+	s, err := OpenSealed(dir, "correct horse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := "meet me at the old mill at noon"
+	if _, err := s.AddMessage(&Message{ID: "m1", Peer: "bob102", From: "bob102", Body: secret, Sent: time.Now(), State: StateReceived}); err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	err = filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			// Badger picks its files' modes; the folders keep others out.
+			if info, _ := d.Info(); info.Mode().Perm() != 0o700 {
+				t.Errorf("folder %s is %v, want 0700", path, info.Mode().Perm())
+			}
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if bytes.Contains(b, []byte(secret)) || bytes.Contains(b, []byte("bob102")) {
+			t.Errorf("%s holds the history in the clear", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := OpenSealed(dir, "wrong horse"); !errors.Is(err, ErrWrongPassword) {
+		t.Fatalf("a wrong password: %v", err)
+	}
+	s, err = OpenSealed(dir, "correct horse")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got, _ := s.History("@bob102", 10); len(got) != 1 || got[0].Body != secret {
+		t.Fatalf("history after reopening: %v", got)
+	}
+}
+
+func TestProfileLockRefusesASecondProcess(t *testing.T) {
+	dir := t.TempDir()
+	l, err := Lock(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Lock(dir); !errors.Is(err, ErrInUse) {
+		t.Fatalf("a second lock: %v", err)
+	}
+	l.Release()
+	l2, err := Lock(dir)
+	if err != nil {
+		t.Fatalf("after release: %v", err)
+	}
+	l2.Release()
 }
