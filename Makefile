@@ -63,7 +63,7 @@ fuzz:
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./internal/bench/...
-	$(GO) test -run '^$$' -bench . -benchmem ./desktop/engine/e2e/ ./desktop/engine/store/
+	$(GO) test -run '^$$' -bench . -benchmem ./desktop/engine/e2e/ ./desktop/engine/store/ ./coord/api/
 	$(GO) test -run '^$$' -bench . -benchtime 1x ./desktop/ui/
 
 # package: an installable Linux package of the desktop app (bin/e2em.tar.xz:

@@ -111,3 +111,11 @@ func TestAPIWindowsStopBandwidthPings(t *testing.T) {
 		t.Fatalf("with the API's windows: %d PINGs from the server, %d from the client during 50 calls", s, c)
 	}
 }
+
+// BenchmarkAuthSecret is what deriving the log-in secret adds to each
+// sign-up and log-in on the client (issue 12, point 3).
+func BenchmarkAuthSecret(b *testing.B) {
+	for b.Loop() {
+		AuthSecret("alice101", "correct horse battery staple")
+	}
+}

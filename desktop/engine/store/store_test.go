@@ -404,3 +404,21 @@ func TestProfileLockRefusesASecondProcess(t *testing.T) {
 	}
 	l2.Release()
 }
+
+// BenchmarkOpenSealed is opening an encrypted profile at log-in: the
+// argon2id key and badger's start (issue 12, point 16).
+func BenchmarkOpenSealed(b *testing.B) {
+	dir := b.TempDir()
+	s, err := OpenSealed(dir, "correct horse")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s.Close()
+	for b.Loop() {
+		s, err := OpenSealed(dir, "correct horse")
+		if err != nil {
+			b.Fatal(err)
+		}
+		s.Close()
+	}
+}
