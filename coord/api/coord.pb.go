@@ -577,8 +577,11 @@ func (x *LookUpRequest) GetQuery() string {
 }
 
 type LookUpResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Matches       []*Keys                `protobuf:"bytes,1,rep,name=matches,proto3" json:"matches,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Matches []*Keys                `protobuf:"bytes,1,rep,name=matches,proto3" json:"matches,omitempty"`
+	// One per match, in order: what lets the caller watch that account's
+	// key changes on an Events stream (for 30 days).
+	WatchTickets  [][]byte `protobuf:"bytes,2,rep,name=watch_tickets,json=watchTickets,proto3" json:"watch_tickets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -616,6 +619,13 @@ func (*LookUpResponse) Descriptor() ([]byte, []int) {
 func (x *LookUpResponse) GetMatches() []*Keys {
 	if x != nil {
 		return x.Matches
+	}
+	return nil
+}
+
+func (x *LookUpResponse) GetWatchTickets() [][]byte {
+	if x != nil {
+		return x.WatchTickets
 	}
 	return nil
 }
@@ -1262,8 +1272,12 @@ func (*AckMailResponse) Descriptor() ([]byte, []int) {
 
 type EventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Accounts whose key changes this client wants to hear about.
-	Watch         []string `protobuf:"bytes,1,rep,name=watch,proto3" json:"watch,omitempty"`
+	// No longer honoured: a stream watches only accounts it holds a ticket
+	// for (tickets).
+	Watch []string `protobuf:"bytes,1,rep,name=watch,proto3" json:"watch,omitempty"`
+	// Accounts whose key changes this client wants to hear about, each with
+	// the ticket a LookUp gave this caller for it.
+	Tickets       []*WatchTicket `protobuf:"bytes,2,rep,name=tickets,proto3" json:"tickets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1305,6 +1319,65 @@ func (x *EventsRequest) GetWatch() []string {
 	return nil
 }
 
+func (x *EventsRequest) GetTickets() []*WatchTicket {
+	if x != nil {
+		return x.Tickets
+	}
+	return nil
+}
+
+type WatchTicket struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	LoginId       string                 `protobuf:"bytes,1,opt,name=login_id,json=loginId,proto3" json:"login_id,omitempty"`
+	Ticket        []byte                 `protobuf:"bytes,2,opt,name=ticket,proto3" json:"ticket,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *WatchTicket) Reset() {
+	*x = WatchTicket{}
+	mi := &file_coord_api_coord_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *WatchTicket) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*WatchTicket) ProtoMessage() {}
+
+func (x *WatchTicket) ProtoReflect() protoreflect.Message {
+	mi := &file_coord_api_coord_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use WatchTicket.ProtoReflect.Descriptor instead.
+func (*WatchTicket) Descriptor() ([]byte, []int) {
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *WatchTicket) GetLoginId() string {
+	if x != nil {
+		return x.LoginId
+	}
+	return ""
+}
+
+func (x *WatchTicket) GetTicket() []byte {
+	if x != nil {
+		return x.Ticket
+	}
+	return nil
+}
+
 type Event struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Kind:
@@ -1319,7 +1392,7 @@ type Event struct {
 
 func (x *Event) Reset() {
 	*x = Event{}
-	mi := &file_coord_api_coord_proto_msgTypes[25]
+	mi := &file_coord_api_coord_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1331,7 +1404,7 @@ func (x *Event) String() string {
 func (*Event) ProtoMessage() {}
 
 func (x *Event) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[25]
+	mi := &file_coord_api_coord_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1344,7 +1417,7 @@ func (x *Event) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Event.ProtoReflect.Descriptor instead.
 func (*Event) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{25}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Event) GetKind() isEvent_Kind {
@@ -1413,7 +1486,7 @@ type MailWaiting struct {
 
 func (x *MailWaiting) Reset() {
 	*x = MailWaiting{}
-	mi := &file_coord_api_coord_proto_msgTypes[26]
+	mi := &file_coord_api_coord_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1425,7 +1498,7 @@ func (x *MailWaiting) String() string {
 func (*MailWaiting) ProtoMessage() {}
 
 func (x *MailWaiting) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[26]
+	mi := &file_coord_api_coord_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1438,7 +1511,7 @@ func (x *MailWaiting) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MailWaiting.ProtoReflect.Descriptor instead.
 func (*MailWaiting) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{26}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *MailWaiting) GetSeq() uint64 {
@@ -1467,7 +1540,7 @@ type GroupChanged struct {
 
 func (x *GroupChanged) Reset() {
 	*x = GroupChanged{}
-	mi := &file_coord_api_coord_proto_msgTypes[27]
+	mi := &file_coord_api_coord_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1479,7 +1552,7 @@ func (x *GroupChanged) String() string {
 func (*GroupChanged) ProtoMessage() {}
 
 func (x *GroupChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[27]
+	mi := &file_coord_api_coord_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1492,7 +1565,7 @@ func (x *GroupChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupChanged.ProtoReflect.Descriptor instead.
 func (*GroupChanged) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{27}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GroupChanged) GetName() string {
@@ -1525,7 +1598,7 @@ type KeysChanged struct {
 
 func (x *KeysChanged) Reset() {
 	*x = KeysChanged{}
-	mi := &file_coord_api_coord_proto_msgTypes[28]
+	mi := &file_coord_api_coord_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1537,7 +1610,7 @@ func (x *KeysChanged) String() string {
 func (*KeysChanged) ProtoMessage() {}
 
 func (x *KeysChanged) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[28]
+	mi := &file_coord_api_coord_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1550,7 +1623,7 @@ func (x *KeysChanged) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KeysChanged.ProtoReflect.Descriptor instead.
 func (*KeysChanged) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{28}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *KeysChanged) GetKeys() *Keys {
@@ -1568,7 +1641,7 @@ type RelaysRequest struct {
 
 func (x *RelaysRequest) Reset() {
 	*x = RelaysRequest{}
-	mi := &file_coord_api_coord_proto_msgTypes[29]
+	mi := &file_coord_api_coord_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1653,7 @@ func (x *RelaysRequest) String() string {
 func (*RelaysRequest) ProtoMessage() {}
 
 func (x *RelaysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[29]
+	mi := &file_coord_api_coord_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1666,7 @@ func (x *RelaysRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelaysRequest.ProtoReflect.Descriptor instead.
 func (*RelaysRequest) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{29}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{30}
 }
 
 type Relay struct {
@@ -1607,7 +1680,7 @@ type Relay struct {
 
 func (x *Relay) Reset() {
 	*x = Relay{}
-	mi := &file_coord_api_coord_proto_msgTypes[30]
+	mi := &file_coord_api_coord_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1619,7 +1692,7 @@ func (x *Relay) String() string {
 func (*Relay) ProtoMessage() {}
 
 func (x *Relay) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[30]
+	mi := &file_coord_api_coord_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1632,7 +1705,7 @@ func (x *Relay) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Relay.ProtoReflect.Descriptor instead.
 func (*Relay) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{30}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Relay) GetCoordinatorId() string {
@@ -1665,7 +1738,7 @@ type RelaysResponse struct {
 
 func (x *RelaysResponse) Reset() {
 	*x = RelaysResponse{}
-	mi := &file_coord_api_coord_proto_msgTypes[31]
+	mi := &file_coord_api_coord_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1677,7 +1750,7 @@ func (x *RelaysResponse) String() string {
 func (*RelaysResponse) ProtoMessage() {}
 
 func (x *RelaysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[31]
+	mi := &file_coord_api_coord_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1690,7 +1763,7 @@ func (x *RelaysResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RelaysResponse.ProtoReflect.Descriptor instead.
 func (*RelaysResponse) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{31}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RelaysResponse) GetRelays() []*Relay {
@@ -1709,7 +1782,7 @@ type ApplyRequest struct {
 
 func (x *ApplyRequest) Reset() {
 	*x = ApplyRequest{}
-	mi := &file_coord_api_coord_proto_msgTypes[32]
+	mi := &file_coord_api_coord_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1721,7 +1794,7 @@ func (x *ApplyRequest) String() string {
 func (*ApplyRequest) ProtoMessage() {}
 
 func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[32]
+	mi := &file_coord_api_coord_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1734,7 +1807,7 @@ func (x *ApplyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyRequest.ProtoReflect.Descriptor instead.
 func (*ApplyRequest) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{32}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ApplyRequest) GetCommand() []byte {
@@ -1754,7 +1827,7 @@ type ApplyResponse struct {
 
 func (x *ApplyResponse) Reset() {
 	*x = ApplyResponse{}
-	mi := &file_coord_api_coord_proto_msgTypes[33]
+	mi := &file_coord_api_coord_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1766,7 +1839,7 @@ func (x *ApplyResponse) String() string {
 func (*ApplyResponse) ProtoMessage() {}
 
 func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[33]
+	mi := &file_coord_api_coord_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1779,7 +1852,7 @@ func (x *ApplyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyResponse.ProtoReflect.Descriptor instead.
 func (*ApplyResponse) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{33}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *ApplyResponse) GetIndex() uint64 {
@@ -1804,7 +1877,7 @@ type ReadIndexRequest struct {
 
 func (x *ReadIndexRequest) Reset() {
 	*x = ReadIndexRequest{}
-	mi := &file_coord_api_coord_proto_msgTypes[34]
+	mi := &file_coord_api_coord_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1816,7 +1889,7 @@ func (x *ReadIndexRequest) String() string {
 func (*ReadIndexRequest) ProtoMessage() {}
 
 func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[34]
+	mi := &file_coord_api_coord_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1829,7 +1902,7 @@ func (x *ReadIndexRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexRequest.ProtoReflect.Descriptor instead.
 func (*ReadIndexRequest) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{34}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{35}
 }
 
 type ReadIndexResponse struct {
@@ -1841,7 +1914,7 @@ type ReadIndexResponse struct {
 
 func (x *ReadIndexResponse) Reset() {
 	*x = ReadIndexResponse{}
-	mi := &file_coord_api_coord_proto_msgTypes[35]
+	mi := &file_coord_api_coord_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1853,7 +1926,7 @@ func (x *ReadIndexResponse) String() string {
 func (*ReadIndexResponse) ProtoMessage() {}
 
 func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[35]
+	mi := &file_coord_api_coord_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1866,7 +1939,7 @@ func (x *ReadIndexResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadIndexResponse.ProtoReflect.Descriptor instead.
 func (*ReadIndexResponse) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{35}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ReadIndexResponse) GetIndex() uint64 {
@@ -1888,7 +1961,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_coord_api_coord_proto_msgTypes[36]
+	mi := &file_coord_api_coord_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1900,7 +1973,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[36]
+	mi := &file_coord_api_coord_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1913,7 +1986,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{36}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *JoinRequest) GetId() string {
@@ -1952,7 +2025,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_coord_api_coord_proto_msgTypes[37]
+	mi := &file_coord_api_coord_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1964,7 +2037,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[37]
+	mi := &file_coord_api_coord_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1977,7 +2050,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{37}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{38}
 }
 
 type LeaveRequest struct {
@@ -1989,7 +2062,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_coord_api_coord_proto_msgTypes[38]
+	mi := &file_coord_api_coord_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2001,7 +2074,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[38]
+	mi := &file_coord_api_coord_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2014,7 +2087,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{38}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *LeaveRequest) GetId() string {
@@ -2032,7 +2105,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_coord_api_coord_proto_msgTypes[39]
+	mi := &file_coord_api_coord_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2117,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[39]
+	mi := &file_coord_api_coord_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2057,7 +2130,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{39}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{40}
 }
 
 type StatusRequest struct {
@@ -2068,7 +2141,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_coord_api_coord_proto_msgTypes[40]
+	mi := &file_coord_api_coord_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2080,7 +2153,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[40]
+	mi := &file_coord_api_coord_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2093,7 +2166,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{40}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{41}
 }
 
 type Member struct {
@@ -2109,7 +2182,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_coord_api_coord_proto_msgTypes[41]
+	mi := &file_coord_api_coord_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2121,7 +2194,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[41]
+	mi := &file_coord_api_coord_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2134,7 +2207,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{41}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Member) GetId() string {
@@ -2189,7 +2262,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_coord_api_coord_proto_msgTypes[42]
+	mi := &file_coord_api_coord_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2201,7 +2274,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_coord_api_coord_proto_msgTypes[42]
+	mi := &file_coord_api_coord_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2214,7 +2287,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_coord_api_coord_proto_rawDescGZIP(), []int{42}
+	return file_coord_api_coord_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *StatusResponse) GetId() string {
@@ -2314,9 +2387,10 @@ const file_coord_api_coord_proto_rawDesc = "" +
 	"\x13PublishKeysResponse\x12#\n" +
 	"\robserved_addr\x18\x01 \x01(\tR\fobservedAddr\"%\n" +
 	"\rLookUpRequest\x12\x14\n" +
-	"\x05query\x18\x01 \x01(\tR\x05query\"?\n" +
+	"\x05query\x18\x01 \x01(\tR\x05query\"d\n" +
 	"\x0eLookUpResponse\x12-\n" +
-	"\amatches\x18\x01 \x03(\v2\x13.e2em.coord.v1.KeysR\amatches\"\"\n" +
+	"\amatches\x18\x01 \x03(\v2\x13.e2em.coord.v1.KeysR\amatches\x12#\n" +
+	"\rwatch_tickets\x18\x02 \x03(\fR\fwatchTickets\"\"\n" +
 	"\fGroupRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"#\n" +
 	"\rGroupResponse\x12\x12\n" +
@@ -2351,9 +2425,13 @@ const file_coord_api_coord_proto_rawDesc = "" +
 	"\x04mail\x18\x01 \x03(\v2\x13.e2em.coord.v1.MailR\x04mail\",\n" +
 	"\x0eAckMailRequest\x12\x1a\n" +
 	"\tup_to_seq\x18\x01 \x01(\x04R\aupToSeq\"\x11\n" +
-	"\x0fAckMailResponse\"%\n" +
+	"\x0fAckMailResponse\"[\n" +
 	"\rEventsRequest\x12\x14\n" +
-	"\x05watch\x18\x01 \x03(\tR\x05watch\"\xa8\x01\n" +
+	"\x05watch\x18\x01 \x03(\tR\x05watch\x124\n" +
+	"\atickets\x18\x02 \x03(\v2\x1a.e2em.coord.v1.WatchTicketR\atickets\"@\n" +
+	"\vWatchTicket\x12\x19\n" +
+	"\blogin_id\x18\x01 \x01(\tR\aloginId\x12\x16\n" +
+	"\x06ticket\x18\x02 \x01(\fR\x06ticket\"\xa8\x01\n" +
 	"\x05Event\x120\n" +
 	"\x04mail\x18\x01 \x01(\v2\x1a.e2em.coord.v1.MailWaitingH\x00R\x04mail\x123\n" +
 	"\x05group\x18\x02 \x01(\v2\x1b.e2em.coord.v1.GroupChangedH\x00R\x05group\x120\n" +
@@ -2447,7 +2525,7 @@ func file_coord_api_coord_proto_rawDescGZIP() []byte {
 	return file_coord_api_coord_proto_rawDescData
 }
 
-var file_coord_api_coord_proto_msgTypes = make([]protoimpl.MessageInfo, 43)
+var file_coord_api_coord_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_coord_api_coord_proto_goTypes = []any{
 	(*SignUpRequest)(nil),       // 0: e2em.coord.v1.SignUpRequest
 	(*SignUpResponse)(nil),      // 1: e2em.coord.v1.SignUpResponse
@@ -2474,83 +2552,85 @@ var file_coord_api_coord_proto_goTypes = []any{
 	(*AckMailRequest)(nil),      // 22: e2em.coord.v1.AckMailRequest
 	(*AckMailResponse)(nil),     // 23: e2em.coord.v1.AckMailResponse
 	(*EventsRequest)(nil),       // 24: e2em.coord.v1.EventsRequest
-	(*Event)(nil),               // 25: e2em.coord.v1.Event
-	(*MailWaiting)(nil),         // 26: e2em.coord.v1.MailWaiting
-	(*GroupChanged)(nil),        // 27: e2em.coord.v1.GroupChanged
-	(*KeysChanged)(nil),         // 28: e2em.coord.v1.KeysChanged
-	(*RelaysRequest)(nil),       // 29: e2em.coord.v1.RelaysRequest
-	(*Relay)(nil),               // 30: e2em.coord.v1.Relay
-	(*RelaysResponse)(nil),      // 31: e2em.coord.v1.RelaysResponse
-	(*ApplyRequest)(nil),        // 32: e2em.coord.v1.ApplyRequest
-	(*ApplyResponse)(nil),       // 33: e2em.coord.v1.ApplyResponse
-	(*ReadIndexRequest)(nil),    // 34: e2em.coord.v1.ReadIndexRequest
-	(*ReadIndexResponse)(nil),   // 35: e2em.coord.v1.ReadIndexResponse
-	(*JoinRequest)(nil),         // 36: e2em.coord.v1.JoinRequest
-	(*JoinResponse)(nil),        // 37: e2em.coord.v1.JoinResponse
-	(*LeaveRequest)(nil),        // 38: e2em.coord.v1.LeaveRequest
-	(*LeaveResponse)(nil),       // 39: e2em.coord.v1.LeaveResponse
-	(*StatusRequest)(nil),       // 40: e2em.coord.v1.StatusRequest
-	(*Member)(nil),              // 41: e2em.coord.v1.Member
-	(*StatusResponse)(nil),      // 42: e2em.coord.v1.StatusResponse
+	(*WatchTicket)(nil),         // 25: e2em.coord.v1.WatchTicket
+	(*Event)(nil),               // 26: e2em.coord.v1.Event
+	(*MailWaiting)(nil),         // 27: e2em.coord.v1.MailWaiting
+	(*GroupChanged)(nil),        // 28: e2em.coord.v1.GroupChanged
+	(*KeysChanged)(nil),         // 29: e2em.coord.v1.KeysChanged
+	(*RelaysRequest)(nil),       // 30: e2em.coord.v1.RelaysRequest
+	(*Relay)(nil),               // 31: e2em.coord.v1.Relay
+	(*RelaysResponse)(nil),      // 32: e2em.coord.v1.RelaysResponse
+	(*ApplyRequest)(nil),        // 33: e2em.coord.v1.ApplyRequest
+	(*ApplyResponse)(nil),       // 34: e2em.coord.v1.ApplyResponse
+	(*ReadIndexRequest)(nil),    // 35: e2em.coord.v1.ReadIndexRequest
+	(*ReadIndexResponse)(nil),   // 36: e2em.coord.v1.ReadIndexResponse
+	(*JoinRequest)(nil),         // 37: e2em.coord.v1.JoinRequest
+	(*JoinResponse)(nil),        // 38: e2em.coord.v1.JoinResponse
+	(*LeaveRequest)(nil),        // 39: e2em.coord.v1.LeaveRequest
+	(*LeaveResponse)(nil),       // 40: e2em.coord.v1.LeaveResponse
+	(*StatusRequest)(nil),       // 41: e2em.coord.v1.StatusRequest
+	(*Member)(nil),              // 42: e2em.coord.v1.Member
+	(*StatusResponse)(nil),      // 43: e2em.coord.v1.StatusResponse
 }
 var file_coord_api_coord_proto_depIdxs = []int32{
 	6,  // 0: e2em.coord.v1.PublishKeysRequest.keys:type_name -> e2em.coord.v1.Keys
 	6,  // 1: e2em.coord.v1.LookUpResponse.matches:type_name -> e2em.coord.v1.Keys
 	14, // 2: e2em.coord.v1.ListGroupsResponse.groups:type_name -> e2em.coord.v1.GroupInfo
 	19, // 3: e2em.coord.v1.FetchMailResponse.mail:type_name -> e2em.coord.v1.Mail
-	26, // 4: e2em.coord.v1.Event.mail:type_name -> e2em.coord.v1.MailWaiting
-	27, // 5: e2em.coord.v1.Event.group:type_name -> e2em.coord.v1.GroupChanged
-	28, // 6: e2em.coord.v1.Event.keys:type_name -> e2em.coord.v1.KeysChanged
-	6,  // 7: e2em.coord.v1.KeysChanged.keys:type_name -> e2em.coord.v1.Keys
-	30, // 8: e2em.coord.v1.RelaysResponse.relays:type_name -> e2em.coord.v1.Relay
-	41, // 9: e2em.coord.v1.StatusResponse.members:type_name -> e2em.coord.v1.Member
-	0,  // 10: e2em.coord.v1.Coordinator.SignUp:input_type -> e2em.coord.v1.SignUpRequest
-	2,  // 11: e2em.coord.v1.Coordinator.LogIn:input_type -> e2em.coord.v1.LogInRequest
-	4,  // 12: e2em.coord.v1.Coordinator.LogOut:input_type -> e2em.coord.v1.LogOutRequest
-	7,  // 13: e2em.coord.v1.Coordinator.PublishKeys:input_type -> e2em.coord.v1.PublishKeysRequest
-	9,  // 14: e2em.coord.v1.Coordinator.LookUp:input_type -> e2em.coord.v1.LookUpRequest
-	11, // 15: e2em.coord.v1.Coordinator.CreateGroup:input_type -> e2em.coord.v1.GroupRequest
-	11, // 16: e2em.coord.v1.Coordinator.JoinGroup:input_type -> e2em.coord.v1.GroupRequest
-	11, // 17: e2em.coord.v1.Coordinator.LeaveGroup:input_type -> e2em.coord.v1.GroupRequest
-	13, // 18: e2em.coord.v1.Coordinator.ListGroups:input_type -> e2em.coord.v1.ListGroupsRequest
-	13, // 19: e2em.coord.v1.Coordinator.MyGroups:input_type -> e2em.coord.v1.ListGroupsRequest
-	11, // 20: e2em.coord.v1.Coordinator.Members:input_type -> e2em.coord.v1.GroupRequest
-	17, // 21: e2em.coord.v1.Coordinator.PutMail:input_type -> e2em.coord.v1.PutMailRequest
-	20, // 22: e2em.coord.v1.Coordinator.FetchMail:input_type -> e2em.coord.v1.FetchMailRequest
-	22, // 23: e2em.coord.v1.Coordinator.AckMail:input_type -> e2em.coord.v1.AckMailRequest
-	24, // 24: e2em.coord.v1.Coordinator.Events:input_type -> e2em.coord.v1.EventsRequest
-	29, // 25: e2em.coord.v1.Coordinator.Relays:input_type -> e2em.coord.v1.RelaysRequest
-	32, // 26: e2em.coord.v1.Cluster.Apply:input_type -> e2em.coord.v1.ApplyRequest
-	34, // 27: e2em.coord.v1.Cluster.ReadIndex:input_type -> e2em.coord.v1.ReadIndexRequest
-	36, // 28: e2em.coord.v1.Cluster.Join:input_type -> e2em.coord.v1.JoinRequest
-	38, // 29: e2em.coord.v1.Cluster.Leave:input_type -> e2em.coord.v1.LeaveRequest
-	40, // 30: e2em.coord.v1.Cluster.Status:input_type -> e2em.coord.v1.StatusRequest
-	1,  // 31: e2em.coord.v1.Coordinator.SignUp:output_type -> e2em.coord.v1.SignUpResponse
-	3,  // 32: e2em.coord.v1.Coordinator.LogIn:output_type -> e2em.coord.v1.LogInResponse
-	5,  // 33: e2em.coord.v1.Coordinator.LogOut:output_type -> e2em.coord.v1.LogOutResponse
-	8,  // 34: e2em.coord.v1.Coordinator.PublishKeys:output_type -> e2em.coord.v1.PublishKeysResponse
-	10, // 35: e2em.coord.v1.Coordinator.LookUp:output_type -> e2em.coord.v1.LookUpResponse
-	12, // 36: e2em.coord.v1.Coordinator.CreateGroup:output_type -> e2em.coord.v1.GroupResponse
-	12, // 37: e2em.coord.v1.Coordinator.JoinGroup:output_type -> e2em.coord.v1.GroupResponse
-	12, // 38: e2em.coord.v1.Coordinator.LeaveGroup:output_type -> e2em.coord.v1.GroupResponse
-	15, // 39: e2em.coord.v1.Coordinator.ListGroups:output_type -> e2em.coord.v1.ListGroupsResponse
-	15, // 40: e2em.coord.v1.Coordinator.MyGroups:output_type -> e2em.coord.v1.ListGroupsResponse
-	16, // 41: e2em.coord.v1.Coordinator.Members:output_type -> e2em.coord.v1.MembersResponse
-	18, // 42: e2em.coord.v1.Coordinator.PutMail:output_type -> e2em.coord.v1.PutMailResponse
-	21, // 43: e2em.coord.v1.Coordinator.FetchMail:output_type -> e2em.coord.v1.FetchMailResponse
-	23, // 44: e2em.coord.v1.Coordinator.AckMail:output_type -> e2em.coord.v1.AckMailResponse
-	25, // 45: e2em.coord.v1.Coordinator.Events:output_type -> e2em.coord.v1.Event
-	31, // 46: e2em.coord.v1.Coordinator.Relays:output_type -> e2em.coord.v1.RelaysResponse
-	33, // 47: e2em.coord.v1.Cluster.Apply:output_type -> e2em.coord.v1.ApplyResponse
-	35, // 48: e2em.coord.v1.Cluster.ReadIndex:output_type -> e2em.coord.v1.ReadIndexResponse
-	37, // 49: e2em.coord.v1.Cluster.Join:output_type -> e2em.coord.v1.JoinResponse
-	39, // 50: e2em.coord.v1.Cluster.Leave:output_type -> e2em.coord.v1.LeaveResponse
-	42, // 51: e2em.coord.v1.Cluster.Status:output_type -> e2em.coord.v1.StatusResponse
-	31, // [31:52] is the sub-list for method output_type
-	10, // [10:31] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	25, // 4: e2em.coord.v1.EventsRequest.tickets:type_name -> e2em.coord.v1.WatchTicket
+	27, // 5: e2em.coord.v1.Event.mail:type_name -> e2em.coord.v1.MailWaiting
+	28, // 6: e2em.coord.v1.Event.group:type_name -> e2em.coord.v1.GroupChanged
+	29, // 7: e2em.coord.v1.Event.keys:type_name -> e2em.coord.v1.KeysChanged
+	6,  // 8: e2em.coord.v1.KeysChanged.keys:type_name -> e2em.coord.v1.Keys
+	31, // 9: e2em.coord.v1.RelaysResponse.relays:type_name -> e2em.coord.v1.Relay
+	42, // 10: e2em.coord.v1.StatusResponse.members:type_name -> e2em.coord.v1.Member
+	0,  // 11: e2em.coord.v1.Coordinator.SignUp:input_type -> e2em.coord.v1.SignUpRequest
+	2,  // 12: e2em.coord.v1.Coordinator.LogIn:input_type -> e2em.coord.v1.LogInRequest
+	4,  // 13: e2em.coord.v1.Coordinator.LogOut:input_type -> e2em.coord.v1.LogOutRequest
+	7,  // 14: e2em.coord.v1.Coordinator.PublishKeys:input_type -> e2em.coord.v1.PublishKeysRequest
+	9,  // 15: e2em.coord.v1.Coordinator.LookUp:input_type -> e2em.coord.v1.LookUpRequest
+	11, // 16: e2em.coord.v1.Coordinator.CreateGroup:input_type -> e2em.coord.v1.GroupRequest
+	11, // 17: e2em.coord.v1.Coordinator.JoinGroup:input_type -> e2em.coord.v1.GroupRequest
+	11, // 18: e2em.coord.v1.Coordinator.LeaveGroup:input_type -> e2em.coord.v1.GroupRequest
+	13, // 19: e2em.coord.v1.Coordinator.ListGroups:input_type -> e2em.coord.v1.ListGroupsRequest
+	13, // 20: e2em.coord.v1.Coordinator.MyGroups:input_type -> e2em.coord.v1.ListGroupsRequest
+	11, // 21: e2em.coord.v1.Coordinator.Members:input_type -> e2em.coord.v1.GroupRequest
+	17, // 22: e2em.coord.v1.Coordinator.PutMail:input_type -> e2em.coord.v1.PutMailRequest
+	20, // 23: e2em.coord.v1.Coordinator.FetchMail:input_type -> e2em.coord.v1.FetchMailRequest
+	22, // 24: e2em.coord.v1.Coordinator.AckMail:input_type -> e2em.coord.v1.AckMailRequest
+	24, // 25: e2em.coord.v1.Coordinator.Events:input_type -> e2em.coord.v1.EventsRequest
+	30, // 26: e2em.coord.v1.Coordinator.Relays:input_type -> e2em.coord.v1.RelaysRequest
+	33, // 27: e2em.coord.v1.Cluster.Apply:input_type -> e2em.coord.v1.ApplyRequest
+	35, // 28: e2em.coord.v1.Cluster.ReadIndex:input_type -> e2em.coord.v1.ReadIndexRequest
+	37, // 29: e2em.coord.v1.Cluster.Join:input_type -> e2em.coord.v1.JoinRequest
+	39, // 30: e2em.coord.v1.Cluster.Leave:input_type -> e2em.coord.v1.LeaveRequest
+	41, // 31: e2em.coord.v1.Cluster.Status:input_type -> e2em.coord.v1.StatusRequest
+	1,  // 32: e2em.coord.v1.Coordinator.SignUp:output_type -> e2em.coord.v1.SignUpResponse
+	3,  // 33: e2em.coord.v1.Coordinator.LogIn:output_type -> e2em.coord.v1.LogInResponse
+	5,  // 34: e2em.coord.v1.Coordinator.LogOut:output_type -> e2em.coord.v1.LogOutResponse
+	8,  // 35: e2em.coord.v1.Coordinator.PublishKeys:output_type -> e2em.coord.v1.PublishKeysResponse
+	10, // 36: e2em.coord.v1.Coordinator.LookUp:output_type -> e2em.coord.v1.LookUpResponse
+	12, // 37: e2em.coord.v1.Coordinator.CreateGroup:output_type -> e2em.coord.v1.GroupResponse
+	12, // 38: e2em.coord.v1.Coordinator.JoinGroup:output_type -> e2em.coord.v1.GroupResponse
+	12, // 39: e2em.coord.v1.Coordinator.LeaveGroup:output_type -> e2em.coord.v1.GroupResponse
+	15, // 40: e2em.coord.v1.Coordinator.ListGroups:output_type -> e2em.coord.v1.ListGroupsResponse
+	15, // 41: e2em.coord.v1.Coordinator.MyGroups:output_type -> e2em.coord.v1.ListGroupsResponse
+	16, // 42: e2em.coord.v1.Coordinator.Members:output_type -> e2em.coord.v1.MembersResponse
+	18, // 43: e2em.coord.v1.Coordinator.PutMail:output_type -> e2em.coord.v1.PutMailResponse
+	21, // 44: e2em.coord.v1.Coordinator.FetchMail:output_type -> e2em.coord.v1.FetchMailResponse
+	23, // 45: e2em.coord.v1.Coordinator.AckMail:output_type -> e2em.coord.v1.AckMailResponse
+	26, // 46: e2em.coord.v1.Coordinator.Events:output_type -> e2em.coord.v1.Event
+	32, // 47: e2em.coord.v1.Coordinator.Relays:output_type -> e2em.coord.v1.RelaysResponse
+	34, // 48: e2em.coord.v1.Cluster.Apply:output_type -> e2em.coord.v1.ApplyResponse
+	36, // 49: e2em.coord.v1.Cluster.ReadIndex:output_type -> e2em.coord.v1.ReadIndexResponse
+	38, // 50: e2em.coord.v1.Cluster.Join:output_type -> e2em.coord.v1.JoinResponse
+	40, // 51: e2em.coord.v1.Cluster.Leave:output_type -> e2em.coord.v1.LeaveResponse
+	43, // 52: e2em.coord.v1.Cluster.Status:output_type -> e2em.coord.v1.StatusResponse
+	32, // [32:53] is the sub-list for method output_type
+	11, // [11:32] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_coord_api_coord_proto_init() }
@@ -2558,7 +2638,7 @@ func file_coord_api_coord_proto_init() {
 	if File_coord_api_coord_proto != nil {
 		return
 	}
-	file_coord_api_coord_proto_msgTypes[25].OneofWrappers = []any{
+	file_coord_api_coord_proto_msgTypes[26].OneofWrappers = []any{
 		(*Event_Mail)(nil),
 		(*Event_Group)(nil),
 		(*Event_Keys)(nil),
@@ -2569,7 +2649,7 @@ func file_coord_api_coord_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_coord_api_coord_proto_rawDesc), len(file_coord_api_coord_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   43,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"encoding/base64"
 	"strings"
 	"testing"
@@ -143,6 +144,28 @@ func TestGroupNamesCannotHoldKeySeparators(t *testing.T) {
 	for _, bad := range []string{"a/b", "a/bob1", "/", "x/"} {
 		if ValidateGroupName(bad) == nil {
 			t.Errorf("group name %q accepted", bad)
+		}
+	}
+}
+
+// Issue 12, point 9: a watch ticket is for one watcher, one account, and
+// a time.
+func TestWatchTickets(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, 32)
+	now := time.Now()
+	ticket := MintWatchTicket(key, "alice101", "bob102", now.Add(time.Hour))
+	if !CheckWatchTicket(key, "alice101", "bob102", ticket, now) {
+		t.Fatal("a good ticket was refused")
+	}
+	for name, ok := range map[string]bool{
+		"another watcher": CheckWatchTicket(key, "mallory7", "bob102", ticket, now),
+		"another account": CheckWatchTicket(key, "alice101", "carol103", ticket, now),
+		"expired":         CheckWatchTicket(key, "alice101", "bob102", ticket, now.Add(2*time.Hour)),
+		"another cluster": CheckWatchTicket(bytes.Repeat([]byte{8}, 32), "alice101", "bob102", ticket, now),
+		"cut short":       CheckWatchTicket(key, "alice101", "bob102", ticket[:10], now),
+	} {
+		if ok {
+			t.Errorf("a ticket for %s was accepted", name)
 		}
 	}
 }

@@ -373,6 +373,11 @@ func (s *Server) LookUp(ctx context.Context, req *api.LookUpRequest) (*api.LookU
 	}
 	resp := &api.LookUpResponse{}
 	size := 0
+	info, err := fsm.ClusterInfo()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, "the cluster is still starting; try again")
+	}
+	caller, expires := sessionFrom(ctx).LoginID, time.Now().Add(watchTicketTTL)
 	for _, l := range logins {
 		if len(resp.Matches) == api.MaxLookUpMatches {
 			break
@@ -394,6 +399,7 @@ func (s *Server) LookUp(ctx context.Context, req *api.LookUpRequest) (*api.LookU
 			break
 		}
 		resp.Matches = append(resp.Matches, k)
+		resp.WatchTickets = append(resp.WatchTickets, MintWatchTicket(info.TokenKey, caller, l, expires))
 	}
 	return resp, nil
 }
@@ -549,14 +555,27 @@ func (s *Server) AckMail(ctx context.Context, req *api.AckMailRequest) (*api.Ack
 // Events streams the caller's events until it goes away. The response
 // headers are sent once the subscription is in place.
 func (s *Server) Events(req *api.EventsRequest, stream api.Coordinator_EventsServer) error {
-	if len(req.Watch) > api.MaxWatch {
+	if len(req.Tickets) > api.MaxWatch {
 		return status.Errorf(codes.InvalidArgument, "watch at most %d accounts", api.MaxWatch)
 	}
 	if err := s.barrier(stream.Context()); err != nil {
 		return err
 	}
 	sess := sessionFrom(stream.Context())
-	sub, err := s.hub.Subscribe(sess.LoginID, req.Watch)
+	info, err := s.store.FSM().ClusterInfo()
+	if err != nil {
+		return status.Error(codes.Unavailable, "the cluster is still starting; try again")
+	}
+	// Only accounts the caller looked up (and so holds a ticket for) are
+	// watched: nobody follows a stranger's comings and goings.
+	var watch []string
+	now := time.Now()
+	for _, t := range req.Tickets {
+		if CheckWatchTicket(info.TokenKey, sess.LoginID, t.LoginId, t.Ticket, now) {
+			watch = append(watch, t.LoginId)
+		}
+	}
+	sub, err := s.hub.Subscribe(sess.LoginID, watch)
 	if err != nil {
 		return status.Error(codes.ResourceExhausted, err.Error())
 	}

@@ -117,9 +117,12 @@ func (e *Engine) entry(ctx context.Context, s *online, login string) (*api.Keys,
 		return nil, "", e.friendly(err)
 	}
 	var k *api.Keys
-	for _, m := range resp.Matches {
+	for i, m := range resp.Matches {
 		if m.LoginId == login {
 			k = m
+			if i < len(resp.WatchTickets) {
+				e.keepWatchTicket(login, resp.WatchTickets[i])
+			}
 		}
 	}
 	if k == nil {
@@ -315,4 +318,20 @@ func digitsOf(s string) string {
 		}
 		return -1
 	}, s)
+}
+
+// keepWatchTicket keeps the ticket that lets this client watch login's key
+// changes; a first one reopens the event stream so that it counts.
+func (e *Engine) keepWatchTicket(login string, ticket []byte) {
+	old := e.store.WatchTicket(login)
+	if bytes.Equal(old, ticket) {
+		return
+	}
+	if err := e.store.SetWatchTicket(login, ticket); err != nil {
+		e.log.Warn("keep a watch ticket", "contact", login, "err", err)
+		return
+	}
+	if old == nil {
+		e.contactsChanged()
+	}
 }

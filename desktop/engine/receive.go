@@ -176,7 +176,7 @@ func (e *Engine) watchEvents(s *online) {
 			case <-sctx.Done():
 			}
 		}()
-		stream, err := e.coord.Events(sctx, &api.EventsRequest{Watch: firstN(e.contacts(), api.MaxWatch)})
+		stream, err := e.coord.Events(sctx, &api.EventsRequest{Tickets: e.watchTickets()})
 		if err == nil {
 			// The coordinator sends the headers once it is subscribed: mail
 			// put from then on raises an event, mail put before is fetched
@@ -230,6 +230,18 @@ func (e *Engine) watchEvents(s *online) {
 		}
 		backoff = min(2*backoff, 15*time.Second)
 	}
+}
+
+// watchTickets are the tickets for the people watched (see contacts), as
+// many as a stream takes.
+func (e *Engine) watchTickets() []*api.WatchTicket {
+	var out []*api.WatchTicket
+	for _, login := range e.contacts() {
+		if t := e.store.WatchTicket(login); t != nil && len(out) < api.MaxWatch {
+			out = append(out, &api.WatchTicket{LoginId: login, Ticket: t})
+		}
+	}
+	return out
 }
 
 func (e *Engine) contacts() []string {

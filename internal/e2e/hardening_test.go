@@ -375,3 +375,47 @@ func TestProfileRevealsNothingAtRest(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// Issue 12, point 9: a stream hears the key changes of accounts its owner
+// looked up (holding a ticket), and of nobody else.
+func TestEventsWatchOnlyWhatWasLookedUp(t *testing.T) {
+	c := sharedCluster(t)
+	lb := c.LB()
+	watched, stranger := newPerson(t, c, "hwa", "779"), newPerson(t, c, "hwb", "780")
+	authed := logIn(t, lb, signUp(t, lb, "hwatcher", "781", "password123"), "password123")
+	look, err := lb.LookUp(authed, &api.LookUpRequest{Query: watched.login})
+	if err != nil || len(look.WatchTickets) != 1 {
+		t.Fatalf("look-up: %v %v", look, err)
+	}
+	stream, err := lb.Events(authed, &api.EventsRequest{
+		Watch: []string{stranger.login}, // not honoured without a ticket
+		Tickets: []*api.WatchTicket{
+			{LoginId: watched.login, Ticket: look.WatchTickets[0]},
+			{LoginId: stranger.login, Ticket: look.WatchTickets[0]}, // someone else's ticket
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Header(); err != nil {
+		t.Fatal(err)
+	}
+	relog := func(p *person) {
+		t.Helper()
+		bg := context.Background()
+		if err := p.Logout(bg); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Login(bg, p.login, "password123"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	relog(stranger) // publishes its keys again: nobody may hear it here
+	relog(watched)
+	ev, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ev.GetKeys().GetKeys().GetLoginId(); got != watched.login {
+		t.Fatalf("the first key change heard was %q's, want only %s's", got, watched.login)
+	}
+}

@@ -43,3 +43,18 @@ func (s *Store) ContactIDs() []string {
 
 // SaveContact pins or updates a contact.
 func (s *Store) SaveContact(c *Contact) error { return s.put("contact/"+c.LoginID, c) }
+
+// SetWatchTicket keeps the cluster's ticket for watching login's key
+// changes (a look-up gives one).
+func (s *Store) SetWatchTicket(login string, ticket []byte) error {
+	return s.put("watch/"+login, ticket)
+}
+
+// WatchTicket is the kept ticket for login, or nil.
+func (s *Store) WatchTicket(login string) []byte {
+	var t []byte
+	if err := s.get("watch/"+login, &t); err != nil {
+		return nil
+	}
+	return t
+}
