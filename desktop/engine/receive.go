@@ -50,6 +50,10 @@ func (h *handler) Rejected(from string, err error) {
 // handlePayload stores a message once (however often it arrives) and
 // acknowledges it every time, or takes an acknowledgement.
 func (e *Engine) handlePayload(s *online, from string, p *wire.Payload, on *p2p.Session) {
+	if err := wire.ValidatePayload(p); err != nil {
+		e.emit(Event{Kind: EventSecurity, From: from, Text: fmt.Sprintf("rejected a message from %s: %v", from, err)})
+		return
+	}
 	switch k := p.Kind.(type) {
 	case *wire.Payload_Ack:
 		e.acknowledged(s, from, k.Ack.Ids)

@@ -9,6 +9,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/proto"
 )
@@ -143,4 +145,72 @@ func ReadFileFrame(r *bufio.Reader) (*FileFrame, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// Bounds on what a peer's payload may hold.
+const (
+	MaxTextBytes = 60000 // what a sender may write in one message
+	maxIDBytes   = 64
+	maxAckIDs    = 1024
+	maxGroupName = 64
+	maxReason    = 1024
+)
+
+// ValidatePayload checks a decoded payload's fields against the bounds
+// the receive path relies on: ids, text and group names, acknowledgement
+// lists and file fields. What fails is refused before anything is stored.
+func ValidatePayload(p *Payload) error {
+	if !validID(p.Id) {
+		return errors.New("payload id is empty, too long or not printable")
+	}
+	switch k := p.Kind.(type) {
+	case *Payload_Text:
+		if len(k.Text.Body) > MaxTextBytes || !utf8.ValidString(k.Text.Body) {
+			return fmt.Errorf("text over %d bytes or not UTF-8", MaxTextBytes)
+		}
+		if g := k.Text.Group; len(g) > maxGroupName || strings.ContainsAny(g, "/ \x00") || !utf8.ValidString(g) {
+			return errors.New("bad group name")
+		}
+	case *Payload_Ack:
+		if len(k.Ack.Ids) > maxAckIDs {
+			return fmt.Errorf("over %d acknowledgements", maxAckIDs)
+		}
+		for _, id := range k.Ack.Ids {
+			if !validID(id) {
+				return errors.New("bad acknowledged id")
+			}
+		}
+	case *Payload_FileOffer:
+		if g := k.FileOffer.Group; len(g) > maxGroupName || strings.ContainsAny(g, "/ \x00") {
+			return errors.New("bad group name")
+		}
+		return ValidateOffer(k.FileOffer)
+	case *Payload_FileResult:
+		if !ValidTransferID(k.FileResult.TransferId) || len(k.FileResult.Reason) > maxReason {
+			return errors.New("bad file result")
+		}
+	case *Payload_FileCancel:
+		if !ValidTransferID(k.FileCancel.TransferId) || len(k.FileCancel.Reason) > maxReason {
+			return errors.New("bad file cancel")
+		}
+	case *Payload_FileChunk:
+		if !ValidTransferID(k.FileChunk.TransferId) || k.FileChunk.Index >= MaxChunks || len(k.FileChunk.Sealed) > MaxChunkSize+1024 {
+			return errors.New("bad file chunk")
+		}
+	case nil:
+		return errors.New("empty payload")
+	}
+	return nil
+}
+
+func validID(id string) bool {
+	if id == "" || len(id) > maxIDBytes {
+		return false
+	}
+	for _, r := range id {
+		if r <= ' ' || r > '~' {
+			return false
+		}
+	}
+	return true
 }

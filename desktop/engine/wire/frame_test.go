@@ -3,6 +3,7 @@ package wire
 import (
 	"bufio"
 	"bytes"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -64,10 +65,26 @@ func FuzzPayload(f *testing.F) {
 	f.Add(b)
 	eb, _ := proto.Marshal(&Envelope{From: "a", To: "b", Ephemeral: make([]byte, 32), Record: []byte{1}})
 	f.Add(eb)
+	for _, p := range []*Payload{
+		{Id: "a1b2", Kind: &Payload_Ack{Ack: &Ack{Ids: []string{"x", "y"}}}},
+		{Id: "a1b2", Kind: &Payload_FileOffer{FileOffer: validOffer()}},
+		{Id: "a1b2", Kind: &Payload_FileChunk{FileChunk: &FileChunk{TransferId: "0123abcd", Index: 3, Sealed: []byte{1}}}},
+		{Id: "a1b2", Kind: &Payload_FileCancel{FileCancel: &FileCancel{TransferId: "0123abcd", Reason: "no"}}},
+	} {
+		b, _ := proto.Marshal(p)
+		f.Add(b)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		var p Payload
-		if proto.Unmarshal(data, &p) == nil {
-			_ = p.GetText().GetBody()
+		if proto.Unmarshal(data, &p) == nil && ValidatePayload(&p) == nil {
+			// What the receive path takes is within its bounds.
+			if len(p.Id) == 0 || len(p.Id) > maxIDBytes || len(p.GetText().GetBody()) > MaxTextBytes ||
+				len(p.GetAck().GetIds()) > maxAckIDs || (p.GetFileChunk() != nil && p.GetFileChunk().Index >= MaxChunks) {
+				t.Fatalf("accepted %v", &p)
+			}
+			if o := p.GetFileOffer(); o != nil && ValidateOffer(o) != nil {
+				t.Fatalf("accepted a bad offer %v", o)
+			}
 		}
 		var e Envelope
 		if proto.Unmarshal(data, &e) == nil {
@@ -150,4 +167,29 @@ func FuzzReadFileFrame(f *testing.F) {
 			}
 		}
 	})
+}
+
+// What a hostile peer may put in a payload is refused before the receive
+// path stores anything.
+func TestValidatePayloadRefusesWhatIsOutOfBounds(t *testing.T) {
+	long := strings.Repeat("x", 65)
+	for name, p := range map[string]*Payload{
+		"no id":            {Kind: &Payload_Text{Text: &Text{Body: "hi"}}},
+		"a long id":        {Id: long, Kind: &Payload_Text{Text: &Text{Body: "hi"}}},
+		"an id with a tab": {Id: "a\tb", Kind: &Payload_Text{Text: &Text{Body: "hi"}}},
+		"a long text":      {Id: "a", Kind: &Payload_Text{Text: &Text{Body: strings.Repeat("x", MaxTextBytes+1)}}},
+		"a group with /":   {Id: "a", Kind: &Payload_Text{Text: &Text{Body: "hi", Group: "a/b"}}},
+		"many acks":        {Id: "a", Kind: &Payload_Ack{Ack: &Ack{Ids: make([]string, maxAckIDs+1)}}},
+		"a bad ack id":     {Id: "a", Kind: &Payload_Ack{Ack: &Ack{Ids: []string{""}}}},
+		"a chunk too far":  {Id: "a", Kind: &Payload_FileChunk{FileChunk: &FileChunk{TransferId: "ab", Index: MaxChunks}}},
+		"a bad transfer":   {Id: "a", Kind: &Payload_FileCancel{FileCancel: &FileCancel{TransferId: "XYZ"}}},
+		"nothing":          {Id: "a"},
+	} {
+		if ValidatePayload(p) == nil {
+			t.Errorf("%s was accepted", name)
+		}
+	}
+	if err := ValidatePayload(&Payload{Id: "0123abcd", Kind: &Payload_Text{Text: &Text{Body: "hi", Group: "g1"}}}); err != nil {
+		t.Fatalf("an ordinary message was refused: %v", err)
+	}
 }
