@@ -19,6 +19,7 @@ import (
 )
 
 func main() {
+	engine.PrivateFiles()
 	cfg := engine.Config{}
 	flag.StringVar(&cfg.LB, "lb", "127.0.0.1:7000", "the cluster's balancer (or any coordinator), host:port")
 	flag.StringVar(&cfg.CAFile, "ca", "data/ca.pem", "the cluster CA certificate (bootstrap writes it to <data>/ca.pem)")

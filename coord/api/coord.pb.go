@@ -579,8 +579,8 @@ func (x *LookUpRequest) GetQuery() string {
 type LookUpResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Matches []*Keys                `protobuf:"bytes,1,rep,name=matches,proto3" json:"matches,omitempty"`
-	// One per match, in order: what lets the caller watch that account's
-	// key changes on an Events stream (for 30 days).
+	// For a look-up by exact login id, one ticket that lets the caller watch
+	// that account's key changes on an Events stream (for 30 days).
 	WatchTickets  [][]byte `protobuf:"bytes,2,rep,name=watch_tickets,json=watchTickets,proto3" json:"watch_tickets,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -364,8 +364,9 @@ func (s *Server) LookUp(ctx context.Context, req *api.LookUpRequest) (*api.LookU
 	// number of accounts whose username or roll number equals it can
 	// crowd that person out of the answer.
 	var logins []string
+	exact := false
 	if _, err := fsm.Account(q); err == nil {
-		logins = []string{q}
+		logins, exact = []string{q}, true
 	} else if !errors.Is(err, store.ErrNotFound) {
 		return nil, storeErr(err)
 	} else if logins, err = fsm.FindAccounts(q); err != nil {
@@ -399,7 +400,9 @@ func (s *Server) LookUp(ctx context.Context, req *api.LookUpRequest) (*api.LookU
 			break
 		}
 		resp.Matches = append(resp.Matches, k)
-		resp.WatchTickets = append(resp.WatchTickets, MintWatchTicket(info.TokenKey, caller, l, expires))
+		if exact { // only someone named by their login id may be watched
+			resp.WatchTickets = append(resp.WatchTickets, MintWatchTicket(info.TokenKey, caller, l, expires))
+		}
 	}
 	return resp, nil
 }

@@ -28,6 +28,7 @@ import (
 )
 
 func main() {
+	engine.PrivateFiles()
 	cfg := engine.Config{}
 	fs := flag.NewFlagSet("cli", flag.ExitOnError)
 	fs.StringVar(&cfg.LB, "lb", "127.0.0.1:7000", "the cluster's balancer (or any coordinator), host:port")

@@ -20,6 +20,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/host"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 
 	"github.com/e2em/e2em/coord/api"
@@ -271,6 +272,10 @@ func (e *Engine) SignUp(ctx context.Context, username, roll, password string) (s
 	}
 	return resp.LoginId, nil
 }
+
+// PrivateFiles makes what this process writes from now on (the profile,
+// downloads, logs) readable by its owner only. The apps call it first.
+func PrivateFiles() { unix.Umask(0o077) }
 
 // checkPassword applies the password rules here, where the password is
 // typed: the cluster only ever sees the secret derived from it.
