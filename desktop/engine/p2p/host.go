@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/libp2p/go-libp2p"
@@ -139,14 +140,26 @@ func StartHolePunching(h host.Host, observedIP func() net.IP, log *slog.Logger) 
 		return nil, fmt.Errorf("host %T has no identify service", h)
 	}
 	public := func() []ma.Multiaddr { return PublicAddrs(h, observedIP()) }
-	svc, err := holepunch.NewService(h, idh.IDService(), public)
+	var started atomic.Pointer[HolePuncher]
+	// libp2p's own punch can report success and still leave no direct
+	// connection (the new one closed at once): check, and punch again.
+	tracer := punchTracer(func(p peer.ID) {
+		time.AfterFunc(punchSettle, func() {
+			if hp := started.Load(); hp != nil && !DirectlyConnected(h, p) {
+				hp.TryNow(p)
+			}
+		})
+	})
+	svc, err := holepunch.NewService(h, idh.IDService(), public, holepunch.WithTracer(tracer))
 	if err != nil {
 		return nil, err
 	}
 	ready := func() bool { return slices.Contains(h.Mux().Protocols(), holepunch.Protocol) }
-	relayedIn := func() []peer.ID { return onlyRelayedInbound(h, punchRetry, time.Now()) }
-	hp := newHolePuncher(svc.DirectConnect, ready, relayedIn, svc.Close, log)
-	ticker := time.NewTicker(punchRetry)
+	relayedIn := func() map[peer.ID]time.Time { return relayedInbound(h) }
+	direct := func(p peer.ID) bool { return DirectlyConnected(h, p) }
+	hp := newHolePuncher(svc.DirectConnect, ready, relayedIn, direct, svc.Close, log)
+	started.Store(hp)
+	ticker := time.NewTicker(punchCheck)
 	go func() {
 		defer ticker.Stop()
 		hp.run(ticker.C)
@@ -154,23 +167,50 @@ func StartHolePunching(h host.Host, observedIP func() net.IP, log *slog.Logger) 
 	return hp, nil
 }
 
-// punchRetry is how long a relayed connection is left to libp2p's own hole
-// punch before this side tries again, and then the time between attempts.
-const punchRetry = 10 * time.Second
+// punchTracer hears libp2p's hole punches end.
+type punchTracer func(peer.ID)
+
+func (t punchTracer) Trace(evt *holepunch.Event) {
+	if end, ok := evt.Evt.(*holepunch.EndHolePunchEvt); ok && end.Success {
+		t(evt.Remote)
+	}
+}
+
+const (
+	// punchRetry is how long a relayed connection is left to libp2p's own
+	// hole punch before this side tries again, timed from that
+	// connection's own start, and then the time between attempts.
+	punchRetry = 10 * time.Second
+	// punchCheck is how often the retry times are looked at.
+	punchCheck = time.Second
+	// punchSettle is how long after a punch libp2p calls successful the
+	// direct connection must still be there.
+	punchSettle = 250 * time.Millisecond
+	// punchAgain bounds the punches tried at once after one that
+	// "succeeded" without a direct connection.
+	punchAgain = 2
+)
 
 // HolePuncher is the DCUtR service and what tries it again. libp2p punches
 // once per relayed connection, when it opens; an attempt that fails (the
 // other side's service not started yet, a lost packet, a slow machine)
 // would leave the two relayed for as long as the connection lasts. DCUtR
 // lets only the side that accepted the relayed connection start a punch,
-// so that side tries again, every punchRetry, for each peer it reaches only
-// through relays.
+// so that side tries again for each peer it reaches only through relays:
+// punchRetry after that relayed connection opened, then every punchRetry;
+// and at once when a punch reported success but left no direct connection.
 type HolePuncher struct {
-	punch     func(peer.ID) error // a DCUtR exchange and simultaneous connect
-	ready     func() bool         // the service has public addresses and runs
-	relayedIn func() []peer.ID    // peers to try again
+	punch     func(peer.ID) error          // a DCUtR exchange and simultaneous connect
+	ready     func() bool                  // the service has public addresses and runs
+	relayedIn func() map[peer.ID]time.Time // peers reached only through relays we accepted, and since when
+	direct    func(peer.ID) bool           // a direct connection to the peer is open
 	stop      func() error
 	log       *slog.Logger
+
+	mu      sync.Mutex
+	last    map[peer.ID]time.Time // when this side last tried
+	running map[peer.ID]bool      // one attempt per peer at once
+	now     chan peer.ID          // TryNow
 
 	done      chan struct{}
 	finished  chan struct{}
@@ -179,38 +219,88 @@ type HolePuncher struct {
 	closeErr  error
 }
 
-func newHolePuncher(punch func(peer.ID) error, ready func() bool, relayedIn func() []peer.ID, stop func() error, log *slog.Logger) *HolePuncher {
+func newHolePuncher(punch func(peer.ID) error, ready func() bool, relayedIn func() map[peer.ID]time.Time, direct func(peer.ID) bool, stop func() error, log *slog.Logger) *HolePuncher {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &HolePuncher{punch: punch, ready: ready, relayedIn: relayedIn, stop: stop, log: log,
+	return &HolePuncher{punch: punch, ready: ready, relayedIn: relayedIn, direct: direct, stop: stop, log: log,
+		last: map[peer.ID]time.Time{}, running: map[peer.ID]bool{}, now: make(chan peer.ID, 16),
 		done: make(chan struct{}), finished: make(chan struct{})}
 }
 
-// run tries again at every tick until Close.
+// TryNow asks for a punch to p at once (if p is still reached only
+// through a relay this side accepted).
+func (hp *HolePuncher) TryNow(p peer.ID) {
+	select {
+	case hp.now <- p:
+	default:
+	}
+}
+
+// run tries again as each relayed connection's time comes, until Close.
 func (hp *HolePuncher) run(tick <-chan time.Time) {
 	defer close(hp.finished)
 	for {
+		var now time.Time
+		var urgent peer.ID
 		select {
 		case <-hp.done:
 			return
-		case <-tick:
+		case now = <-tick:
+		case urgent = <-hp.now:
+			now = time.Now()
 		}
 		if !hp.ready() {
 			continue
 		}
-		for _, p := range hp.relayedIn() {
-			hp.attempts.Add(1)
-			go func() {
-				defer hp.attempts.Done()
-				// libp2p refuses a second attempt while one runs.
-				if err := hp.punch(p); err != nil {
-					hp.log.Debug("hole punch tried again; still relayed", "peer", p, "err", err)
-					return
-				}
-				hp.log.Info("direct connection after another hole punch", "peer", p)
-			}()
+		relayed := hp.relayedIn()
+		hp.mu.Lock()
+		for p := range hp.last {
+			if _, ok := relayed[p]; !ok {
+				delete(hp.last, p) // direct now, or gone
+			}
 		}
+		hp.mu.Unlock()
+		for p, since := range relayed {
+			hp.mu.Lock()
+			due := since
+			if last, ok := hp.last[p]; ok && last.After(due) {
+				due = last
+			}
+			busy := hp.running[p]
+			if busy || (p != urgent && now.Sub(due) < punchRetry) {
+				hp.mu.Unlock()
+				continue
+			}
+			hp.last[p] = now
+			hp.running[p] = true
+			hp.mu.Unlock()
+			hp.attempts.Add(1)
+			go hp.attempt(p)
+		}
+	}
+}
+
+// attempt punches to p; a punch that reports success without leaving a
+// direct connection is tried again at once, a bounded number of times.
+func (hp *HolePuncher) attempt(p peer.ID) {
+	defer hp.attempts.Done()
+	defer func() {
+		hp.mu.Lock()
+		delete(hp.running, p)
+		hp.mu.Unlock()
+	}()
+	for try := 0; try <= punchAgain; try++ {
+		// libp2p refuses a second attempt while one runs.
+		if err := hp.punch(p); err != nil {
+			hp.log.Debug("hole punch tried again; still relayed", "peer", p, "err", err)
+			return
+		}
+		if hp.direct(p) {
+			hp.log.Info("direct connection after another hole punch", "peer", p)
+			return
+		}
+		hp.log.Info("a hole punch succeeded but left no direct connection; punching again", "peer", p)
 	}
 }
 
@@ -225,18 +315,21 @@ func (hp *HolePuncher) Close() error {
 	return hp.closeErr
 }
 
-// onlyRelayedInbound lists the peers h reaches only through relayed
-// connections, one of which it accepted at least minAge before now.
-func onlyRelayedInbound(h host.Host, minAge time.Duration, now time.Time) []peer.ID {
-	var out []peer.ID
+// relayedInbound lists the peers h reaches only through relayed
+// connections, with when the oldest one it accepted opened.
+func relayedInbound(h host.Host) map[peer.ID]time.Time {
+	out := map[peer.ID]time.Time{}
 	for _, p := range h.Network().Peers() {
 		if !Relayed(h, p) {
 			continue
 		}
 		for _, c := range h.Network().ConnsToPeer(p) {
-			if st := c.Stat(); st.Direction == network.DirInbound && now.Sub(st.Opened) >= minAge {
-				out = append(out, p)
-				break
+			st := c.Stat()
+			if st.Direction != network.DirInbound {
+				continue
+			}
+			if since, ok := out[p]; !ok || st.Opened.Before(since) {
+				out[p] = st.Opened
 			}
 		}
 	}
