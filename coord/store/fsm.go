@@ -386,11 +386,7 @@ func (f *FSM) group(txn *writeTxn, g *statepb.GroupOp, now int64) (*statepb.Resu
 			change = "joined"
 		}
 		if g.MaxJoined > 0 {
-			n, err := countKeys(txn, prefMyGroup+g.LoginId+"/", int(g.MaxJoined))
-			if err != nil {
-				return nil, nil, err
-			}
-			if n >= int(g.MaxJoined) {
+			if n := len(keysUnder(txn, prefMyGroup+g.LoginId+"/", int(g.MaxJoined))); n >= int(g.MaxJoined) {
 				return fail(codes.ResourceExhausted, "you are in %d groups, the most one person may be in; leave one first", n), nil, nil
 			}
 		}
@@ -440,7 +436,7 @@ func (f *FSM) putMail(txn *writeTxn, m *statepb.PutMail, now int64) (*statepb.Re
 	}
 	// Each sender has a share, so that one cannot fill the box for all.
 	var mine statepb.MailBox
-	byKey := prefMailBy + m.To + "/" + m.From
+	byKey := shareKey(m.To, m.From)
 	if _, err := getProto(txn, byKey, &mine); err != nil {
 		return nil, nil, err
 	}
@@ -507,10 +503,13 @@ func (f *FSM) ackMail(txn *writeTxn, a *statepb.AckMail) (*statepb.Result, []Eve
 	return ok(), nil, setProto(txn, prefMailbox+a.LoginId, &box)
 }
 
+// shareKey holds what from has waiting in to's mailbox.
+func shareKey(to, from string) string { return prefMailBy + to + "/" + from }
+
 // releaseShare gives a sender's share back as its mail is acknowledged
 // (mail stored before shares existed has none to give back).
 func (f *FSM) releaseShare(txn *writeTxn, to, from string, sizes []uint64) error {
-	key := prefMailBy + to + "/" + from
+	key := shareKey(to, from)
 	var mine statepb.MailBox
 	found, err := getProto(txn, key, &mine)
 	if err != nil || !found {
@@ -526,17 +525,6 @@ func (f *FSM) releaseShare(txn *writeTxn, to, from string, sizes []uint64) error
 		return txn.Delete([]byte(key))
 	}
 	return setProto(txn, key, &mine)
-}
-
-// countKeys counts keys under prefix, stopping at most.
-func countKeys(txn *writeTxn, prefix string, most int) (int, error) {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
-	defer it.Close()
-	n := 0
-	for it.Rewind(); it.Valid() && n < most; it.Next() {
-		n++
-	}
-	return n, nil
 }
 
 func getU64(txn getter, key string) (uint64, error) {
@@ -567,23 +555,50 @@ func (f *FSM) prune(txn *writeTxn, now int64) error {
 }
 
 func (f *FSM) pruneIndex(txn *writeTxn, index, target string, before int64) error {
+	for _, e := range expired(txn, index, before) {
+		if err := txn.Delete(e.key); err != nil {
+			return err
+		}
+		if err := txn.Delete([]byte(target + e.names)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// expiredEntry is one entry of a time index (<index><time BE>/<names>)
+// whose time has come.
+type expiredEntry struct {
+	key   []byte
+	names string
+}
+
+// expired lists up to pruneBatch entries of a time index at or before
+// before, oldest first.
+func expired(txn *writeTxn, index string, before int64) []expiredEntry {
 	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(index)})
-	var doomed [][]byte
-	for it.Rewind(); it.Valid() && len(doomed) < pruneBatch; it.Next() {
+	defer it.Close()
+	var out []expiredEntry
+	for it.Rewind(); it.Valid() && len(out) < pruneBatch; it.Next() {
 		key := it.Item().KeyCopy(nil)
 		rest := key[len(index):]
 		if len(rest) < 9 || int64(binary.BigEndian.Uint64(rest[:8])) > before {
 			break
 		}
-		doomed = append(doomed, key, []byte(target+string(rest[9:])))
+		out = append(out, expiredEntry{key: key, names: string(rest[9:])})
 	}
-	it.Close()
-	for _, k := range doomed {
-		if err := txn.Delete(k); err != nil {
-			return err
-		}
+	return out
+}
+
+// keysUnder lists up to most keys under prefix.
+func keysUnder(txn *writeTxn, prefix string, most int) [][]byte {
+	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefix)})
+	defer it.Close()
+	var out [][]byte
+	for it.Rewind(); it.Valid() && len(out) < most; it.Next() {
+		out = append(out, it.Item().KeyCopy(nil))
 	}
-	return nil
+	return out
 }
 
 // Snapshot implements raft.FSM. The snapshot is a badger backup stream taken

@@ -140,48 +140,30 @@ func (f *FSM) release(txn *writeTxn, r *statepb.Release) (*statepb.Result, []Eve
 // pruneLimits forgets attempts whose window has passed, a batch per commit,
 // so that limits keyed by any name a caller sends do not pile up.
 func (f *FSM) pruneLimits(txn *writeTxn, now int64) error {
-	it := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefLimitTime)})
-	var doomed [][]byte
-	for it.Rewind(); it.Valid() && len(doomed) < pruneBatch; it.Next() {
-		key := it.Item().KeyCopy(nil)
-		rest := key[len(prefLimitTime):]
-		if len(rest) < 9 || int64(binary.BigEndian.Uint64(rest[:8])) > now {
-			break
-		}
-		doomed = append(doomed, key)
-	}
-	it.Close()
 	// Older versions' failure counts (fail/acct/<any name>) had no expiry.
-	legacy := txn.NewIterator(badger.IteratorOptions{Prefix: []byte(prefLegacyFail)})
-	var old [][]byte
-	for legacy.Rewind(); legacy.Valid() && len(old) < pruneBatch; legacy.Next() {
-		old = append(old, legacy.Item().KeyCopy(nil))
-	}
-	legacy.Close()
-	for _, k := range old {
+	for _, k := range keysUnder(txn, prefLegacyFail, pruneBatch) {
 		if err := txn.Delete(k); err != nil {
 			return err
 		}
 	}
-	for _, k := range doomed {
-		target := string(k[len(prefLimitTime)+9:])
+	for _, e := range expired(txn, prefLimitTime, now) {
 		var have statepb.Failures
-		found, err := getProto(txn, target, &have)
+		found, err := getProto(txn, e.names, &have)
 		if err != nil {
 			return err
 		}
 		if found {
 			have.UnixNano = recentAttempts(have.UnixNano, now, have.WindowNano)
 			if len(have.UnixNano) == 0 {
-				err = txn.Delete([]byte(target))
+				err = txn.Delete([]byte(e.names))
 			} else {
-				err = setProto(txn, target, &have)
+				err = setProto(txn, e.names, &have)
 			}
 			if err != nil {
 				return err
 			}
 		}
-		if err := txn.Delete(k); err != nil {
+		if err := txn.Delete(e.key); err != nil {
 			return err
 		}
 	}
