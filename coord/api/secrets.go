@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/base64"
+	"fmt"
 	"strings"
 
 	"golang.org/x/crypto/argon2"
@@ -14,6 +15,18 @@ const (
 	MinPasswordLen = 8
 	MaxPasswordLen = 1024
 )
+
+// ValidatePassword checks the length rules: the client on what the
+// person typed, the coordinators on the secret they receive.
+func ValidatePassword(pw string) error {
+	switch {
+	case len(pw) < MinPasswordLen:
+		return fmt.Errorf("password is too short: use at least %d characters", MinPasswordLen)
+	case len(pw) > MaxPasswordLen:
+		return fmt.Errorf("password is too long: the limit is %d bytes", MaxPasswordLen)
+	}
+	return nil
+}
 
 // NormalizeLoginID is the one spelling of a login id (or username) that
 // keys an account: PRECIS case-mapped (RFC 8265: width-mapped, NFC,

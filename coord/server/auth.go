@@ -181,16 +181,8 @@ func ValidateRollNumber(roll string) error {
 	return nil
 }
 
-// ValidatePassword checks the length rules.
-func ValidatePassword(pw string) error {
-	switch {
-	case len(pw) < MinPasswordLen:
-		return fmt.Errorf("password is too short: use at least %d characters", MinPasswordLen)
-	case len(pw) > MaxPasswordLen:
-		return fmt.Errorf("password is too long: the limit is %d bytes", MaxPasswordLen)
-	}
-	return nil
-}
+// ValidatePassword is api.ValidatePassword, the rule clients apply too.
+func ValidatePassword(pw string) error { return api.ValidatePassword(pw) }
 
 // Session tokens are stateless so every coordinator can check them:
 //

@@ -239,12 +239,22 @@ func (s *Server) LogIn(ctx context.Context, req *api.LogInRequest) (*api.LogInRe
 	// The right password: this address's count for the account starts
 	// again, and the attempt does not count against the address.
 	s.unreserve(attempt, [][]byte{pair}, fromAddr)
-	info, err := fsm.ClusterInfo()
+	info, err := s.clusterInfo()
 	if err != nil {
-		return nil, status.Error(codes.Unavailable, "the cluster is still starting; try again")
+		return nil, err
 	}
 	token, sess := MintToken(info.TokenKey, info.ClusterId, login, now.Add(s.cfg.SessionTTL))
 	return &api.LogInResponse{Token: token, LoginId: login, ExpiresUnix: sess.Expires.Unix(), ObservedAddr: addr}, nil
+}
+
+// clusterInfo is the cluster's id and token key, or Unavailable while the
+// first leader has not written them.
+func (s *Server) clusterInfo() (*statepb.InitCluster, error) {
+	info, err := s.store.FSM().ClusterInfo()
+	if err != nil {
+		return nil, status.Error(codes.Unavailable, "the cluster is still starting; try again")
+	}
+	return info, nil
 }
 
 // LoginWindow is how long failed log-ins count against an account from one
@@ -374,9 +384,9 @@ func (s *Server) LookUp(ctx context.Context, req *api.LookUpRequest) (*api.LookU
 	}
 	resp := &api.LookUpResponse{}
 	size := 0
-	info, err := fsm.ClusterInfo()
+	info, err := s.clusterInfo()
 	if err != nil {
-		return nil, status.Error(codes.Unavailable, "the cluster is still starting; try again")
+		return nil, err
 	}
 	caller, expires := sessionFrom(ctx).LoginID, time.Now().Add(watchTicketTTL)
 	for _, l := range logins {
@@ -443,10 +453,11 @@ func (s *Server) ListGroups(ctx context.Context, req *api.ListGroupsRequest) (*a
 	if err := s.barrier(ctx); err != nil {
 		return nil, err
 	}
-	if len(req.PageToken) > MaxNameLen*4 {
-		return nil, status.Error(codes.InvalidArgument, "that page token is not one this cluster gave")
+	after, size, err := groupPage(req)
+	if err != nil {
+		return nil, err
 	}
-	groups, next, err := s.store.FSM().Groups(req.PageToken, pageSize(req))
+	groups, next, err := s.store.FSM().Groups(after, size)
 	return groupList(groups, next, err)
 }
 
@@ -455,22 +466,27 @@ func (s *Server) MyGroups(ctx context.Context, req *api.ListGroupsRequest) (*api
 	if err := s.barrier(ctx); err != nil {
 		return nil, err
 	}
-	if len(req.PageToken) > MaxNameLen*4 {
-		return nil, status.Error(codes.InvalidArgument, "that page token is not one this cluster gave")
+	after, size, err := groupPage(req)
+	if err != nil {
+		return nil, err
 	}
-	groups, next, err := s.store.FSM().MyGroups(sessionFrom(ctx).LoginID, req.PageToken, pageSize(req))
+	groups, next, err := s.store.FSM().MyGroups(sessionFrom(ctx).LoginID, after, size)
 	return groupList(groups, next, err)
 }
 
 // MaxGroupPage is the most groups one ListGroups or MyGroups answer holds.
 const MaxGroupPage = 500
 
-// pageSize is the page a listing asks for, within MaxGroupPage.
-func pageSize(req *api.ListGroupsRequest) int {
-	if req.PageSize == 0 || req.PageSize > MaxGroupPage {
-		return MaxGroupPage
+// groupPage is the page a listing asks for: after which name, and how
+// many (within MaxGroupPage).
+func groupPage(req *api.ListGroupsRequest) (string, int, error) {
+	if len(req.PageToken) > MaxNameLen*4 {
+		return "", 0, status.Error(codes.InvalidArgument, "that page token is not one this cluster gave")
 	}
-	return int(req.PageSize)
+	if req.PageSize == 0 || req.PageSize > MaxGroupPage {
+		return req.PageToken, MaxGroupPage, nil
+	}
+	return req.PageToken, int(req.PageSize), nil
 }
 
 func groupList(groups []*statepb.Group, next string, err error) (*api.ListGroupsResponse, error) {
@@ -565,9 +581,9 @@ func (s *Server) Events(req *api.EventsRequest, stream api.Coordinator_EventsSer
 		return err
 	}
 	sess := sessionFrom(stream.Context())
-	info, err := s.store.FSM().ClusterInfo()
+	info, err := s.clusterInfo()
 	if err != nil {
-		return status.Error(codes.Unavailable, "the cluster is still starting; try again")
+		return err
 	}
 	// Only accounts the caller looked up (and so holds a ticket for) are
 	// watched: nobody follows a stranger's comings and goings.

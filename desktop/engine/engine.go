@@ -280,11 +280,8 @@ func PrivateFiles() { unix.Umask(0o077) }
 // checkPassword applies the password rules here, where the password is
 // typed: the cluster only ever sees the secret derived from it.
 func checkPassword(password string) error {
-	switch {
-	case len(password) < api.MinPasswordLen:
-		return &Error{Kind: KindInvalid, Msg: fmt.Sprintf("password is too short: use at least %d characters", api.MinPasswordLen)}
-	case len(password) > api.MaxPasswordLen:
-		return &Error{Kind: KindInvalid, Msg: fmt.Sprintf("password is too long: the limit is %d bytes", api.MaxPasswordLen)}
+	if err := api.ValidatePassword(password); err != nil {
+		return &Error{Kind: KindInvalid, Msg: err.Error()}
 	}
 	return nil
 }
