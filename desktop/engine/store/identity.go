@@ -23,12 +23,36 @@ type Identity struct {
 // construction of DESIGN §5 is for what crosses the network).
 type sealedIdentity struct {
 	LoginID string `json:"login_id"`
+	passwordKey
+	Nonce  []byte `json:"nonce"`
+	Sealed []byte `json:"sealed"`
+}
+
+// passwordKey is how a key is derived from the password: argon2id with
+// these parameters and salt, kept beside what the key locks.
+type passwordKey struct {
 	Time    uint32 `json:"t"`
 	Memory  uint32 `json:"m"`
 	Threads uint8  `json:"p"`
 	Salt    []byte `json:"salt"`
-	Nonce   []byte `json:"nonce"`
-	Sealed  []byte `json:"sealed"`
+}
+
+// newPasswordKey is a fresh salt with today's parameters (64 MiB, 3 passes).
+func newPasswordKey() passwordKey {
+	k := passwordKey{Time: 3, Memory: 64 * 1024, Threads: 2, Salt: make([]byte, 16)}
+	rand.Read(k.Salt)
+	return k
+}
+
+// valid refuses parameters no e2em wrote (a damaged or planted file) before
+// they cost the machine.
+func (k *passwordKey) valid() bool {
+	return k.Time > 0 && k.Time <= 16 && k.Memory <= 1<<21 && k.Threads > 0 && len(k.Salt) >= 16
+}
+
+// derive is the 32-byte key for password.
+func (k *passwordKey) derive(password string) []byte {
+	return argon2.IDKey([]byte(password), k.Salt, k.Time, k.Memory, k.Threads, 32)
 }
 
 const keyIdentity = "identity"
@@ -45,8 +69,7 @@ func (s *Store) Owner() (string, error) {
 
 // SaveIdentity encrypts and stores the identity under password.
 func (s *Store) SaveIdentity(id *Identity, password string) error {
-	si := sealedIdentity{LoginID: id.LoginID, Time: 3, Memory: 64 * 1024, Threads: 2, Salt: make([]byte, 16), Nonce: make([]byte, 12)}
-	rand.Read(si.Salt)
+	si := sealedIdentity{LoginID: id.LoginID, passwordKey: newPasswordKey(), Nonce: make([]byte, 12)}
 	rand.Read(si.Nonce)
 	aead, err := identityAEAD(password, &si)
 	if err != nil {
@@ -69,7 +92,7 @@ func (s *Store) LoadIdentity(password string) (*Identity, error) {
 	} else if err != nil {
 		return nil, err
 	}
-	if si.Time == 0 || si.Time > 16 || si.Memory > 1<<21 || si.Threads == 0 || len(si.Nonce) != 12 {
+	if !si.valid() || len(si.Nonce) != 12 {
 		return nil, errors.New("damaged profile: identity parameters")
 	}
 	aead, err := identityAEAD(password, &si)
@@ -89,7 +112,7 @@ func (s *Store) LoadIdentity(password string) (*Identity, error) {
 }
 
 func identityAEAD(password string, si *sealedIdentity) (cipher.AEAD, error) {
-	key := argon2.IDKey([]byte(password), si.Salt, si.Time, si.Memory, si.Threads, 32)
+	key := si.derive(password)
 	defer clear(key)
 	block, err := aes.NewCipher(key)
 	if err != nil {

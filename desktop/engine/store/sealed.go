@@ -2,7 +2,6 @@ package store
 
 import (
 	"crypto/hkdf"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/json"
 	"errors"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 
-	"golang.org/x/crypto/argon2"
 	"golang.org/x/sys/unix"
 )
 
@@ -27,13 +25,6 @@ const (
 	lockFile = "profile.lock"
 )
 
-type profileKey struct {
-	Time    uint32 `json:"t"`
-	Memory  uint32 `json:"m"`
-	Threads uint8  `json:"p"`
-	Salt    []byte `json:"salt"`
-}
-
 // ErrOldProfile refuses a profile written before encryption at rest.
 var ErrOldProfile = errors.New("this profile was made by an older e2em that kept history unencrypted; move the folder away (or start with another -profile) and log in again")
 
@@ -43,11 +34,8 @@ type ProfileLock struct{ f *os.File }
 // Lock claims the profile folder (made 0700 if new) for this process;
 // ErrInUse when another process holds it.
 func Lock(dir string) (*ProfileLock, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create profile folder: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("profile folder: %w", err)
+	if err := privateDir(dir); err != nil {
+		return nil, err
 	}
 	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
@@ -75,11 +63,8 @@ func Sealed(dir string) bool {
 // OpenSealed opens the sealed profile in dir under password, creating it
 // when there is none; ErrWrongPassword when the password does not open it.
 func OpenSealed(dir, password string) (*Store, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("create profile folder: %w", err)
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("profile folder: %w", err)
+	if err := privateDir(dir); err != nil {
+		return nil, err
 	}
 	if _, err := os.Stat(filepath.Join(dir, "MANIFEST")); err == nil {
 		return nil, ErrOldProfile
@@ -88,7 +73,7 @@ func OpenSealed(dir, password string) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	key, err := pk.derive(password)
+	key, err := databaseKey(pk, password)
 	if err != nil {
 		return nil, err
 	}
@@ -96,33 +81,43 @@ func OpenSealed(dir, password string) (*Store, error) {
 	return openDB(dir, filepath.Join(dir, dbFolder), key)
 }
 
-func readOrMakeKey(dir string) (*profileKey, error) {
+func readOrMakeKey(dir string) (*passwordKey, error) {
 	path := filepath.Join(dir, keyFile)
 	b, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) {
-		pk := &profileKey{Time: 3, Memory: 64 * 1024, Threads: 2, Salt: make([]byte, 16)}
-		rand.Read(pk.Salt)
-		b, _ := json.Marshal(pk)
+		pk := newPasswordKey()
+		b, _ := json.Marshal(&pk)
 		tmp := path + ".new"
 		if err := os.WriteFile(tmp, b, 0o600); err != nil {
 			return nil, fmt.Errorf("write the profile key: %w", err)
 		}
-		return pk, os.Rename(tmp, path)
+		return &pk, os.Rename(tmp, path)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("read the profile key: %w", err)
 	}
-	var pk profileKey
-	if err := json.Unmarshal(b, &pk); err != nil || pk.Time == 0 || pk.Time > 16 || pk.Memory > 1<<21 || pk.Threads == 0 || len(pk.Salt) < 16 {
+	var pk passwordKey
+	if err := json.Unmarshal(b, &pk); err != nil || !pk.valid() {
 		return nil, errors.New("damaged profile: its key file")
 	}
 	return &pk, nil
 }
 
-// derive is the database key: argon2id of the password, stretched by HKDF
-// to badger's AES-256 key.
-func (pk *profileKey) derive(password string) ([]byte, error) {
-	master := argon2.IDKey([]byte(password), pk.Salt, pk.Time, pk.Memory, pk.Threads, 32)
+// databaseKey is badger's AES-256 key: the password's argon2id key, through
+// HKDF with the database's own label.
+func databaseKey(pk *passwordKey, password string) ([]byte, error) {
+	master := pk.derive(password)
 	defer clear(master)
 	return hkdf.Key(sha256.New, master, nil, "e2em profile database v1", 32)
+}
+
+// privateDir makes dir (if new) and keeps it its owner's alone.
+func privateDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("create profile folder: %w", err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("profile folder: %w", err)
+	}
+	return nil
 }

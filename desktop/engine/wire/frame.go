@@ -168,7 +168,7 @@ func ValidatePayload(p *Payload) error {
 		if len(k.Text.Body) > MaxTextBytes || !utf8.ValidString(k.Text.Body) {
 			return fmt.Errorf("text over %d bytes or not UTF-8", MaxTextBytes)
 		}
-		if g := k.Text.Group; len(g) > maxGroupName || strings.ContainsAny(g, "/ \x00") || !utf8.ValidString(g) {
+		if !validGroupLabel(k.Text.Group) {
 			return errors.New("bad group name")
 		}
 	case *Payload_Ack:
@@ -181,7 +181,7 @@ func ValidatePayload(p *Payload) error {
 			}
 		}
 	case *Payload_FileOffer:
-		if g := k.FileOffer.Group; len(g) > maxGroupName || strings.ContainsAny(g, "/ \x00") {
+		if !validGroupLabel(k.FileOffer.Group) {
 			return errors.New("bad group name")
 		}
 		return ValidateOffer(k.FileOffer)
@@ -201,6 +201,11 @@ func ValidatePayload(p *Payload) error {
 		return errors.New("empty payload")
 	}
 	return nil
+}
+
+// validGroupLabel: empty (not a group message) or a name a group could have.
+func validGroupLabel(g string) bool {
+	return len(g) <= maxGroupName && !strings.ContainsAny(g, "/ \x00") && utf8.ValidString(g)
 }
 
 func validID(id string) bool {
