@@ -16,6 +16,10 @@ const (
 	MaxPasswordLen = 1024
 )
 
+// MaxLoginIDLen bounds a login id in bytes: a 64-byte username and a
+// 32-digit roll number.
+const MaxLoginIDLen = 96
+
 // ValidatePassword checks the length rules: the client on what the
 // person typed, the coordinators on the secret they receive.
 func ValidatePassword(pw string) error {

@@ -69,12 +69,8 @@ var dummyHash = HashPassword("e2em: no such account")
 // a username never ends in a digit and a roll number is only digits, so
 // the roll number is the login id's trailing digits.
 func LoginID(username, roll string) string {
-	return NormalizeLoginID(username) + roll
+	return api.NormalizeLoginID(username) + roll
 }
-
-// NormalizeLoginID is api.NormalizeLoginID: the one spelling of a login
-// id, which the clients compute too.
-func NormalizeLoginID(s string) string { return api.NormalizeLoginID(s) }
 
 // ValidateUsername accepts up to 64 bytes of letters, digits, '.', '_' or
 // '-' that PRECIS accepts as a username, whose letters come from one
@@ -180,9 +176,6 @@ func ValidateRollNumber(roll string) error {
 	}
 	return nil
 }
-
-// ValidatePassword is api.ValidatePassword, the rule clients apply too.
-func ValidatePassword(pw string) error { return api.ValidatePassword(pw) }
 
 // Session tokens are stateless so every coordinator can check them:
 //

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/e2em/e2em/coord/api"
 )
 
 func TestTokenRoundTripAndRejections(t *testing.T) {
@@ -104,7 +106,7 @@ func TestValidation(t *testing.T) {
 	if ValidateGroupName("study-group#1") != nil {
 		t.Error("ordinary group name refused")
 	}
-	if ValidatePassword("short") == nil || ValidatePassword(strings.Repeat("p", 1025)) == nil || ValidatePassword("longenough") != nil {
+	if api.ValidatePassword("short") == nil || api.ValidatePassword(strings.Repeat("p", 1025)) == nil || api.ValidatePassword("longenough") != nil {
 		t.Error("password length rules")
 	}
 	if LoginID("Alice", "101") != "alice101" {
@@ -130,7 +132,7 @@ func TestLoginIDsCannotCollide(t *testing.T) {
 		}
 	}
 	for in, want := range map[string]string{"ＡＬＩＣＥ101": "alice101", "Alice101": "alice101", "ÉLODIE7": "élodie7", "e\u0301lodie7": "élodie7"} {
-		if got := NormalizeLoginID(in); got != want {
+		if got := api.NormalizeLoginID(in); got != want {
 			t.Errorf("NormalizeLoginID(%q) = %q, want %q", in, got, want)
 		}
 	}

@@ -163,11 +163,11 @@ func (s *Server) SignUp(ctx context.Context, req *api.SignUpRequest) (*api.SignU
 	if err := ValidateRollNumber(req.RollNumber); err != nil {
 		return nil, invalid(err)
 	}
-	if err := ValidatePassword(req.Password); err != nil {
+	if err := api.ValidatePassword(req.Password); err != nil {
 		return nil, invalid(err)
 	}
 	// The account keeps the one spelling every look-up finds it by.
-	username := NormalizeLoginID(req.Username)
+	username := api.NormalizeLoginID(req.Username)
 	login := username + req.RollNumber
 	// Counted before hashing, refused or not, so that one address cannot
 	// make accounts (or probe which names are taken) without end.
@@ -190,11 +190,11 @@ func (s *Server) SignUp(ctx context.Context, req *api.SignUpRequest) (*api.SignU
 
 // LogIn checks the password and issues a token every coordinator accepts.
 func (s *Server) LogIn(ctx context.Context, req *api.LogInRequest) (*api.LogInResponse, error) {
-	if req.LoginId == "" || len(req.LoginId) > MaxNameLen+MaxRollLen || len(req.Password) > MaxPasswordLen {
+	if req.LoginId == "" || len(req.LoginId) > api.MaxLoginIDLen || len(req.Password) > MaxPasswordLen {
 		return nil, status.Error(codes.Unauthenticated, "wrong login id or password")
 	}
-	login := NormalizeLoginID(req.LoginId)
-	if len(login) > MaxNameLen+MaxRollLen {
+	login := api.NormalizeLoginID(req.LoginId)
+	if len(login) > api.MaxLoginIDLen {
 		return nil, status.Error(codes.Unauthenticated, "wrong login id or password")
 	}
 	addr := observedAddr(ctx)
@@ -362,14 +362,14 @@ func verifyKeys(login string, k *api.Keys) error {
 // LookUp finds accounts by login id, username or roll number.
 func (s *Server) LookUp(ctx context.Context, req *api.LookUpRequest) (*api.LookUpResponse, error) {
 	q := strings.TrimSpace(req.Query)
-	if q == "" || len(q) > MaxNameLen+MaxRollLen {
+	if q == "" || len(q) > api.MaxLoginIDLen {
 		return nil, status.Error(codes.InvalidArgument, "give a login id, a username or a roll number")
 	}
 	if err := s.barrier(ctx); err != nil {
 		return nil, err
 	}
 	fsm := s.store.FSM()
-	q = NormalizeLoginID(q)
+	q = api.NormalizeLoginID(q)
 	// An exact login id names one person: answered alone, so that no
 	// number of accounts whose username or roll number equals it can
 	// crowd that person out of the answer.
@@ -526,8 +526,8 @@ func (s *Server) PutMail(ctx context.Context, req *api.PutMailRequest) (*api.Put
 	if len(req.Envelope) > s.cfg.MailMaxBytes {
 		return nil, status.Errorf(codes.InvalidArgument, "the envelope is %d bytes; the limit is %d", len(req.Envelope), s.cfg.MailMaxBytes)
 	}
-	to := NormalizeLoginID(req.To)
-	if to == "" || len(req.To) > MaxNameLen+MaxRollLen || len(to) > MaxNameLen+MaxRollLen {
+	to := api.NormalizeLoginID(req.To)
+	if to == "" || len(req.To) > api.MaxLoginIDLen || len(to) > api.MaxLoginIDLen {
 		return nil, status.Error(codes.InvalidArgument, "give the recipient's login id")
 	}
 	put := &statepb.PutMail{

@@ -7,6 +7,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"golang.org/x/time/rate"
 
+	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/desktop/engine/e2e"
 	"github.com/e2em/e2em/desktop/engine/wire"
 )
@@ -14,11 +15,10 @@ import (
 // Inbound session limits: each peer may open helloBurst sessions at once,
 // then one per helloEvery; all peers together helloTotal a second.
 const (
-	helloBurst      = 10
-	helloEvery      = 2 // seconds
-	helloTotal      = 50
-	helloPeersKept  = 4096
-	maxLoginIDBytes = 96
+	helloBurst     = 10
+	helloEvery     = 2 // seconds
+	helloTotal     = 50
+	helloPeersKept = 4096
 )
 
 // helloLimiter decides which inbound Hellos are checked at all.
@@ -65,7 +65,7 @@ func helloProblem(f *wire.Frame, self string) string {
 // plausibleLogin says whether a Hello's From could be a login id at all:
 // what a stranger writes there reaches the person's screen.
 func plausibleLogin(s string) bool {
-	if s == "" || len(s) > maxLoginIDBytes {
+	if s == "" || len(s) > api.MaxLoginIDLen {
 		return false
 	}
 	for _, r := range s {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/libp2p/go-libp2p/core/peer"
 
+	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/desktop/engine/e2e"
 	"github.com/e2em/e2em/desktop/engine/wire"
 )
@@ -36,7 +37,7 @@ func FuzzHello(f *testing.F) {
 			return
 		}
 		h := fr.GetHello()
-		if h.To != "bob102" || h.From == "" || len(h.From) > maxLoginIDBytes {
+		if h.To != "bob102" || h.From == "" || len(h.From) > api.MaxLoginIDLen {
 			t.Fatalf("accepted %+v", h)
 		}
 		for _, r := range h.From {
