@@ -220,6 +220,22 @@ func TestBalancerLimitsEachSourceAndGuardsItsAdminAPI(t *testing.T) {
 	for range 20 {
 		held = append(held, dialFrom("127.0.0.7"))
 	}
+	// The balancer's event loops accept in their own order: wait until it
+	// holds all 20 before the 21st, so that the 21st is the one refused.
+	ct.Eventually(t, wait, func() error {
+		families, err := ct.Metrics(c.Layout.LBMetrics)
+		if err != nil {
+			return err
+		}
+		m := families["e2em_lb_connections_open"].GetMetric()
+		if len(m) == 0 {
+			return errors.New("no e2em_lb_connections_open yet")
+		}
+		if open := m[0].GetGauge().GetValue(); open != 20 {
+			return fmt.Errorf("the balancer holds %v connections", open)
+		}
+		return nil
+	})
 	extra := dialFrom("127.0.0.7")
 	for i, conn := range held {
 		if closed(conn) {
