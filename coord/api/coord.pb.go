@@ -335,8 +335,11 @@ type Keys struct {
 	IdentityKey []byte `protobuf:"bytes,6,opt,name=identity_key,json=identityKey,proto3" json:"identity_key,omitempty"`
 	// Ed25519 signature by the libp2p key over IdentitySigningPayload.
 	IdentitySignature []byte `protobuf:"bytes,7,opt,name=identity_signature,json=identitySignature,proto3" json:"identity_signature,omitempty"`
-	// Multiaddrs the client listens on, and relay circuit addresses it holds.
-	Addrs         []string `protobuf:"bytes,8,rep,name=addrs,proto3" json:"addrs,omitempty"`
+	// No longer kept (clients exchange direct addresses end to end); still
+	// accepted, within the bounds, from older clients, and dropped.
+	Addrs []string `protobuf:"bytes,8,rep,name=addrs,proto3" json:"addrs,omitempty"`
+	// Relay circuit addresses the client holds reservations for: the only
+	// way the directory says to reach it.
 	RelayAddrs    []string `protobuf:"bytes,9,rep,name=relay_addrs,json=relayAddrs,proto3" json:"relay_addrs,omitempty"`
 	UpdatedUnix   int64    `protobuf:"varint,10,opt,name=updated_unix,json=updatedUnix,proto3" json:"updated_unix,omitempty"`
 	unknownFields protoimpl.UnknownFields

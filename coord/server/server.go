@@ -315,7 +315,9 @@ func (s *Server) PublishKeys(ctx context.Context, req *api.PublishKeysRequest) (
 	entry := &api.Keys{
 		LoginId: login,
 		PeerId:  k.PeerId, Libp2PPublicKey: k.Libp2PPublicKey, IdentityKey: k.IdentityKey,
-		IdentitySignature: k.IdentitySignature, Addrs: k.Addrs, RelayAddrs: k.RelayAddrs,
+		// Direct addresses are not kept: they go end to end between
+		// clients, so neither the cluster nor a stranger learns them.
+		IdentitySignature: k.IdentitySignature, RelayAddrs: k.RelayAddrs,
 	}
 	if _, err := s.apply(ctx, &statepb.Command{Op: &statepb.Command_PublishKeys{PublishKeys: entry}}); err != nil {
 		return nil, err
@@ -354,6 +356,11 @@ func verifyKeys(login string, k *api.Keys) error {
 		}
 		if _, err := ma.NewMultiaddr(a); err != nil {
 			return fmt.Errorf("address %q: %w", a, err)
+		}
+	}
+	for _, a := range k.RelayAddrs {
+		if !strings.Contains(a, "/p2p-circuit") {
+			return fmt.Errorf("relay address %q is no relay circuit", a)
 		}
 	}
 	return nil
@@ -403,8 +410,9 @@ func (s *Server) LookUp(ctx context.Context, req *api.LookUpRequest) (*api.LookU
 		} else if err != nil {
 			return nil, storeErr(err)
 		}
-		// Entries written before the directory's bounds are cut to them.
-		k.Addrs = k.Addrs[:min(len(k.Addrs), api.MaxAddrsPerKind)]
+		// Entries written before the directory's bounds are cut to them,
+		// and before it kept only circuits lose their direct addresses.
+		k.Addrs = nil
 		k.RelayAddrs = k.RelayAddrs[:min(len(k.RelayAddrs), api.MaxAddrsPerKind)]
 		if size += proto.Size(k); size > maxLookUpBytes {
 			break

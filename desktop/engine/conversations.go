@@ -119,6 +119,8 @@ func (e *Engine) presence(login string) string {
 	}
 	sess := s.msgr.Session(login)
 	switch {
+	case sess == nil && s.msgr.DirectlyConnected(login):
+		return PresenceDirect
 	case sess == nil:
 		return PresenceOffline
 	case sess.Relayed():

@@ -85,7 +85,8 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	if err != nil {
 		return fmt.Errorf("profile identity: %w", err)
 	}
-	h, err := p2p.NewHost(p2p.HostConfig{Key: key, Port: e.cfg.Port, Listen: e.cfg.Listen, RelayOnly: e.cfg.RelayOnly, Log: e.log})
+	sockets := p2p.NewUDPSockets()
+	h, err := p2p.NewHost(p2p.HostConfig{Key: key, Port: e.cfg.Port, Listen: e.cfg.Listen, RelayOnly: e.cfg.RelayOnly, Sockets: sockets, Log: e.log})
 	if err != nil {
 		return err
 	}
@@ -111,6 +112,14 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	// The relays admit only devices published in the directory: they get
 	// their list once the keys are out (below).
 	s.relays = p2p.NewRelays(sctx, h, nil, e.log)
+	if !e.cfg.RelayOnly {
+		// Addresses go to the people this client talks with, end to end,
+		// never to the directory.
+		s.msgr.SetDirect(p2p.NewDirect(p2p.DirectConfig{
+			Host: h, Sockets: sockets, NAT: p2p.ObserveNAT(h, s.relays.IsRelay),
+			Observed: s.observedIP, QUICPort: p2p.QUICPort(h), Log: e.log,
+		}))
+	}
 	e.mu.Lock()
 	e.online = s
 	e.mu.Unlock()
@@ -277,10 +286,8 @@ func (e *Engine) publishKeys(ctx context.Context, s *online) error {
 	keys := &api.Keys{
 		LoginId: s.login, PeerId: s.host.ID().String(), Libp2PPublicKey: pub,
 		IdentityKey: identity, IdentitySignature: sig,
-		Addrs: firstN(p2p.ListenAddrs(s.host), api.MaxAddrsPerKind), RelayAddrs: firstN(s.relays.CircuitAddrs(), api.MaxAddrsPerKind),
-	}
-	if e.cfg.RelayOnly {
-		keys.Addrs = nil
+		// Only circuits: direct addresses go end to end (p2p.Direct).
+		RelayAddrs: firstN(s.relays.CircuitAddrs(), api.MaxAddrsPerKind),
 	}
 	cctx, cancel := e.callCtx(ctx, s)
 	defer cancel()

@@ -208,6 +208,8 @@ func (e *Engine) fetchLoop(ctx context.Context, s *online, x *inXfer) {
 		switch {
 		case err == nil:
 			continue // the sender sent all it had; check, then finish
+		case errors.Is(err, p2p.ErrMovedDirect):
+			continue // the rest the direct way, at once
 		case errors.As(err, &refused) && refused.Cancelled:
 			e.cancelIncoming(s, x, false, fmt.Sprintf("%s cancelled it", rec.From))
 			return

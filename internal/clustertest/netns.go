@@ -21,6 +21,15 @@ const (
 	// RandomPort NATs pick a random port per destination
 	// (MASQUERADE --random-fully): hole punching cannot predict it.
 	RandomPort = "random-port"
+	// OneRandomPort puts the first client behind a port-keeping NAT and
+	// the second behind a random-port one (a home user and a phone on a
+	// carrier network).
+	OneRandomPort = "one-random-port"
+	// SharedNAT puts both clients on one LAN behind one port-keeping NAT.
+	SharedNAT = "shared"
+	// RSTAnswering NATs keep ports but answer unsolicited TCP with a RST
+	// (which breaks TCP simultaneous open; QUIC still punches).
+	RSTAnswering = "rst"
 )
 
 // NATLab is a small internet in network namespaces that the test makes
@@ -86,28 +95,48 @@ func NewNATLab(t testing.TB, prefix, kind string) *NATLab {
 		router, client := l.Routers[i], l.Clients[i]
 		wan, port, lan, eth := fmt.Sprintf("%sw%d", prefix, i), fmt.Sprintf("%sb%d", prefix, i), fmt.Sprintf("%sl%d", prefix, i), fmt.Sprintf("%se%d", prefix, i)
 		wanIP, lanNet := fmt.Sprintf("192.0.0.%d", 70+i), fmt.Sprintf("10.%d.0", i+1)
+		if kind == SharedNAT && i == 1 {
+			// The second client joins the first one's LAN (a bridge in
+			// the first router); the second router stands idle.
+			run("ip", "link", "add", lan, "netns", l.Routers[0], "type", "veth", "peer", "name", eth, "netns", client)
+			in(l.Routers[0], "ip", "link", "set", lan, "master", prefix+"lan", "up")
+			in(client, "ip", "addr", "add", "10.1.0.3/24", "dev", eth)
+			in(client, "ip", "link", "set", eth, "up")
+			in(client, "ip", "route", "add", "default", "via", "10.1.0.1")
+			continue
+		}
 		run("ip", "link", "add", wan, "netns", router, "type", "veth", "peer", "name", port, "netns", l.Internet)
 		in(l.Internet, "ip", "link", "set", port, "master", "br0", "up")
 		in(router, "ip", "addr", "add", wanIP+"/26", "dev", wan)
 		in(router, "ip", "link", "set", wan, "up")
 		run("ip", "link", "add", lan, "netns", router, "type", "veth", "peer", "name", eth, "netns", client)
-		in(router, "ip", "addr", "add", lanNet+".1/24", "dev", lan)
-		in(router, "ip", "link", "set", lan, "up")
+		lanDev := lan
+		if kind == SharedNAT {
+			lanDev = prefix + "lan"
+			in(router, "ip", "link", "add", lanDev, "type", "bridge")
+			in(router, "ip", "link", "set", lan, "master", lanDev, "up")
+		}
+		in(router, "ip", "addr", "add", lanNet+".1/24", "dev", lanDev)
+		in(router, "ip", "link", "set", lanDev, "up")
 		in(client, "ip", "addr", "add", lanNet+".2/24", "dev", eth)
 		in(client, "ip", "link", "set", eth, "up")
 		in(client, "ip", "route", "add", "default", "via", lanNet+".1")
 		in(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
 		masq := []string{"iptables", "-t", "nat", "-A", "POSTROUTING", "-o", wan, "-j", "MASQUERADE"}
-		if kind == RandomPort {
+		if kind == RandomPort || (kind == OneRandomPort && i == 1) {
 			masq = append(masq, "--random-fully")
 		}
 		in(router, masq...)
 		// Answers to what went out pass; anything unsolicited is dropped
-		// without a word (a RST would break TCP simultaneous open).
-		in(router, "iptables", "-A", "FORWARD", "-i", wan, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
-		in(router, "iptables", "-A", "FORWARD", "-i", wan, "-j", "DROP")
-		in(router, "iptables", "-A", "INPUT", "-i", wan, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
-		in(router, "iptables", "-A", "INPUT", "-i", wan, "-j", "DROP")
+		// without a word (a RST would break TCP simultaneous open) — or,
+		// for RSTAnswering, TCP is answered with a RST.
+		for _, chain := range []string{"FORWARD", "INPUT"} {
+			in(router, "iptables", "-A", chain, "-i", wan, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+			if kind == RSTAnswering {
+				in(router, "iptables", "-A", chain, "-i", wan, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
+			}
+			in(router, "iptables", "-A", chain, "-i", wan, "-j", "DROP")
+		}
 	}
 	return l
 }

@@ -319,3 +319,28 @@ func TestFileCancelStopsBothSides(t *testing.T) {
 		t.Fatalf("a second Cancel: %v", r)
 	}
 }
+
+// A client started with -relay-only beside an ordinary one: the ordinary
+// one sends its candidates, the relay-only one neither sends its own nor
+// dials, and every message goes through the relay.
+func TestRelayOnlyRevealsNothingToAContact(t *testing.T) {
+	c := sharedCluster(t)
+	hidden := c.StartClient(t, "roa951", ct.ClientOptions{Args: []string{"-relay-only"}})
+	hidden.Do("Sign up roa 951 password123")
+	hidden.Do("Login roa951 password123")
+	open := account(t, c, "rob", "952")
+	for i := 0; i < 6; i++ {
+		for _, way := range []struct {
+			from, to *ct.Client
+			login    string
+		}{{open, hidden, "roa951"}, {hidden, open, "rob952"}} {
+			if sent := way.from.Deliver(way.to, way.login, fmt.Sprintf("relayed %d", i)); sent.S("via") != "relay" {
+				t.Fatalf("message %d went %q beside a relay-only client", i, sent.S("via"))
+			}
+		}
+		time.Sleep(250 * time.Millisecond) // a person's pace: time for any direct attempt
+	}
+	if log := hidden.Log(); strings.Contains(log, "direct connection") {
+		t.Fatalf("the relay-only client connected directly:\n%s", ct.Tail(log, 20))
+	}
+}

@@ -131,3 +131,54 @@ func TestNATRelayKilledMidConversation(t *testing.T) {
 		t.Fatalf("still relayed by the killed coordinator %s", victim)
 	}
 }
+
+// (d) Two people behind one NAT: the directory holds only relay circuits
+// (no LAN, loopback or public address of anyone), and the two still go
+// direct, over their LAN, from the addresses they sent each other end to
+// end through the relay.
+func TestNATSharedGoesDirectWithoutAddressesInTheDirectory(t *testing.T) {
+	lab := ct.NewNATLab(t, "e2s", ct.SharedNAT)
+	c, a, b := natPair(t, lab)
+	sendUntil(t, a, b, "oto801", 20*time.Second, func(l ct.Line) bool { return l.S("via") == "direct" })
+	authed := logIn(t, c.LB(), signUp(t, c.LB(), "dirk", "802", "password123"), "password123")
+	for _, login := range []string{"nia800", "oto801"} {
+		look, err := c.LB().LookUp(authed, &api.LookUpRequest{Query: login})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(look.Matches) != 1 {
+			t.Fatalf("%s: %d matches", login, len(look.Matches))
+		}
+		k := look.Matches[0]
+		if len(k.Addrs) != 0 {
+			t.Fatalf("the directory holds direct addresses of %s: %v", login, k.Addrs)
+		}
+		if len(k.RelayAddrs) == 0 {
+			t.Fatalf("the directory holds no relay circuit of %s", login)
+		}
+		for _, r := range k.RelayAddrs {
+			if !strings.Contains(r, "/p2p-circuit") || strings.Contains(r, "10.1.0.") {
+				t.Fatalf("the directory's address for %s is no relay circuit: %s", login, r)
+			}
+		}
+	}
+}
+
+// (e) A port-keeping NAT and a random-port NAT: DCUtR cannot aim at the
+// random side, but probing finds its mapping and the two go direct.
+func TestNATOneRandomPortGoesDirect(t *testing.T) {
+	lab := ct.NewNATLab(t, "e2o", ct.OneRandomPort)
+	_, a, b := natPair(t, lab)
+	sendUntil(t, a, b, "oto801", 30*time.Second, func(l ct.Line) bool { return l.S("via") == "direct" })
+	if !strings.Contains(a.Log()+b.Log(), "found this random-port NAT's mapping") {
+		t.Fatalf("direct without probing the random-port NAT:\n%s\n%s", ct.Tail(a.Log(), 30), ct.Tail(b.Log(), 30))
+	}
+}
+
+// (f) NATs that answer unsolicited TCP with a RST: TCP's simultaneous open
+// breaks, QUIC's punch does not.
+func TestNATAnsweringWithRSTGoesDirect(t *testing.T) {
+	lab := ct.NewNATLab(t, "e2r", ct.RSTAnswering)
+	_, a, b := natPair(t, lab)
+	sendUntil(t, a, b, "oto801", 30*time.Second, func(l ct.Line) bool { return l.S("via") == "direct" })
+}

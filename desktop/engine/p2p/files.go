@@ -303,14 +303,41 @@ type FetchStats struct {
 	Relay   string // the relay's peer id, when relayed
 }
 
+// ErrMovedDirect ends a relayed fetch when a direct connection to the
+// sender opens: fetch again, and the rest comes the direct way.
+var ErrMovedDirect = errors.New("a direct connection opened; the transfer moves to it")
+
+// leaveRelayForDirect resets st, a relayed stream to p, when a direct
+// connection to p opens (or is open already); moved reports whether it did.
+func leaveRelayForDirect(h host.Host, p peer.ID, st network.Stream) (moved func() bool) {
+	var done atomic.Bool
+	move := func() {
+		if done.CompareAndSwap(false, true) {
+			st.Reset()
+		}
+	}
+	nb := &network.NotifyBundle{ConnectedF: func(_ network.Network, c network.Conn) {
+		if c.RemotePeer() == p && !isCircuit(c.RemoteMultiaddr().String()) {
+			move()
+		}
+	}}
+	h.Network().Notify(nb)
+	if DirectlyConnected(h, p) {
+		move()
+	}
+	return func() bool {
+		h.Network().StopNotify(nb)
+		return done.Load()
+	}
+}
+
 // ErrOverrun is a sender that sent more than its credit allowed.
 var ErrOverrun = errors.New("the sender sent more than it was asked for")
 
 // Fetch opens a file stream to t, asks for what get names, and stores what
 // arrives in sink until the sender has sent everything (nil), refuses
 // (*RefusedError), misbehaves, or the stream dies.
-func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink ChunkSink, log *slog.Logger) (FetchStats, error) {
-	var stats FetchStats
+func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink ChunkSink, log *slog.Logger) (stats FetchStats, err error) {
 	h.Peerstore().AddAddrs(t.PeerID, t.Addrs, peerstore.TempAddrTTL)
 	dctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(ctx, "e2em files"), handshakeTimeout)
 	st, err := h.NewStream(dctx, t.PeerID, FileProtocolID)
@@ -324,6 +351,15 @@ func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink C
 	stats.Relayed = isCircuit(st.Conn().RemoteMultiaddr().String())
 	if stats.Relayed {
 		stats.Relay = relayOf(st.Conn().RemoteMultiaddr().String())
+		// A direct connection usually follows the first session within
+		// moments: the transfer leaves the relay for it at once (what is
+		// stored stays; the next fetch asks for the rest).
+		moved := leaveRelayForDirect(h, t.PeerID, st)
+		defer func() {
+			if moved() && err != nil {
+				err = ErrMovedDirect
+			}
+		}()
 	}
 	log.Info("fetching a file", "from", t.LoginID, "transfer", get.TransferId, "relay", stats.Relay)
 	if get.Window == 0 {

@@ -37,9 +37,11 @@ type HostConfig struct {
 	Key    crypto.PrivKey
 	Port   int    // TCP and UDP (QUIC) port; 0 picks any
 	Listen string // IP to listen on; default 0.0.0.0
-	// RelayOnly tells peers (identify) no direct address, only circuits.
+	// RelayOnly sends no address candidates and dials no one directly.
 	RelayOnly bool
-	Log       *slog.Logger
+	// Sockets, when set, opens QUIC's UDP sockets (for hard-NAT probing).
+	Sockets *UDPSockets
+	Log     *slog.Logger
 }
 
 // maxPeers is how many others a client may hold connections with at once.
@@ -62,16 +64,20 @@ func NewHost(cfg HostConfig) (host.Host, error) {
 		libp2p.EnableRelay(),
 		libp2p.SwarmOpts(swarm.WithDialRanker(tcpFirstRanker)),
 	}
-	if cfg.RelayOnly {
-		opts = append(opts, libp2p.AddrsFactory(func(addrs []ma.Multiaddr) []ma.Multiaddr {
-			var out []ma.Multiaddr
-			for _, a := range addrs {
-				if isCircuit(a.String()) {
-					out = append(out, a)
-				}
+	// Identify tells whoever connects (anyone can, through a relay) no
+	// direct address: candidates go only to the people this client talks
+	// with, end to end (see candidates.go).
+	opts = append(opts, libp2p.AddrsFactory(func(addrs []ma.Multiaddr) []ma.Multiaddr {
+		var out []ma.Multiaddr
+		for _, a := range addrs {
+			if isCircuit(a.String()) {
+				out = append(out, a)
 			}
-			return out
-		}))
+		}
+		return out
+	}))
+	if cfg.Sockets != nil {
+		opts = append(opts, cfg.Sockets.quicReuse())
 	}
 	// A client in a class-sized group may hold a session with every
 	// member at once, and classmates behind one NAT share its address.
@@ -347,10 +353,7 @@ func PublicAddrs(h host.Host, observed net.IP) []ma.Multiaddr {
 			out = append(out, m)
 		}
 	}
-	for _, a := range h.Addrs() {
-		if isCircuit(a.String()) {
-			continue
-		}
+	for _, a := range listenAddrs(h) {
 		add(a)
 		if observed == nil || observed.To4() == nil {
 			continue
@@ -474,6 +477,28 @@ func (r *Relays) CircuitAddrs() []string {
 	return out
 }
 
+// IsRelay reports whether p is one of the relays.
+func (r *Relays) IsRelay(p peer.ID) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, ai := range r.relays {
+		if ai.ID == p {
+			return true
+		}
+	}
+	return false
+}
+
+// QUICPort is the port h's QUIC listens on, or 0.
+func QUICPort(h host.Host) int {
+	for _, a := range h.Network().ListenAddresses() {
+		if transport, port := portOf(a); transport == "udp" && isQUIC(a) {
+			return port
+		}
+	}
+	return 0
+}
+
 // Reserved is how many relays hold a reservation for this host.
 func (r *Relays) Reserved() int {
 	r.mu.Lock()
@@ -497,11 +522,24 @@ func ParseAddrInfo(addrs []string) ([]peer.AddrInfo, error) {
 // ListenAddrs are the host's own addresses as strings (without /p2p).
 func ListenAddrs(h host.Host) []string {
 	var out []string
-	for _, a := range h.Addrs() {
-		if isCircuit(a.String()) {
-			continue
-		}
+	for _, a := range listenAddrs(h) {
 		out = append(out, a.String())
+	}
+	return out
+}
+
+// listenAddrs are the host's direct addresses on its interfaces (h.Addrs
+// holds only circuits: see NewHost).
+func listenAddrs(h host.Host) []ma.Multiaddr {
+	all, err := h.Network().InterfaceListenAddresses()
+	if err != nil {
+		return nil
+	}
+	var out []ma.Multiaddr
+	for _, a := range all {
+		if !isCircuit(a.String()) {
+			out = append(out, a)
+		}
 	}
 	return out
 }

@@ -77,8 +77,11 @@ type Messenger struct {
 	mu       sync.Mutex
 	sessions map[string]*Session
 	dialing  map[string]*sync.Mutex
+	peerOf   map[string]peer.ID // login → the peer its last session was with
+	notifee  network.Notifiee
 
-	hellos *helloLimiter // bounds the sessions strangers can make us check
+	hellos *helloLimiter          // bounds the sessions strangers can make us check
+	direct atomic.Pointer[Direct] // nil: relay only (no candidates either way)
 
 	relayIdle time.Duration // see closeIdleRelayed
 	stop      chan struct{}
@@ -96,11 +99,32 @@ func NewMessenger(h host.Host, self Self, verify Verifier, handler Handler, log 
 
 func newMessenger(h host.Host, self Self, verify Verifier, handler Handler, log *slog.Logger, relayIdle time.Duration) *Messenger {
 	m := &Messenger{hellos: newHelloLimiter(), h: h, self: self, verify: verify, handler: handler, log: log,
-		sessions: map[string]*Session{}, dialing: map[string]*sync.Mutex{},
+		sessions: map[string]*Session{}, dialing: map[string]*sync.Mutex{}, peerOf: map[string]peer.ID{},
 		relayIdle: relayIdle, stop: make(chan struct{})}
 	h.SetStreamHandler(ProtocolID, m.accept)
+	m.notifee = &network.NotifyBundle{DisconnectedF: func(_ network.Network, c network.Conn) { m.disconnected(c.RemotePeer()) }}
+	h.Network().Notify(m.notifee)
 	go m.closeIdleRelayedLoop()
 	return m
+}
+
+// disconnected says goodbye for the logins on p that had no session left
+// (their relayed one gave way to a direct connection, now gone too).
+func (m *Messenger) disconnected(p peer.ID) {
+	if len(m.h.Network().ConnsToPeer(p)) > 0 {
+		return
+	}
+	var gone []string
+	m.mu.Lock()
+	for login, q := range m.peerOf {
+		if q == p && m.sessions[login] == nil {
+			gone = append(gone, login)
+		}
+	}
+	m.mu.Unlock()
+	for _, login := range gone {
+		m.handler.Presence(login, nil)
+	}
 }
 
 func (m *Messenger) closeIdleRelayedLoop() {
@@ -156,6 +180,7 @@ func onlyMessages(c network.Conn) bool {
 func (m *Messenger) Close() {
 	m.stopOnce.Do(func() { close(m.stop) })
 	m.h.RemoveStreamHandler(ProtocolID)
+	m.h.Network().StopNotify(m.notifee)
 	m.mu.Lock()
 	sessions := m.sessions
 	m.sessions = map[string]*Session{}
@@ -329,11 +354,72 @@ func (m *Messenger) accept(st network.Stream) {
 	m.keep(s)
 }
 
+// DirectlyConnected reports whether a direct connection to login's device
+// (the one its last session was with) is open, session or not: a relayed
+// session that gave way to one leaves the next session to the next record.
+func (m *Messenger) DirectlyConnected(login string) bool {
+	m.mu.Lock()
+	p, ok := m.peerOf[login]
+	m.mu.Unlock()
+	return ok && DirectlyConnected(m.h, p)
+}
+
+// SetDirect turns on the end-to-end candidate exchange (and with it direct
+// connections past what DCUtR reaches) for sessions from now on.
+func (m *Messenger) SetDirect(d *Direct) { m.direct.Store(d) }
+
 func (m *Messenger) keep(s *Session) {
 	m.mu.Lock()
 	m.sessions[s.peer] = s
+	if _, ok := m.peerOf[s.peer]; ok || len(m.peerOf) < maxPeers {
+		m.peerOf[s.peer] = s.RemotePeer()
+	}
 	m.mu.Unlock()
 	m.handler.Presence(s.peer, s)
+	if d := m.direct.Load(); d != nil && s.Relayed() {
+		go s.sendControl(&wire.Payload{Kind: &wire.Payload_Candidates{Candidates: d.Candidates()}})
+	}
+}
+
+// sendControl sends a payload of the p2p package's own (candidates,
+// punches) on the session.
+func (s *Session) sendControl(p *wire.Payload) error {
+	p.Id = randomID()
+	p.From = s.m.self.LoginID
+	p.SentUnixNano = time.Now().UnixNano()
+	b, err := proto.Marshal(p)
+	if err != nil {
+		return err
+	}
+	return s.Send(b)
+}
+
+// control handles the p2p package's own payloads; false: not one of them.
+func (s *Session) control(p *wire.Payload) bool {
+	c, pu := p.GetCandidates(), p.GetPunch()
+	if c == nil && pu == nil {
+		return false
+	}
+	d := s.m.direct.Load()
+	if d == nil || wire.ValidatePayload(p) != nil {
+		return true // relay only, or bad: dropped
+	}
+	send := func(pu *wire.Punch) error {
+		return s.sendControl(&wire.Payload{Kind: &wire.Payload_Punch{Punch: pu}})
+	}
+	if c != nil {
+		d.received(s.RemotePeer(), c, send)
+	} else {
+		d.punched(s.RemotePeer(), pu, send)
+	}
+	return true
+}
+
+// randomID is a fresh payload id.
+func randomID() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return fmt.Sprintf("%x", b)
 }
 
 func (m *Messenger) drop(s *Session) {
@@ -343,7 +429,9 @@ func (m *Messenger) drop(s *Session) {
 		delete(m.sessions, s.peer)
 	}
 	m.mu.Unlock()
-	if current {
+	// A relayed session that gives way to a direct connection is no
+	// goodbye: the next session takes the direct one.
+	if current && !(s.Relayed() && DirectlyConnected(m.h, s.RemotePeer())) {
 		m.handler.Presence(s.peer, nil)
 	}
 }
@@ -476,6 +564,8 @@ func (s *Session) readLoop(br *bufio.Reader) {
 			if err = proto.Unmarshal(pt, &p); err == nil {
 				if p.From != s.peer {
 					err = fmt.Errorf("payload claims to be from %q", p.From)
+				} else if s.control(&p) {
+					continue
 				} else {
 					s.m.handler.Payload(s.peer, &p, s)
 					continue

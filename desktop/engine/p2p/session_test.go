@@ -115,7 +115,7 @@ func (a *node) know(b *node) {
 }
 
 func (a *node) target(b *node) Target {
-	return Target{LoginID: b.self.LoginID, PeerID: b.h.ID(), Addrs: b.h.Addrs(), Identity: b.self.Static.PublicKey().Bytes()}
+	return Target{LoginID: b.self.LoginID, PeerID: b.h.ID(), Addrs: listenAddrs(b.h), Identity: b.self.Static.PublicKey().Bytes()}
 }
 
 func text(from, body string) []byte {

@@ -197,8 +197,40 @@ func ValidatePayload(p *Payload) error {
 		if !ValidTransferID(k.FileChunk.TransferId) || k.FileChunk.Index >= MaxChunks || len(k.FileChunk.Sealed) > MaxChunkSize+1024 {
 			return errors.New("bad file chunk")
 		}
+	case *Payload_Candidates:
+		return validateCandidates(k.Candidates)
+	case *Payload_Punch:
+		if len(k.Punch.Nonce) != PunchNonceBytes || k.Punch.Step < Punch_READY || k.Punch.Step > Punch_GIVE_UP || k.Punch.Port > 65535 {
+			return errors.New("bad punch")
+		}
 	case nil:
 		return errors.New("empty payload")
+	}
+	return nil
+}
+
+const (
+	// MaxCandidates bounds the addresses a peer offers.
+	MaxCandidates = 16
+	// maxAddrBytes bounds one binary multiaddr.
+	maxAddrBytes = 256
+	// PunchNonceBytes is the length of a Punch attempt's nonce.
+	PunchNonceBytes = 16
+)
+
+// validateCandidates checks bounds only; the p2p package parses the
+// addresses and keeps those it can dial.
+func validateCandidates(c *Candidates) error {
+	if len(c.Addrs) > MaxCandidates {
+		return fmt.Errorf("over %d candidate addresses", MaxCandidates)
+	}
+	for _, a := range c.Addrs {
+		if len(a) == 0 || len(a) > maxAddrBytes {
+			return errors.New("bad candidate address")
+		}
+	}
+	if len(c.PublicUdp) > maxAddrBytes || c.Nat < NATKind_NAT_UNKNOWN || c.Nat > NATKind_NAT_RANDOM_PORT {
+		return errors.New("bad candidates")
 	}
 	return nil
 }

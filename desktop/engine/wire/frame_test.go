@@ -70,6 +70,8 @@ func FuzzPayload(f *testing.F) {
 		{Id: "a1b2", Kind: &Payload_FileOffer{FileOffer: validOffer()}},
 		{Id: "a1b2", Kind: &Payload_FileChunk{FileChunk: &FileChunk{TransferId: "0123abcd", Index: 3, Sealed: []byte{1}}}},
 		{Id: "a1b2", Kind: &Payload_FileCancel{FileCancel: &FileCancel{TransferId: "0123abcd", Reason: "no"}}},
+		{Id: "a1b2", Kind: &Payload_Candidates{Candidates: &Candidates{Addrs: [][]byte{{4, 10, 1, 0, 2, 6, 0x0f, 0xa1}}, Nat: NATKind_NAT_PORT_KEEPING}}},
+		{Id: "a1b2", Kind: &Payload_Punch{Punch: &Punch{Nonce: make([]byte, PunchNonceBytes), Step: Punch_FOUND, Port: 40000}}},
 	} {
 		b, _ := proto.Marshal(p)
 		f.Add(b)
@@ -84,6 +86,12 @@ func FuzzPayload(f *testing.F) {
 			}
 			if o := p.GetFileOffer(); o != nil && ValidateOffer(o) != nil {
 				t.Fatalf("accepted a bad offer %v", o)
+			}
+			if c := p.GetCandidates(); c != nil && len(c.Addrs) > MaxCandidates {
+				t.Fatalf("accepted %d candidates", len(c.Addrs))
+			}
+			if pu := p.GetPunch(); pu != nil && (len(pu.Nonce) != PunchNonceBytes || pu.Port > 65535) {
+				t.Fatalf("accepted a bad punch %v", pu)
 			}
 		}
 		var e Envelope

@@ -25,6 +25,112 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// NATKind is how the sender's NAT maps its ports, as the coordinators'
+// relays observed its connections.
+type NATKind int32
+
+const (
+	NATKind_NAT_UNKNOWN NATKind = 0
+	// One public port for one local port whatever the destination (or no
+	// NAT): a hole punch can aim at it.
+	NATKind_NAT_PORT_KEEPING NATKind = 1
+	// A new random port per destination: found by probing (Punch).
+	NATKind_NAT_RANDOM_PORT NATKind = 2
+)
+
+// Enum value maps for NATKind.
+var (
+	NATKind_name = map[int32]string{
+		0: "NAT_UNKNOWN",
+		1: "NAT_PORT_KEEPING",
+		2: "NAT_RANDOM_PORT",
+	}
+	NATKind_value = map[string]int32{
+		"NAT_UNKNOWN":      0,
+		"NAT_PORT_KEEPING": 1,
+		"NAT_RANDOM_PORT":  2,
+	}
+)
+
+func (x NATKind) Enum() *NATKind {
+	p := new(NATKind)
+	*p = x
+	return p
+}
+
+func (x NATKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (NATKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_desktop_engine_wire_wire_proto_enumTypes[0].Descriptor()
+}
+
+func (NATKind) Type() protoreflect.EnumType {
+	return &file_desktop_engine_wire_wire_proto_enumTypes[0]
+}
+
+func (x NATKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use NATKind.Descriptor instead.
+func (NATKind) EnumDescriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{0}
+}
+
+type Punch_Step int32
+
+const (
+	Punch_STEP_UNSPECIFIED Punch_Step = 0
+	Punch_READY            Punch_Step = 1
+	Punch_FOUND            Punch_Step = 2
+	Punch_GIVE_UP          Punch_Step = 3
+)
+
+// Enum value maps for Punch_Step.
+var (
+	Punch_Step_name = map[int32]string{
+		0: "STEP_UNSPECIFIED",
+		1: "READY",
+		2: "FOUND",
+		3: "GIVE_UP",
+	}
+	Punch_Step_value = map[string]int32{
+		"STEP_UNSPECIFIED": 0,
+		"READY":            1,
+		"FOUND":            2,
+		"GIVE_UP":          3,
+	}
+)
+
+func (x Punch_Step) Enum() *Punch_Step {
+	p := new(Punch_Step)
+	*p = x
+	return p
+}
+
+func (x Punch_Step) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (Punch_Step) Descriptor() protoreflect.EnumDescriptor {
+	return file_desktop_engine_wire_wire_proto_enumTypes[1].Descriptor()
+}
+
+func (Punch_Step) Type() protoreflect.EnumType {
+	return &file_desktop_engine_wire_wire_proto_enumTypes[1]
+}
+
+func (x Punch_Step) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use Punch_Step.Descriptor instead.
+func (Punch_Step) EnumDescriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{6, 0}
+}
+
 // Frame is one length-prefixed message on a /e2em/msg/1.0.0 stream.
 type Frame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -317,6 +423,8 @@ type Payload struct {
 	//	*Payload_FileResult
 	//	*Payload_FileCancel
 	//	*Payload_FileChunk
+	//	*Payload_Candidates
+	//	*Payload_Punch
 	Kind          isPayload_Kind `protobuf_oneof:"kind"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -434,6 +542,24 @@ func (x *Payload) GetFileChunk() *FileChunk {
 	return nil
 }
 
+func (x *Payload) GetCandidates() *Candidates {
+	if x != nil {
+		if x, ok := x.Kind.(*Payload_Candidates); ok {
+			return x.Candidates
+		}
+	}
+	return nil
+}
+
+func (x *Payload) GetPunch() *Punch {
+	if x != nil {
+		if x, ok := x.Kind.(*Payload_Punch); ok {
+			return x.Punch
+		}
+	}
+	return nil
+}
+
 type isPayload_Kind interface {
 	isPayload_Kind()
 }
@@ -462,6 +588,14 @@ type Payload_FileChunk struct {
 	FileChunk *FileChunk `protobuf:"bytes,15,opt,name=file_chunk,json=fileChunk,proto3,oneof"`
 }
 
+type Payload_Candidates struct {
+	Candidates *Candidates `protobuf:"bytes,16,opt,name=candidates,proto3,oneof"`
+}
+
+type Payload_Punch struct {
+	Punch *Punch `protobuf:"bytes,17,opt,name=punch,proto3,oneof"`
+}
+
 func (*Payload_Text) isPayload_Kind() {}
 
 func (*Payload_Ack) isPayload_Kind() {}
@@ -474,6 +608,143 @@ func (*Payload_FileCancel) isPayload_Kind() {}
 
 func (*Payload_FileChunk) isPayload_Kind() {}
 
+func (*Payload_Candidates) isPayload_Kind() {}
+
+func (*Payload_Punch) isPayload_Kind() {}
+
+// Candidates are where the sender may be reached directly. They go end to
+// end over the first session (through a relay) and to no one else: the
+// directory holds only relay circuits, so neither the coordinators nor a
+// stranger learn a person's network.
+type Candidates struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Binary multiaddrs (IP, TCP or UDP/QUIC port; no circuits).
+	Addrs [][]byte `protobuf:"bytes,1,rep,name=addrs,proto3" json:"addrs,omitempty"`
+	Nat   NATKind  `protobuf:"varint,2,opt,name=nat,proto3,enum=e2em.wire.v1.NATKind" json:"nat,omitempty"`
+	// The sender's QUIC socket as the internet sees it (/ip4/…/udp/…), when
+	// known: where a random-port peer opens its ports towards.
+	PublicUdp     []byte `protobuf:"bytes,3,opt,name=public_udp,json=publicUdp,proto3" json:"public_udp,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Candidates) Reset() {
+	*x = Candidates{}
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Candidates) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Candidates) ProtoMessage() {}
+
+func (x *Candidates) ProtoReflect() protoreflect.Message {
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Candidates.ProtoReflect.Descriptor instead.
+func (*Candidates) Descriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *Candidates) GetAddrs() [][]byte {
+	if x != nil {
+		return x.Addrs
+	}
+	return nil
+}
+
+func (x *Candidates) GetNat() NATKind {
+	if x != nil {
+		return x.Nat
+	}
+	return NATKind_NAT_UNKNOWN
+}
+
+func (x *Candidates) GetPublicUdp() []byte {
+	if x != nil {
+		return x.PublicUdp
+	}
+	return nil
+}
+
+// Punch coordinates finding the public port of a random-port NAT: the side
+// behind it opens many ports towards the other's public QUIC socket
+// (READY), the other probes random ports of its public IP until one
+// arrives (FOUND names it) or its budget is spent (GIVE_UP).
+type Punch struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// 16 random bytes naming the attempt; probes carry it.
+	Nonce []byte     `protobuf:"bytes,1,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	Step  Punch_Step `protobuf:"varint,2,opt,name=step,proto3,enum=e2em.wire.v1.Punch_Step" json:"step,omitempty"`
+	// FOUND: the public port the probe arrived at.
+	Port          uint32 `protobuf:"varint,3,opt,name=port,proto3" json:"port,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Punch) Reset() {
+	*x = Punch{}
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Punch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Punch) ProtoMessage() {}
+
+func (x *Punch) ProtoReflect() protoreflect.Message {
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Punch.ProtoReflect.Descriptor instead.
+func (*Punch) Descriptor() ([]byte, []int) {
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *Punch) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+func (x *Punch) GetStep() Punch_Step {
+	if x != nil {
+		return x.Step
+	}
+	return Punch_STEP_UNSPECIFIED
+}
+
+func (x *Punch) GetPort() uint32 {
+	if x != nil {
+		return x.Port
+	}
+	return 0
+}
+
 type Text struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Body  string                 `protobuf:"bytes,1,opt,name=body,proto3" json:"body,omitempty"`
@@ -485,7 +756,7 @@ type Text struct {
 
 func (x *Text) Reset() {
 	*x = Text{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[5]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +768,7 @@ func (x *Text) String() string {
 func (*Text) ProtoMessage() {}
 
 func (x *Text) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[5]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +781,7 @@ func (x *Text) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Text.ProtoReflect.Descriptor instead.
 func (*Text) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{5}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Text) GetBody() string {
@@ -536,7 +807,7 @@ type Ack struct {
 
 func (x *Ack) Reset() {
 	*x = Ack{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[6]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +819,7 @@ func (x *Ack) String() string {
 func (*Ack) ProtoMessage() {}
 
 func (x *Ack) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[6]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +832,7 @@ func (x *Ack) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ack.ProtoReflect.Descriptor instead.
 func (*Ack) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{6}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Ack) GetIds() []string {
@@ -588,7 +859,7 @@ type Envelope struct {
 
 func (x *Envelope) Reset() {
 	*x = Envelope{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[7]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -600,7 +871,7 @@ func (x *Envelope) String() string {
 func (*Envelope) ProtoMessage() {}
 
 func (x *Envelope) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[7]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -613,7 +884,7 @@ func (x *Envelope) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Envelope.ProtoReflect.Descriptor instead.
 func (*Envelope) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{7}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Envelope) GetVersion() uint32 {
@@ -674,7 +945,7 @@ type FileOffer struct {
 
 func (x *FileOffer) Reset() {
 	*x = FileOffer{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[8]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -686,7 +957,7 @@ func (x *FileOffer) String() string {
 func (*FileOffer) ProtoMessage() {}
 
 func (x *FileOffer) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[8]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -699,7 +970,7 @@ func (x *FileOffer) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileOffer.ProtoReflect.Descriptor instead.
 func (*FileOffer) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{8}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FileOffer) GetTransferId() string {
@@ -771,7 +1042,7 @@ type FileResult struct {
 
 func (x *FileResult) Reset() {
 	*x = FileResult{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[9]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -783,7 +1054,7 @@ func (x *FileResult) String() string {
 func (*FileResult) ProtoMessage() {}
 
 func (x *FileResult) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[9]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -796,7 +1067,7 @@ func (x *FileResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileResult.ProtoReflect.Descriptor instead.
 func (*FileResult) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{9}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FileResult) GetTransferId() string {
@@ -831,7 +1102,7 @@ type FileCancel struct {
 
 func (x *FileCancel) Reset() {
 	*x = FileCancel{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[10]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -843,7 +1114,7 @@ func (x *FileCancel) String() string {
 func (*FileCancel) ProtoMessage() {}
 
 func (x *FileCancel) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[10]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -856,7 +1127,7 @@ func (x *FileCancel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileCancel.ProtoReflect.Descriptor instead.
 func (*FileCancel) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{10}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *FileCancel) GetTransferId() string {
@@ -886,7 +1157,7 @@ type FileChunk struct {
 
 func (x *FileChunk) Reset() {
 	*x = FileChunk{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[11]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -898,7 +1169,7 @@ func (x *FileChunk) String() string {
 func (*FileChunk) ProtoMessage() {}
 
 func (x *FileChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[11]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -911,7 +1182,7 @@ func (x *FileChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileChunk.ProtoReflect.Descriptor instead.
 func (*FileChunk) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{11}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FileChunk) GetTransferId() string {
@@ -954,7 +1225,7 @@ type FileFrame struct {
 
 func (x *FileFrame) Reset() {
 	*x = FileFrame{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[12]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -966,7 +1237,7 @@ func (x *FileFrame) String() string {
 func (*FileFrame) ProtoMessage() {}
 
 func (x *FileFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[12]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -979,7 +1250,7 @@ func (x *FileFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileFrame.ProtoReflect.Descriptor instead.
 func (*FileFrame) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{12}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FileFrame) GetKind() isFileFrame_Kind {
@@ -1068,7 +1339,7 @@ type FileGet struct {
 
 func (x *FileGet) Reset() {
 	*x = FileGet{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[13]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1080,7 +1351,7 @@ func (x *FileGet) String() string {
 func (*FileGet) ProtoMessage() {}
 
 func (x *FileGet) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[13]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1093,7 +1364,7 @@ func (x *FileGet) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileGet.ProtoReflect.Descriptor instead.
 func (*FileGet) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{13}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FileGet) GetTransferId() string {
@@ -1135,7 +1406,7 @@ type FileCredit struct {
 
 func (x *FileCredit) Reset() {
 	*x = FileCredit{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[14]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1147,7 +1418,7 @@ func (x *FileCredit) String() string {
 func (*FileCredit) ProtoMessage() {}
 
 func (x *FileCredit) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[14]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1160,7 +1431,7 @@ func (x *FileCredit) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileCredit.ProtoReflect.Descriptor instead.
 func (*FileCredit) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{14}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *FileCredit) GetIndex() uint64 {
@@ -1187,7 +1458,7 @@ type FileData struct {
 
 func (x *FileData) Reset() {
 	*x = FileData{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[15]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1470,7 @@ func (x *FileData) String() string {
 func (*FileData) ProtoMessage() {}
 
 func (x *FileData) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[15]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1483,7 @@ func (x *FileData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileData.ProtoReflect.Descriptor instead.
 func (*FileData) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{15}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *FileData) GetIndex() uint64 {
@@ -1240,7 +1511,7 @@ type FileRefuse struct {
 
 func (x *FileRefuse) Reset() {
 	*x = FileRefuse{}
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[16]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1523,7 @@ func (x *FileRefuse) String() string {
 func (*FileRefuse) ProtoMessage() {}
 
 func (x *FileRefuse) ProtoReflect() protoreflect.Message {
-	mi := &file_desktop_engine_wire_wire_proto_msgTypes[16]
+	mi := &file_desktop_engine_wire_wire_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1536,7 @@ func (x *FileRefuse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileRefuse.ProtoReflect.Descriptor instead.
 func (*FileRefuse) Descriptor() ([]byte, []int) {
-	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{16}
+	return file_desktop_engine_wire_wire_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *FileRefuse) GetReason() string {
@@ -1303,7 +1574,7 @@ const file_desktop_engine_wire_wire_proto_rawDesc = "" +
 	"HelloReply\x12\x1c\n" +
 	"\tephemeral\x18\x01 \x01(\fR\tephemeral\" \n" +
 	"\x06Reject\x12\x16\n" +
-	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x9a\x03\n" +
+	"\x06reason\x18\x01 \x01(\tR\x06reason\"\x83\x04\n" +
 	"\aPayload\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12$\n" +
 	"\x0esent_unix_nano\x18\x02 \x01(\x03R\fsentUnixNano\x12\x12\n" +
@@ -1318,8 +1589,27 @@ const file_desktop_engine_wire_wire_proto_rawDesc = "" +
 	"\vfile_cancel\x18\x0e \x01(\v2\x18.e2em.wire.v1.FileCancelH\x00R\n" +
 	"fileCancel\x128\n" +
 	"\n" +
-	"file_chunk\x18\x0f \x01(\v2\x17.e2em.wire.v1.FileChunkH\x00R\tfileChunkB\x06\n" +
-	"\x04kind\"0\n" +
+	"file_chunk\x18\x0f \x01(\v2\x17.e2em.wire.v1.FileChunkH\x00R\tfileChunk\x12:\n" +
+	"\n" +
+	"candidates\x18\x10 \x01(\v2\x18.e2em.wire.v1.CandidatesH\x00R\n" +
+	"candidates\x12+\n" +
+	"\x05punch\x18\x11 \x01(\v2\x13.e2em.wire.v1.PunchH\x00R\x05punchB\x06\n" +
+	"\x04kind\"j\n" +
+	"\n" +
+	"Candidates\x12\x14\n" +
+	"\x05addrs\x18\x01 \x03(\fR\x05addrs\x12'\n" +
+	"\x03nat\x18\x02 \x01(\x0e2\x15.e2em.wire.v1.NATKindR\x03nat\x12\x1d\n" +
+	"\n" +
+	"public_udp\x18\x03 \x01(\fR\tpublicUdp\"\xa0\x01\n" +
+	"\x05Punch\x12\x14\n" +
+	"\x05nonce\x18\x01 \x01(\fR\x05nonce\x12,\n" +
+	"\x04step\x18\x02 \x01(\x0e2\x18.e2em.wire.v1.Punch.StepR\x04step\x12\x12\n" +
+	"\x04port\x18\x03 \x01(\rR\x04port\"?\n" +
+	"\x04Step\x12\x14\n" +
+	"\x10STEP_UNSPECIFIED\x10\x00\x12\t\n" +
+	"\x05READY\x10\x01\x12\t\n" +
+	"\x05FOUND\x10\x02\x12\v\n" +
+	"\aGIVE_UP\x10\x03\"0\n" +
 	"\x04Text\x12\x12\n" +
 	"\x04body\x18\x01 \x01(\tR\x04body\x12\x14\n" +
 	"\x05group\x18\x02 \x01(\tR\x05group\"\x17\n" +
@@ -1380,7 +1670,11 @@ const file_desktop_engine_wire_wire_proto_rawDesc = "" +
 	"\n" +
 	"FileRefuse\x12\x16\n" +
 	"\x06reason\x18\x01 \x01(\tR\x06reason\x12\x1c\n" +
-	"\tcancelled\x18\x02 \x01(\bR\tcancelledB/Z-github.com/e2em/e2em/desktop/engine/wire;wireb\x06proto3"
+	"\tcancelled\x18\x02 \x01(\bR\tcancelled*E\n" +
+	"\aNATKind\x12\x0f\n" +
+	"\vNAT_UNKNOWN\x10\x00\x12\x14\n" +
+	"\x10NAT_PORT_KEEPING\x10\x01\x12\x13\n" +
+	"\x0fNAT_RANDOM_PORT\x10\x02B/Z-github.com/e2em/e2em/desktop/engine/wire;wireb\x06proto3"
 
 var (
 	file_desktop_engine_wire_wire_proto_rawDescOnce sync.Once
@@ -1394,45 +1688,54 @@ func file_desktop_engine_wire_wire_proto_rawDescGZIP() []byte {
 	return file_desktop_engine_wire_wire_proto_rawDescData
 }
 
-var file_desktop_engine_wire_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
+var file_desktop_engine_wire_wire_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_desktop_engine_wire_wire_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_desktop_engine_wire_wire_proto_goTypes = []any{
-	(*Frame)(nil),      // 0: e2em.wire.v1.Frame
-	(*Hello)(nil),      // 1: e2em.wire.v1.Hello
-	(*HelloReply)(nil), // 2: e2em.wire.v1.HelloReply
-	(*Reject)(nil),     // 3: e2em.wire.v1.Reject
-	(*Payload)(nil),    // 4: e2em.wire.v1.Payload
-	(*Text)(nil),       // 5: e2em.wire.v1.Text
-	(*Ack)(nil),        // 6: e2em.wire.v1.Ack
-	(*Envelope)(nil),   // 7: e2em.wire.v1.Envelope
-	(*FileOffer)(nil),  // 8: e2em.wire.v1.FileOffer
-	(*FileResult)(nil), // 9: e2em.wire.v1.FileResult
-	(*FileCancel)(nil), // 10: e2em.wire.v1.FileCancel
-	(*FileChunk)(nil),  // 11: e2em.wire.v1.FileChunk
-	(*FileFrame)(nil),  // 12: e2em.wire.v1.FileFrame
-	(*FileGet)(nil),    // 13: e2em.wire.v1.FileGet
-	(*FileCredit)(nil), // 14: e2em.wire.v1.FileCredit
-	(*FileData)(nil),   // 15: e2em.wire.v1.FileData
-	(*FileRefuse)(nil), // 16: e2em.wire.v1.FileRefuse
+	(NATKind)(0),       // 0: e2em.wire.v1.NATKind
+	(Punch_Step)(0),    // 1: e2em.wire.v1.Punch.Step
+	(*Frame)(nil),      // 2: e2em.wire.v1.Frame
+	(*Hello)(nil),      // 3: e2em.wire.v1.Hello
+	(*HelloReply)(nil), // 4: e2em.wire.v1.HelloReply
+	(*Reject)(nil),     // 5: e2em.wire.v1.Reject
+	(*Payload)(nil),    // 6: e2em.wire.v1.Payload
+	(*Candidates)(nil), // 7: e2em.wire.v1.Candidates
+	(*Punch)(nil),      // 8: e2em.wire.v1.Punch
+	(*Text)(nil),       // 9: e2em.wire.v1.Text
+	(*Ack)(nil),        // 10: e2em.wire.v1.Ack
+	(*Envelope)(nil),   // 11: e2em.wire.v1.Envelope
+	(*FileOffer)(nil),  // 12: e2em.wire.v1.FileOffer
+	(*FileResult)(nil), // 13: e2em.wire.v1.FileResult
+	(*FileCancel)(nil), // 14: e2em.wire.v1.FileCancel
+	(*FileChunk)(nil),  // 15: e2em.wire.v1.FileChunk
+	(*FileFrame)(nil),  // 16: e2em.wire.v1.FileFrame
+	(*FileGet)(nil),    // 17: e2em.wire.v1.FileGet
+	(*FileCredit)(nil), // 18: e2em.wire.v1.FileCredit
+	(*FileData)(nil),   // 19: e2em.wire.v1.FileData
+	(*FileRefuse)(nil), // 20: e2em.wire.v1.FileRefuse
 }
 var file_desktop_engine_wire_wire_proto_depIdxs = []int32{
-	1,  // 0: e2em.wire.v1.Frame.hello:type_name -> e2em.wire.v1.Hello
-	2,  // 1: e2em.wire.v1.Frame.hello_reply:type_name -> e2em.wire.v1.HelloReply
-	3,  // 2: e2em.wire.v1.Frame.reject:type_name -> e2em.wire.v1.Reject
-	5,  // 3: e2em.wire.v1.Payload.text:type_name -> e2em.wire.v1.Text
-	6,  // 4: e2em.wire.v1.Payload.ack:type_name -> e2em.wire.v1.Ack
-	8,  // 5: e2em.wire.v1.Payload.file_offer:type_name -> e2em.wire.v1.FileOffer
-	9,  // 6: e2em.wire.v1.Payload.file_result:type_name -> e2em.wire.v1.FileResult
-	10, // 7: e2em.wire.v1.Payload.file_cancel:type_name -> e2em.wire.v1.FileCancel
-	11, // 8: e2em.wire.v1.Payload.file_chunk:type_name -> e2em.wire.v1.FileChunk
-	13, // 9: e2em.wire.v1.FileFrame.get:type_name -> e2em.wire.v1.FileGet
-	14, // 10: e2em.wire.v1.FileFrame.credit:type_name -> e2em.wire.v1.FileCredit
-	15, // 11: e2em.wire.v1.FileFrame.data:type_name -> e2em.wire.v1.FileData
-	16, // 12: e2em.wire.v1.FileFrame.refuse:type_name -> e2em.wire.v1.FileRefuse
-	13, // [13:13] is the sub-list for method output_type
-	13, // [13:13] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	3,  // 0: e2em.wire.v1.Frame.hello:type_name -> e2em.wire.v1.Hello
+	4,  // 1: e2em.wire.v1.Frame.hello_reply:type_name -> e2em.wire.v1.HelloReply
+	5,  // 2: e2em.wire.v1.Frame.reject:type_name -> e2em.wire.v1.Reject
+	9,  // 3: e2em.wire.v1.Payload.text:type_name -> e2em.wire.v1.Text
+	10, // 4: e2em.wire.v1.Payload.ack:type_name -> e2em.wire.v1.Ack
+	12, // 5: e2em.wire.v1.Payload.file_offer:type_name -> e2em.wire.v1.FileOffer
+	13, // 6: e2em.wire.v1.Payload.file_result:type_name -> e2em.wire.v1.FileResult
+	14, // 7: e2em.wire.v1.Payload.file_cancel:type_name -> e2em.wire.v1.FileCancel
+	15, // 8: e2em.wire.v1.Payload.file_chunk:type_name -> e2em.wire.v1.FileChunk
+	7,  // 9: e2em.wire.v1.Payload.candidates:type_name -> e2em.wire.v1.Candidates
+	8,  // 10: e2em.wire.v1.Payload.punch:type_name -> e2em.wire.v1.Punch
+	0,  // 11: e2em.wire.v1.Candidates.nat:type_name -> e2em.wire.v1.NATKind
+	1,  // 12: e2em.wire.v1.Punch.step:type_name -> e2em.wire.v1.Punch.Step
+	17, // 13: e2em.wire.v1.FileFrame.get:type_name -> e2em.wire.v1.FileGet
+	18, // 14: e2em.wire.v1.FileFrame.credit:type_name -> e2em.wire.v1.FileCredit
+	19, // 15: e2em.wire.v1.FileFrame.data:type_name -> e2em.wire.v1.FileData
+	20, // 16: e2em.wire.v1.FileFrame.refuse:type_name -> e2em.wire.v1.FileRefuse
+	17, // [17:17] is the sub-list for method output_type
+	17, // [17:17] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_desktop_engine_wire_wire_proto_init() }
@@ -1453,8 +1756,10 @@ func file_desktop_engine_wire_wire_proto_init() {
 		(*Payload_FileResult)(nil),
 		(*Payload_FileCancel)(nil),
 		(*Payload_FileChunk)(nil),
+		(*Payload_Candidates)(nil),
+		(*Payload_Punch)(nil),
 	}
-	file_desktop_engine_wire_wire_proto_msgTypes[12].OneofWrappers = []any{
+	file_desktop_engine_wire_wire_proto_msgTypes[14].OneofWrappers = []any{
 		(*FileFrame_Get)(nil),
 		(*FileFrame_Credit)(nil),
 		(*FileFrame_Data)(nil),
@@ -1465,13 +1770,14 @@ func file_desktop_engine_wire_wire_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_desktop_engine_wire_wire_proto_rawDesc), len(file_desktop_engine_wire_wire_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   17,
+			NumEnums:      2,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
 		GoTypes:           file_desktop_engine_wire_wire_proto_goTypes,
 		DependencyIndexes: file_desktop_engine_wire_wire_proto_depIdxs,
+		EnumInfos:         file_desktop_engine_wire_wire_proto_enumTypes,
 		MessageInfos:      file_desktop_engine_wire_wire_proto_msgTypes,
 	}.Build()
 	File_desktop_engine_wire_wire_proto = out.File
