@@ -67,7 +67,7 @@ func punchOnce(b *testing.B, c *ct.Cluster, lab *ct.NATLab, r int) (bool, time.D
 	start := time.Now()
 	var ways []string
 	for i := 0; time.Since(start) < 10*time.Second; i++ {
-		sent := cl[0].Deliver(cl[1], fmt.Sprintf("p%dx19", r), fmt.Sprintf("hi %d", i))
+		sent := cl[0].Deliver(cl[1], fmt.Sprintf("p%dx1z9", r), fmt.Sprintf("hi %d", i))
 		if sent.S("via") == "direct" {
 			return true, time.Since(start)
 		}

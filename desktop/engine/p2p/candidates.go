@@ -23,6 +23,12 @@ const (
 	candidateEvery = 5 * time.Second
 	// directDialTimeout bounds a dial to a peer's candidates.
 	directDialTimeout = 5 * time.Second
+	// natKnownWithin is how long a peer's candidates wait for this side's
+	// NAT kind to be known.
+	natKnownWithin = 5 * time.Second
+	// openAttempts bounds the hard-NAT attempts for one exchange of
+	// candidates.
+	openAttempts = 3
 )
 
 // Direct takes relayed sessions to direct connections without anyone but
@@ -42,10 +48,11 @@ type Direct struct {
 	quicPort int           // the port of QUIC's listen socket
 	log      *slog.Logger
 
-	mu      sync.Mutex
-	peers   map[peer.ID]peerCandidates
-	punches map[peer.ID]*punchAttempt
-	lent    int // found sockets QUIC listens on
+	mu        sync.Mutex
+	peers     map[peer.ID]peerCandidates
+	punches   map[peer.ID]*punchAttempt
+	lastProbe map[peer.ID]time.Time // when this side last probed for a peer
+	lent      int                   // found sockets QUIC listens on
 }
 
 // peerCandidates is what a peer last offered.
@@ -71,7 +78,7 @@ func NewDirect(cfg DirectConfig) *Direct {
 		cfg.Log = slog.Default()
 	}
 	return &Direct{h: cfg.Host, sockets: cfg.Sockets, nat: cfg.NAT, observed: cfg.Observed, quicPort: cfg.QUICPort, log: cfg.Log,
-		peers: map[peer.ID]peerCandidates{}, punches: map[peer.ID]*punchAttempt{}}
+		peers: map[peer.ID]peerCandidates{}, punches: map[peer.ID]*punchAttempt{}, lastProbe: map[peer.ID]time.Time{}}
 }
 
 // Candidates are this client's addresses for one peer: public first, then
@@ -183,6 +190,14 @@ func (d *Direct) received(p peer.ID, c *wire.Candidates, send func(*wire.Punch) 
 		return
 	}
 	d.peers[p] = peerCandidates{nat: c.Nat, publicUDP: theirs, at: now}
+	if len(d.peers) > maxPeers {
+		for q, pc := range d.peers {
+			if now.Sub(pc.at) > candidateTTL {
+				delete(d.peers, q)
+				delete(d.lastProbe, q)
+			}
+		}
+	}
 	d.mu.Unlock()
 
 	mine := d.observed()
@@ -204,8 +219,27 @@ func (d *Direct) received(p peer.ID, c *wire.Candidates, send func(*wire.Punch) 
 	if len(private) > 0 && !DirectlyConnected(d.h, p) {
 		go d.dial(p, private, "private candidates")
 	}
-	if d.nat != nil && d.nat.Kind() == wire.NATKind_NAT_RANDOM_PORT && c.Nat == wire.NATKind_NAT_PORT_KEEPING && theirs != nil {
-		go d.open(p, theirs, send)
+	if d.nat != nil && c.Nat == wire.NATKind_NAT_PORT_KEEPING && theirs != nil {
+		go d.openWhileRelayed(p, theirs, send)
+	}
+}
+
+// openWhileRelayed is the random-port side's attempts with a port-keeping
+// peer: once this side's NAT kind is known (the relays' observations come
+// within a second of log-in), then again punchRetry after a miss while the
+// two are still relayed, openAttempts in all.
+func (d *Direct) openWhileRelayed(p peer.ID, to *net.UDPAddr, send func(*wire.Punch) error) {
+	known := time.Now().Add(natKnownWithin)
+	for d.nat.Kind() == wire.NATKind_NAT_UNKNOWN && time.Now().Before(known) {
+		time.Sleep(natKnownWithin / 20)
+	}
+	for try := 0; try < openAttempts && d.nat.Kind() == wire.NATKind_NAT_RANDOM_PORT && Relayed(d.h, p); try++ {
+		if try > 0 {
+			time.Sleep(punchRetry)
+		}
+		if d.open(p, to, send) {
+			return
+		}
 	}
 }
 

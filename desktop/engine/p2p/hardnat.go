@@ -117,10 +117,21 @@ func (d *Direct) punched(p peer.ID, pu *wire.Punch, send func(*wire.Punch) error
 		if d.nat != nil {
 			mine = d.nat.Kind()
 		}
-		if a != nil || !known || theirs.nat != wire.NATKind_NAT_RANDOM_PORT || theirs.publicUDP == nil || mine == wire.NATKind_NAT_RANDOM_PORT {
+		// READY says the sender is behind a random-port NAT (its
+		// candidates may have gone before it knew). Probes go to the
+		// public IP it named, at most once per punchRetry.
+		if a != nil || !known || theirs.publicUDP == nil || mine == wire.NATKind_NAT_RANDOM_PORT {
 			return
 		}
-		go d.probe(p, pu.Nonce, theirs.publicUDP.IP, send)
+		d.mu.Lock()
+		recent := time.Since(d.lastProbe[p]) < punchRetry
+		if !recent {
+			d.lastProbe[p] = time.Now()
+		}
+		d.mu.Unlock()
+		if !recent {
+			go d.probe(p, pu.Nonce, theirs.publicUDP.IP, send)
+		}
 	case wire.Punch_FOUND:
 		if a != nil && !a.opener && bytes.Equal(a.nonce, pu.Nonce) {
 			select {
@@ -142,20 +153,22 @@ type probeHit struct {
 
 // open is the random-port side: open mappings towards the peer's QUIC
 // socket, wait for a probe, and listen with QUIC on the socket it reached.
-func (d *Direct) open(p peer.ID, to *net.UDPAddr, send func(*wire.Punch) error) {
+// It reports whether a probe arrived (or no attempt can be made: do not try
+// again).
+func (d *Direct) open(p peer.ID, to *net.UDPAddr, send func(*wire.Punch) error) bool {
 	if d.sockets == nil || DirectlyConnected(d.h, p) {
-		return
+		return true
 	}
 	d.mu.Lock()
 	full := d.lent >= maxLent
 	d.mu.Unlock()
 	if full {
-		return
+		return true
 	}
 	a := &punchAttempt{nonce: make([]byte, wire.PunchNonceBytes), opener: true, stop: make(chan struct{})}
 	rand.Read(a.nonce)
 	if !d.begin(p, a) {
-		return
+		return true // one at a time
 	}
 	defer d.end(p, a)
 	start := time.Now()
@@ -177,7 +190,7 @@ func (d *Direct) open(p peer.ID, to *net.UDPAddr, send func(*wire.Punch) error) 
 	if len(socks) < openPorts/4 {
 		closeAll(nil)
 		d.log.Warn("too few sockets to find a random-port NAT's mapping", "opened", len(socks))
-		return
+		return false
 	}
 	hello := append(append([]byte{}, openMagic...), a.nonce...)
 	for i, c := range socks {
@@ -229,7 +242,7 @@ func (d *Direct) open(p peer.ID, to *net.UDPAddr, send func(*wire.Punch) error) 
 	if hit == nil {
 		closeAll(nil)
 		d.log.Info("no probe reached this random-port NAT; staying on the relay", "peer", p)
-		return
+		return false
 	}
 	closeAll(hit.c)
 	hit.c.SetReadDeadline(time.Time{})
@@ -239,7 +252,7 @@ func (d *Direct) open(p peer.ID, to *net.UDPAddr, send func(*wire.Punch) error) 
 	if err := d.h.Network().Listen(addr); err != nil {
 		d.sockets.unlend(local)
 		d.log.Warn("could not listen on the found port", "err", err)
-		return
+		return false
 	}
 	d.mu.Lock()
 	d.lent++
@@ -249,6 +262,7 @@ func (d *Direct) open(p peer.ID, to *net.UDPAddr, send func(*wire.Punch) error) 
 	}
 	d.log.Info("found this random-port NAT's mapping towards a contact", "peer", p, "public_port", hit.port, "took", time.Since(start).Round(time.Millisecond))
 	go d.closeWhenUnused(addr, local)
+	return true
 }
 
 // closeWhenUnused closes the QUIC listener on a found socket once no
