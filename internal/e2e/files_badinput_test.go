@@ -176,18 +176,7 @@ func newMallory(t *testing.T, c *ct.Cluster, name, roll string, victim *ct.Clien
 		t.Fatal(err)
 	}
 	victim.WaitEvent(wait, "message", map[string]string{"from": m.login})
-	// The first session may go through a relay and give way to a direct
-	// one moments later: mallory's is the direct one.
-	ct.Eventually(t, wait, func() error {
-		if s := eng.Session(victimLogin); s != nil && !s.Relayed() {
-			m.sess = s
-			return nil
-		}
-		if _, err := eng.Send(ctx, victimLogin, "are you there?"); err != nil {
-			return err
-		}
-		return fmt.Errorf("no direct session with %s yet", victimLogin)
-	})
+	m.sess = directSession(t, eng, victimLogin)
 	return m
 }
 
