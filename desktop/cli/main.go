@@ -37,6 +37,7 @@ func main() {
 	fs.IntVar(&cfg.Port, "port", 0, "libp2p port for TCP and QUIC (0 picks any)")
 	fs.StringVar(&cfg.Listen, "listen", "", "IP for libp2p to listen on (default all)")
 	fs.BoolVar(&cfg.RelayOnly, "relay-only", false, "never reveal this machine's addresses: contacts reach you only through the coordinators' relays")
+	fs.IntVar(&cfg.RelaysPerPeer, "relays", 0, "how many of the coordinators' relays to hold a reservation on (0: the default, 2; -1: all)")
 	fs.StringVar(&cfg.Downloads, "downloads", "", "folder received files land in (default <profile>/downloads)")
 	jsonOut := fs.Bool("json", false, "print one JSON object per line")
 	logLevel := fs.String("log-level", "warn", "log level on stderr: debug, info, warn, error")

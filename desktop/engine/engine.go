@@ -47,6 +47,9 @@ type Config struct {
 	// published or told to peers, so contacts reach it through the
 	// coordinators' relays and never learn its IP.
 	RelayOnly bool
+	// RelaysPerPeer is how many relays this client reserves on
+	// (default p2p.RelaysPerPeer; negative: all of them).
+	RelaysPerPeer int
 	// Downloads is where received files land (default: the profile's
 	// downloads folder).
 	Downloads string
@@ -118,6 +121,9 @@ type online struct {
 func New(cfg Config) (*Engine, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
+	}
+	if cfg.RelaysPerPeer == 0 {
+		cfg.RelaysPerPeer = p2p.RelaysPerPeer
 	}
 	if cfg.DirectTimeout == 0 {
 		cfg.DirectTimeout = 8 * time.Second

@@ -111,7 +111,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	}
 	// The relays admit only devices published in the directory: they get
 	// their list once the keys are out (below).
-	s.relays = p2p.NewRelays(sctx, h, nil, e.log)
+	s.relays = p2p.NewRelays(sctx, h, nil, e.cfg.RelaysPerPeer, e.log)
 	if !e.cfg.RelayOnly {
 		// Addresses go to the people this client talks with, end to end,
 		// never to the directory.
@@ -308,15 +308,26 @@ func (e *Engine) republish(s *online) {
 		defer sub.Close()
 		addrCh = sub.Out()
 	}
+	var retry <-chan time.Time
+	backoff := time.Second
 	for {
 		select {
 		case <-s.ctx.Done():
 			return
 		case <-s.relays.Changed():
 		case <-addrCh:
+		case <-retry:
 		}
+		retry = nil
 		if err := e.publishKeys(s.ctx, s); err != nil && s.ctx.Err() == nil {
-			e.log.Warn("could not update the directory", "err", err)
+			// A coordinator lost (its relay with it) can mean an
+			// election under way: the entry must not keep naming a dead
+			// relay, so try again.
+			e.log.Warn("could not update the directory; trying again", "err", err, "in", backoff)
+			retry = time.After(backoff)
+			backoff = min(2*backoff, 30*time.Second)
+		} else {
+			backoff = time.Second
 		}
 	}
 }

@@ -7,7 +7,10 @@
 package p2p
 
 import (
+	"bytes"
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -24,6 +27,7 @@ import (
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/p2p/net/swarm"
 	"github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/client"
+	pbv2 "github.com/libp2p/go-libp2p/p2p/protocol/circuitv2/pb"
 	"github.com/libp2p/go-libp2p/p2p/protocol/holepunch"
 	"github.com/libp2p/go-libp2p/p2p/protocol/identify"
 	ma "github.com/multiformats/go-multiaddr"
@@ -368,23 +372,50 @@ func PublicAddrs(h host.Host, observed net.IP) []ma.Multiaddr {
 	return out
 }
 
-// Relays keeps reservations on the coordinators' relays and refreshes them
-// before they expire, so people who cannot be dialed directly can still be
-// reached through a circuit.
+// Relays keeps reservations on a few of the coordinators' relays and
+// refreshes them before they expire, so people who cannot be dialed
+// directly can still be reached through a circuit. Which few is a stable
+// choice (rendezvous hashing of this peer's id with each relay's): people
+// spread evenly over the relays, adding relays adds room, and a relay's
+// loss moves only the people it held, to their next choice, at once.
 type Relays struct {
-	h   host.Host
-	log *slog.Logger
+	h    host.Host
+	want int
+	log  *slog.Logger
 
 	mu       sync.Mutex
 	relays   []peer.AddrInfo
 	reserved map[peer.ID]time.Time
+	failed   map[peer.ID]time.Time // when a relay last refused or could not be reached
 	changed  chan struct{}
-	wake     chan struct{} // SetRelays: reserve now
+	wake     chan struct{} // SetRelays, a relay lost: reserve now
 }
 
-// NewRelays starts keeping reservations on relays until ctx ends.
-func NewRelays(ctx context.Context, h host.Host, relays []peer.AddrInfo, log *slog.Logger) *Relays {
-	r := &Relays{h: h, log: log, relays: relays, reserved: map[peer.ID]time.Time{}, changed: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
+// relayRest is how long a relay that failed is passed over (a dead one
+// would cost a dial timeout before the next choice each time).
+const relayRest = 30 * time.Second
+
+// RelaysPerPeer is how many relays a client holds reservations on: one
+// may die and the client stays reachable while it moves to another.
+const RelaysPerPeer = 2
+
+// NewRelays starts keeping reservations on want of relays (all of them if
+// want is 0) until ctx ends.
+func NewRelays(ctx context.Context, h host.Host, relays []peer.AddrInfo, want int, log *slog.Logger) *Relays {
+	if log == nil {
+		log = slog.Default()
+	}
+	r := &Relays{h: h, want: want, log: log, relays: relays, reserved: map[peer.ID]time.Time{}, failed: map[peer.ID]time.Time{}, changed: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
+	// A relay that goes away is replaced within seconds, not at the next
+	// refresh.
+	h.Network().Notify(&network.NotifyBundle{DisconnectedF: func(_ network.Network, c network.Conn) {
+		r.mu.Lock()
+		_, held := r.reserved[c.RemotePeer()]
+		r.mu.Unlock()
+		if held && h.Network().Connectedness(c.RemotePeer()) != network.Connected {
+			r.poke()
+		}
+	}})
 	go r.run(ctx)
 	return r
 }
@@ -399,6 +430,10 @@ func (r *Relays) SetRelays(relays []peer.AddrInfo) {
 	r.mu.Lock()
 	r.relays = relays
 	r.mu.Unlock()
+	r.poke()
+}
+
+func (r *Relays) poke() {
 	select {
 	case r.wake <- struct{}{}:
 	default:
@@ -417,19 +452,62 @@ func (r *Relays) run(ctx context.Context) {
 	}
 }
 
-// reserveAll reserves on every relay whose reservation is missing or near
-// expiry and says when to look again.
+// RankRelays orders relays for peer self, first choice first: by
+// SHA-256(self ‖ relay), the same order on every machine and at every
+// log-in, and independent for each person.
+func RankRelays(self peer.ID, relays []peer.AddrInfo) []peer.AddrInfo {
+	type scored struct {
+		ai    peer.AddrInfo
+		score [32]byte
+	}
+	s := make([]scored, 0, len(relays))
+	for _, ai := range relays {
+		s = append(s, scored{ai, sha256.Sum256([]byte(string(self) + string(ai.ID)))})
+	}
+	slices.SortStableFunc(s, func(a, b scored) int { return bytes.Compare(a.score[:], b.score[:]) })
+	out := make([]peer.AddrInfo, len(s))
+	for i := range s {
+		out[i] = s[i].ai
+	}
+	return out
+}
+
+// reserveAll holds reservations on the first want relays in this peer's
+// order that grant one (refreshing those near expiry), lets go of the
+// others, and says when to look again.
 func (r *Relays) reserveAll(ctx context.Context) time.Duration {
 	r.mu.Lock()
-	relays := append([]peer.AddrInfo(nil), r.relays...)
+	ranked := RankRelays(r.h.ID(), r.relays)
+	want := r.want
 	r.mu.Unlock()
+	if want <= 0 || want > len(ranked) {
+		want = len(ranked)
+	}
 	wait := time.Minute
 	changed := false
-	for _, ai := range relays {
+	have := 0
+	for _, ai := range ranked {
 		r.mu.Lock()
 		exp, ok := r.reserved[ai.ID]
 		r.mu.Unlock()
+		if have >= want {
+			if ok { // a better choice is back: this one's people move
+				r.mu.Lock()
+				delete(r.reserved, ai.ID)
+				r.mu.Unlock()
+				changed = true
+			}
+			continue
+		}
 		if ok && time.Until(exp) > 2*time.Minute && r.h.Network().Connectedness(ai.ID) == network.Connected {
+			have++
+			continue
+		}
+		r.mu.Lock()
+		resting := time.Since(r.failed[ai.ID]) < relayRest
+		r.mu.Unlock()
+		if resting && !ok {
+			wait = min(wait, relayRest)
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -441,13 +519,21 @@ func (r *Relays) reserveAll(ctx context.Context) time.Duration {
 				delete(r.reserved, ai.ID)
 				changed = true
 			}
+			// An unreachable relay rests; one that answered (not yet
+			// admitted, full) is asked again soon.
+			var answered client.ReservationError
+			if !errors.As(err, &answered) || answered.Status == pbv2.Status_CONNECTION_FAILED {
+				r.failed[ai.ID] = time.Now()
+			}
 			r.log.Debug("relay reservation failed", "relay", ai.ID, "err", err)
 			wait = 2 * time.Second
 		} else {
 			if !ok {
 				changed = true
 			}
+			delete(r.failed, ai.ID)
 			r.reserved[ai.ID] = res.Expiration
+			have++
 		}
 		r.mu.Unlock()
 	}
