@@ -159,6 +159,9 @@ func run(o *options, log *slog.Logger) error {
 	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
 	log.Info("balancing", "listen", ln.Addr().String(), "backends", addrs, "policy", o.pool.Policy)
+	stopWarning := make(chan struct{})
+	defer close(stopWarning)
+	go warnNearCapacity(stopWarning, 10*time.Second, func() capacity { return currentCapacity(srv.Active(), o.proxy.MaxConns) }, log)
 
 	if o.metrics != "" {
 		mln, err := net.Listen("tcp", o.metrics)
@@ -166,7 +169,7 @@ func run(o *options, log *slog.Logger) error {
 			return fmt.Errorf("listen for metrics on %s: %w", o.metrics, err)
 		}
 		reg := prometheus.NewRegistry()
-		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newCollector(pool, srv))
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), newCollector(pool, srv, o.proxy.MaxConns))
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 		token, err := readAdminToken(o.adminTokenFile)
@@ -291,15 +294,16 @@ type collector struct {
 	pool                                              *balance.Pool
 	srv                                               *proxy.Server
 	active, total, bytes, healthy, failures, accepted *prometheus.Desc
-	rejected, open                                    *prometheus.Desc
+	rejected, open, limit, used                       *prometheus.Desc
+	maxConns                                          int64
 }
 
-func newCollector(pool *balance.Pool, srv *proxy.Server) *collector {
+func newCollector(pool *balance.Pool, srv *proxy.Server, maxConns int64) *collector {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc("e2em_lb_"+name, help, labels, nil)
 	}
 	return &collector{
-		pool: pool, srv: srv,
+		pool: pool, srv: srv, maxConns: maxConns,
 		active:   d("backend_active_connections", "Open connections to a backend.", "backend"),
 		total:    d("backend_connections_total", "Connections proxied to a backend.", "backend"),
 		bytes:    d("backend_bytes_total", "Bytes proxied, by direction (in: client to backend).", "backend", "direction"),
@@ -308,11 +312,13 @@ func newCollector(pool *balance.Pool, srv *proxy.Server) *collector {
 		accepted: d("connections_accepted_total", "Client connections accepted."),
 		rejected: d("connections_rejected_total", "Client connections refused, by reason.", "reason"),
 		open:     d("connections_open", "Open client connections."),
+		limit:    d("connections_limit", "Client connections at which new ones are refused: the lesser of -max-conns and what the descriptors left allow (two per connection)."),
+		used:     d("capacity_used_ratio", "connections_open / connections_limit: add a balancer (or raise the limits) well before 1."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.active, c.total, c.bytes, c.healthy, c.failures, c.accepted, c.rejected, c.open} {
+	for _, d := range []*prometheus.Desc{c.active, c.total, c.bytes, c.healthy, c.failures, c.accepted, c.rejected, c.open, c.limit, c.used} {
 		ch <- d
 	}
 }
@@ -335,4 +341,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(c.srv.RejectedSource.Load()), "source")
 	ch <- prometheus.MustNewConstMetric(c.rejected, prometheus.CounterValue, float64(c.srv.NoRoute.Load()), "no_backend")
 	ch <- prometheus.MustNewConstMetric(c.open, prometheus.GaugeValue, float64(c.srv.Active()))
+	capa := currentCapacity(c.srv.Active(), c.maxConns)
+	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(capa.limit()))
+	ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, capa.used())
 }

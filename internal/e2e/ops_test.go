@@ -139,7 +139,7 @@ func TestMembersJoinAndLeave(t *testing.T) {
 func TestMetricsArePrometheusText(t *testing.T) {
 	c := sharedCluster(t)
 	want := map[string][]string{
-		c.Layout.LBMetrics:               {"e2em_lb_backend_active_connections", "e2em_lb_backend_bytes_total", "e2em_lb_backend_healthy", "e2em_lb_connections_accepted_total"},
+		c.Layout.LBMetrics:               {"e2em_lb_backend_active_connections", "e2em_lb_backend_bytes_total", "e2em_lb_backend_healthy", "e2em_lb_connections_accepted_total", "e2em_lb_connections_limit", "e2em_lb_capacity_used_ratio"},
 		c.Layout.Coordinators[0].Metrics: {"e2em_coord_requests_total", "e2em_raft_applied_index", "e2em_raft_has_leader", "libp2p_relaysvc_status"},
 	}
 	for addr, names := range want {
@@ -152,5 +152,16 @@ func TestMetricsArePrometheusText(t *testing.T) {
 				t.Errorf("%s: no %s", addr, n)
 			}
 		}
+	}
+	// The balancer says how far it is from refusing people: a limit no
+	// higher than -max-conns (20,000 by default), and a share of it in use.
+	families, err := ct.Metrics(c.Layout.LBMetrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	limit := families["e2em_lb_connections_limit"].GetMetric()[0].GetGauge().GetValue()
+	used := families["e2em_lb_capacity_used_ratio"].GetMetric()[0].GetGauge().GetValue()
+	if limit < 1 || limit > 20000 || used < 0 || used >= 1 {
+		t.Fatalf("the balancer's capacity: limit %v, used %v", limit, used)
 	}
 }
