@@ -53,9 +53,18 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	if owner != "" && owner != loginID {
 		return &Error{Kind: KindProfileOwned, Msg: fmt.Sprintf("this profile belongs to %s, not %s", owner, loginID)}
 	}
-	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	resp, err := e.coord.LogIn(cctx, &api.LogInRequest{LoginId: loginID, Password: secret})
-	cancel()
+	// A session this profile kept from an earlier run goes on where it is
+	// still valid: the cluster hashes no password for it.
+	var resp *api.LogInResponse
+	var err error
+	if owner == loginID {
+		resp, err = e.resume(ctx, loginID)
+	}
+	if resp == nil && err == nil {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		resp, err = e.coord.LogIn(cctx, &api.LogInRequest{LoginId: loginID, Password: secret})
+		cancel()
+	}
 	offline := false
 	if err != nil {
 		err = e.friendly(err)
@@ -69,6 +78,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	if err := e.unlockProfile(password); err != nil {
 		return err
 	}
+	e.keepSession(loginID, resp)
 	id, err := e.loadOrCreateIdentity(loginID, password, owner == "")
 	// argon2id took 64 MiB for a moment: give it back now, or the garbage
 	// collector's next goal is sized after it and the process keeps twice
@@ -189,6 +199,7 @@ func (e *Engine) reconnect(s *online, secret string) {
 		}
 		s.setToken(resp.Token)
 		s.setObserved(resp.ObservedAddr)
+		e.keepSession(s.login, resp)
 		// Keys first: the relays admit only published devices.
 		if err := e.publishKeys(s.ctx, s); err != nil {
 			e.log.Warn("publish keys after reconnecting", "err", err)
@@ -203,6 +214,48 @@ func (e *Engine) reconnect(s *online, secret string) {
 		e.kickQueue(s)
 		e.log.Info("logged in to the cluster after working offline", "login_id", s.login)
 		return
+	}
+}
+
+// resumeMargin is how long a kept session must still be valid to be used.
+const resumeMargin = time.Hour
+
+// resume checks the session the profile kept for loginID with one cheap
+// authenticated call and returns it as a log-in's answer; nil and no error
+// when there is none to use (none kept, nearly expired, or refused: then
+// it is forgotten) and a password log-in must decide; the error when the
+// cluster cannot be reached (the log-in goes on offline).
+func (e *Engine) resume(ctx context.Context, loginID string) (*api.LogInResponse, error) {
+	ss, err := e.profile().SavedSession()
+	if err != nil || ss.Token == "" || ss.LoginID != loginID || time.Until(ss.Expires) < resumeMargin {
+		return nil, nil
+	}
+	cctx, cancel := context.WithTimeout(api.WithToken(ctx, ss.Token), 30*time.Second)
+	defer cancel()
+	if _, err := e.coord.MyGroups(cctx, &api.ListGroupsRequest{PageSize: 1}); err != nil {
+		switch KindOf(e.friendly(err)) {
+		case KindUnreachable, KindTimeout:
+			return nil, err
+		case KindUnauthenticated:
+			e.profile().ForgetSession()
+		}
+		return nil, nil
+	}
+	e.log.Info("resumed the session kept in the profile; no password hash on the cluster", "login_id", loginID)
+	return &api.LogInResponse{LoginId: loginID, Token: ss.Token, ExpiresUnix: ss.Expires.Unix()}, nil
+}
+
+// keepSession saves a log-in's session in the profile for the next run.
+func (e *Engine) keepSession(loginID string, resp *api.LogInResponse) {
+	if resp.Token == "" || resp.ExpiresUnix == 0 {
+		return
+	}
+	p := e.profile()
+	if p == nil {
+		return
+	}
+	if err := p.SaveSession(store.SavedSession{LoginID: loginID, Token: resp.Token, Expires: time.Unix(resp.ExpiresUnix, 0)}); err != nil {
+		e.log.Warn("could not keep the session in the profile", "err", err)
 	}
 }
 
@@ -342,6 +395,11 @@ func (e *Engine) Logout(ctx context.Context) error {
 	cctx, cancel := e.callCtx(ctx, s)
 	_, lerr := e.coord.LogOut(cctx, &api.LogOutRequest{})
 	cancel()
+	if p := e.profile(); p != nil {
+		if err := p.ForgetSession(); err != nil {
+			e.log.Warn("could not forget the session", "err", err)
+		}
+	}
 	e.stopSession()
 	if lerr != nil {
 		return fmt.Errorf("logged out here, but the cluster did not hear it: %w", e.friendly(lerr))

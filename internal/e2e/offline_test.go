@@ -43,3 +43,57 @@ func TestOfflineFirstLogIn(t *testing.T) {
 	b.WaitEvent(wait, "message", map[string]string{"from": "ofa971", "body": "written while the cluster was down"})
 	a.WaitEvent(wait, "delivered", map[string]string{"to": "ofb972"})
 }
+
+// logInCalls counts LogIn calls the coordinators answered, whatever the
+// outcome: each is an argon2id hash.
+func logInCalls(t *testing.T, c *ct.Cluster) float64 {
+	t.Helper()
+	n := 0.0
+	for _, co := range c.Layout.Coordinators {
+		families, err := ct.Metrics(co.Metrics)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range families["e2em_coord_requests_total"].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "method" && strings.HasSuffix(l.GetValue(), "/LogIn") {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
+}
+
+// The app restarts (or crashes) while its session is valid: logging in
+// again resumes the session the encrypted profile kept, without a LogIn
+// call — no password hash on the cluster — and everything works. A wrong
+// password still opens nothing; after a log-out the next log-in hashes.
+func TestRestartResumesTheSessionWithoutHashing(t *testing.T) {
+	c := ct.Start(t, ct.Options{N: 3})
+	a, b := account(t, c, "rsa", "981"), account(t, c, "rsb", "982")
+	a.Deliver(b, "rsb982", "before the restart")
+	profile := a.Profile
+	a.Kill()
+	before := logInCalls(t, c)
+	if before < 2 {
+		t.Fatalf("%v LogIn calls counted for two log-ins", before)
+	}
+	a = c.StartClient(t, "rsa981-again", ct.ClientOptions{Profile: profile})
+	if r := a.Try("Login rsa981 wrong-password"); r["ok"] == true {
+		t.Fatalf("a wrong password on a kept session: %v", r)
+	}
+	if r := a.Do("Login rsa981 password123"); r.S("text") != "Successfully LOGGED IN!" {
+		t.Fatalf("log-in after the restart answered %v", r)
+	}
+	a.Deliver(b, "rsb982", "after the restart")
+	b.Deliver(a, "rsa981", "welcome back")
+	if after := logInCalls(t, c); after != before {
+		t.Fatalf("the restarted client's log-in made %v LogIn calls, want none", after-before)
+	}
+	a.Do("Logout")
+	a.Do("Login rsa981 password123")
+	if after := logInCalls(t, c); after != before+1 {
+		t.Fatalf("a log-in after logging out made %v LogIn calls, want 1", after-before)
+	}
+}
