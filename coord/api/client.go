@@ -7,10 +7,12 @@ import (
 	"net"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/e2em/e2em/internal/pki"
 )
@@ -106,4 +108,16 @@ const retryPolicy = `{"methodConfig": [{
 // WithToken attaches a session token to outgoing calls made with ctx.
 func WithToken(ctx context.Context, token string) context.Context {
 	return metadata.AppendToOutgoingContext(ctx, TokenKey, "Bearer "+token)
+}
+
+// RetryAfter is how long an answer asks the caller to wait before trying
+// again (a coordinator whose log-in queue is full says so with
+// ResourceExhausted and a RetryInfo), and whether it said.
+func RetryAfter(err error) (time.Duration, bool) {
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.RetryDelay != nil {
+			return ri.RetryDelay.AsDuration(), true
+		}
+	}
+	return 0, false
 }

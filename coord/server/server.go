@@ -5,6 +5,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -47,6 +48,7 @@ type Config struct {
 	SessionTTL       time.Duration // how long a log-in lasts
 	MaxLoginFailures int           // failed log-ins per account from one address in LoginWindow, then backoff
 	MaxAddrFailures  int           // failed log-ins per address per minute, whatever the accounts
+	HashQueue        int           // sign-ups and log-ins that may wait for a core to hash
 	MaxSignUps       int           // sign-ups per address per hour
 	MailMaxBytes     int           // largest envelope
 	MailboxMaxCount  uint32        // envelopes waiting per recipient
@@ -64,6 +66,7 @@ func DefaultConfig() Config {
 		SessionTTL:       24 * time.Hour,
 		MaxLoginFailures: 10,
 		MaxAddrFailures:  30,
+		HashQueue:        hashQueuePlaces,
 		MaxSignUps:       20,
 		MailMaxBytes:     1 << 20,
 		MailboxMaxCount:  1000,
@@ -84,27 +87,25 @@ type Server struct {
 	hub   *Hub
 	log   *slog.Logger
 	fwd   *Forwarder
-	// hashing bounds concurrent argon2id runs, each ~19 MiB and a core.
-	hashing chan struct{}
+	// hashing runs argon2id a core at a time with a bounded queue.
+	hashing *hashQueue
 }
+
+// hashQueuePlaces is how many sign-ups and log-ins may wait for a core: at
+// ~60 ms a hash on two cores, the last waits under 10 s, well inside a
+// client's 30 s.
+const hashQueuePlaces = 320
 
 // New makes a server over st. The hub receives the store's events.
 func New(cfg Config, st Store, hub *Hub, fwd *Forwarder) *Server {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
-	return &Server{cfg: cfg, store: st, hub: hub, fwd: fwd, log: cfg.Logger, hashing: make(chan struct{}, runtime.NumCPU())}
+	return &Server{cfg: cfg, store: st, hub: hub, fwd: fwd, log: cfg.Logger, hashing: newHashQueue(runtime.NumCPU(), cmp.Or(max(cfg.HashQueue, 0), hashQueuePlaces))}
 }
 
 func (s *Server) argon(ctx context.Context, f func()) error {
-	select {
-	case s.hashing <- struct{}{}:
-	case <-ctx.Done():
-		return status.Error(codes.Unavailable, "the coordinator is busy; try again")
-	}
-	defer func() { <-s.hashing }()
-	f()
-	return nil
+	return s.hashing.run(ctx, hostOf(observedAddr(ctx)), f)
 }
 
 // apply runs a command and turns a refusing Result into a status error.

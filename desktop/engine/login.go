@@ -6,12 +6,15 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"net"
 	"runtime/debug"
 	"time"
 
 	"github.com/libp2p/go-libp2p/core/crypto"
 	"github.com/libp2p/go-libp2p/core/peer"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/desktop/engine/p2p"
@@ -62,7 +65,7 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 	}
 	if resp == nil && err == nil {
 		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		resp, err = e.coord.LogIn(cctx, &api.LogInRequest{LoginId: loginID, Password: secret})
+		resp, err = e.logIn(cctx, loginID, secret)
 		cancel()
 	}
 	offline := false
@@ -186,10 +189,10 @@ func (e *Engine) reconnect(s *online, secret string) {
 		}
 		backoff = min(2*backoff, 30*time.Second)
 		cctx, cancel := context.WithTimeout(s.ctx, 15*time.Second)
-		resp, err := e.coord.LogIn(cctx, &api.LogInRequest{LoginId: s.login, Password: secret})
+		resp, err := e.logIn(cctx, s.login, secret)
 		cancel()
 		if err != nil {
-			if k := KindOf(e.friendly(err)); k == KindUnreachable || k == KindTimeout {
+			if k := KindOf(e.friendly(err)); k == KindUnreachable || k == KindTimeout || k == KindRateLimited {
 				continue
 			}
 			// Refused by the cluster (the password changed elsewhere?):
@@ -214,6 +217,30 @@ func (e *Engine) reconnect(s *online, secret string) {
 		e.kickQueue(s)
 		e.log.Info("logged in to the cluster after working offline", "login_id", s.login)
 		return
+	}
+}
+
+// logIn asks the cluster to log in, waiting out a busy cluster: an answer
+// that says when to come back (the coordinators' hash queue is full) is
+// tried again then, with jitter so that a crowd does not come back at
+// once, while ctx allows.
+func (e *Engine) logIn(ctx context.Context, loginID, secret string) (*api.LogInResponse, error) {
+	for {
+		resp, err := e.coord.LogIn(ctx, &api.LogInRequest{LoginId: loginID, Password: secret})
+		after, busy := api.RetryAfter(err)
+		if err == nil || status.Code(err) != codes.ResourceExhausted || !busy {
+			return resp, err
+		}
+		wait := after/2 + mrand.N(after+1)
+		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
+			return nil, err
+		}
+		e.log.Info("the cluster is busy with log-ins; trying again", "in", wait.Round(time.Millisecond))
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return nil, err
+		}
 	}
 }
 
