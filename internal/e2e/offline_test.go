@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -67,8 +68,9 @@ func logInCalls(t *testing.T, c *ct.Cluster) float64 {
 
 // The app restarts (or crashes) while its session is valid: logging in
 // again resumes the session the encrypted profile kept, without a LogIn
-// call — no password hash on the cluster — and everything works. A wrong
-// password still opens nothing; after a log-out the next log-in hashes.
+// call — no password hash on the cluster — and everything works; so does
+// a restart of the whole cluster under running clients. A wrong password
+// still opens nothing; after a log-out the next log-in hashes.
 func TestRestartResumesTheSessionWithoutHashing(t *testing.T) {
 	c := ct.Start(t, ct.Options{N: 3})
 	a, b := account(t, c, "rsa", "981"), account(t, c, "rsb", "982")
@@ -91,6 +93,26 @@ func TestRestartResumesTheSessionWithoutHashing(t *testing.T) {
 	if after := logInCalls(t, c); after != before {
 		t.Fatalf("the restarted client's log-in made %v LogIn calls, want none", after-before)
 	}
+	// The whole cluster restarts under the two running clients: they go
+	// on with their sessions (any coordinator checks a token with the
+	// cluster's key, which the restart keeps) and none hashes a password.
+	dir := c.Dir
+	c.Stop()
+	c = ct.Start(t, ct.Options{N: 3, Dir: dir})
+	a.Deliver(b, "rsb982", "after the cluster restarted")
+	b.Deliver(a, "rsa981", "me too")
+	// An authenticated call to the restarted cluster works on the old
+	// session once the client's connection is back.
+	ct.Eventually(t, wait, func() error {
+		if r := a.Try("Show_my_groups"); r["ok"] != true {
+			return fmt.Errorf("Show_my_groups: %v", r)
+		}
+		return nil
+	})
+	if n := logInCalls(t, c); n != 0 {
+		t.Fatalf("after a cluster restart the clients made %v LogIn calls, want none", n)
+	}
+	before = 0
 	a.Do("Logout")
 	a.Do("Login rsa981 password123")
 	if after := logInCalls(t, c); after != before+1 {
