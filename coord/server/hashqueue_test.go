@@ -11,19 +11,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/e2em/e2em/coord/api"
+	ct "github.com/e2em/e2em/internal/clustertest"
 )
-
-// waitUntil polls cond until it holds or fails the test after d.
-func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("not within %v: %s", d, what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
 
 // With every core busy, callers wait in a bounded queue where one address
 // holds at most a quarter of the places; the one who finds no place is told
@@ -51,14 +40,26 @@ func TestHashQueueIsBoundedFairAndSaysWhenToComeBack(t *testing.T) {
 		defer wg.Done()
 		q.run(ctx, "busy", func() { <-release })
 	}()
-	waitUntil(t, 5*time.Second, "the core taken", func() bool { return len(q.cores) == 1 })
-	queued := func(n int) func() bool {
-		return func() bool { q.mu.Lock(); defer q.mu.Unlock(); return q.waiting == n }
+	ct.Eventually(t, 5*time.Second, func() error {
+		if len(q.cores) != 1 {
+			return fmt.Errorf("the core is not taken")
+		}
+		return nil
+	})
+	queued := func(n int) func() error {
+		return func() error {
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			if q.waiting != n {
+				return fmt.Errorf("%d waiting, want %d", q.waiting, n)
+			}
+			return nil
+		}
 	}
 	for i, addr := range []string{"10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.4"} {
 		wg.Add(1)
 		go run(addr)
-		waitUntil(t, 5*time.Second, fmt.Sprintf("%d waiting", i+1), queued(i+1))
+		ct.Eventually(t, 5*time.Second, queued(i+1))
 		if i == 0 {
 			// A second from one address finds its share taken.
 			err := q.run(ctx, addr, func() { t.Error("hashed past the address's share") })

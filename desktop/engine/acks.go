@@ -85,7 +85,7 @@ func (e *Engine) sendAcks(s *online, r ackRoute) {
 // sendAck tells the sender messages arrived: on the session they came on,
 // else directly, else through the mailbox.
 func (e *Engine) sendAck(s *online, to string, ids []string, on *p2p.Session) {
-	payload, err := proto.Marshal(&wire.Payload{Id: newID(), SentUnixNano: time.Now().UnixNano(), From: s.login,
+	payload, err := proto.Marshal(&wire.Payload{Id: wire.NewID(), SentUnixNano: time.Now().UnixNano(), From: s.login,
 		Kind: &wire.Payload_Ack{Ack: &wire.Ack{Ids: ids}}})
 	if err != nil {
 		return

@@ -146,7 +146,9 @@ func (e *Engine) targetFrom(s *online, login string, k *api.Keys, pid peer.ID) (
 		return nil, err
 	}
 	t := p2p.Target{LoginID: login, PeerID: pid, Identity: identity}
-	for _, a := range append(append([]string{}, k.Addrs...), k.RelayAddrs...) {
+	// The directory names only relay circuits; direct addresses come
+	// end to end over the first session (p2p.Direct).
+	for _, a := range k.RelayAddrs {
 		m, err := ma.NewMultiaddr(a)
 		if err != nil {
 			continue

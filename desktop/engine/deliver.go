@@ -2,8 +2,6 @@ package engine
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"sync"
@@ -67,12 +65,6 @@ func (f *inflight) done(to, id string) {
 	f.mu.Unlock()
 }
 
-func newID() string {
-	b := make([]byte, 12)
-	rand.Read(b)
-	return hex.EncodeToString(b)
-}
-
 // Send queues a direct message and starts delivering it. It returns once
 // the message is safely in the profile (closing the app now loses nothing).
 func (e *Engine) Send(ctx context.Context, to, text string) (string, error) {
@@ -105,7 +97,7 @@ func (e *Engine) queueText(s *online, recipients []string, group, text string) (
 	if len(text) > 60000 {
 		return "", errors.New("the message is too long (60,000 bytes at most)")
 	}
-	id := newID()
+	id := wire.NewID()
 	now := time.Now()
 	payload, err := proto.Marshal(&wire.Payload{Id: id, SentUnixNano: now.UnixNano(), From: s.login,
 		Kind: &wire.Payload_Text{Text: &wire.Text{Body: text, Group: group}}})

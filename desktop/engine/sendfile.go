@@ -181,7 +181,7 @@ func (e *Engine) offerFile(s *online, abs string, fi fs.FileInfo, rs []fileRecip
 	if err != nil {
 		return "", err
 	}
-	rec := &store.OutTransfer{ID: newID(), Path: abs, Name: filepath.Base(abs), Size: fi.Size(),
+	rec := &store.OutTransfer{ID: wire.NewID(), Path: abs, Name: filepath.Base(abs), Size: fi.Size(),
 		ModTime: fi.ModTime().UnixNano(), ChunkSize: wire.ChunkSize, FileKey: key, Groups: groups,
 		Created: time.Now(), State: store.XferPreparing}
 	for _, r := range rs {
@@ -253,7 +253,7 @@ func (e *Engine) prepare(s *online, x *outXfer) {
 	var msgs []*store.Message
 	var outs [][]*store.Outgoing
 	for _, label := range labels {
-		id := newID()
+		id := wire.NewID()
 		m := &store.Message{ID: id, Group: label, From: s.login, Body: sizeText(rec.Name, rec.Size), Sent: now,
 			Outgoing: true, State: store.StateQueued,
 			File: &store.FileRef{Transfer: rec.ID, Name: rec.Name, Size: rec.Size, Path: rec.Path}}
@@ -382,7 +382,7 @@ func (e *Engine) saveOut(x *outXfer) {
 // queueControl queues a file's control message (a result or a
 // cancellation) for to: delivered like a message, shown nowhere.
 func (e *Engine) queueControl(s *online, to, transfer string, p *wire.Payload) {
-	p.Id, p.SentUnixNano, p.From = newID(), time.Now().UnixNano(), s.login
+	p.Id, p.SentUnixNano, p.From = wire.NewID(), time.Now().UnixNano(), s.login
 	payload, err := proto.Marshal(p)
 	if err != nil {
 		return
@@ -522,7 +522,7 @@ func (e *Engine) putChunkMail(s *online, to, id string, i uint64, sealed []byte)
 	if err != nil {
 		return err
 	}
-	payload, err := proto.Marshal(&wire.Payload{Id: newID(), SentUnixNano: time.Now().UnixNano(), From: s.login,
+	payload, err := proto.Marshal(&wire.Payload{Id: wire.NewID(), SentUnixNano: time.Now().UnixNano(), From: s.login,
 		Kind: &wire.Payload_FileChunk{FileChunk: &wire.FileChunk{TransferId: id, Index: i, Sealed: sealed}}})
 	if err != nil {
 		return err

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/e2em/e2em/coord/api"
+	"github.com/e2em/e2em/desktop/engine/p2p"
 	ct "github.com/e2em/e2em/internal/clustertest"
 )
 
@@ -187,9 +188,8 @@ func TestNATAnsweringWithRSTGoesDirect(t *testing.T) {
 func relaysIn(k *api.Keys) map[string]bool {
 	out := map[string]bool{}
 	for _, a := range k.RelayAddrs {
-		before, _, ok := strings.Cut(a, "/p2p-circuit")
-		if i := strings.LastIndex(before, "/p2p/"); ok && i >= 0 {
-			out[before[i+len("/p2p/"):]] = true
+		if r := p2p.RelayOf(a); r != "" {
+			out[r] = true
 		}
 	}
 	return out

@@ -350,7 +350,7 @@ func Fetch(ctx context.Context, h host.Host, t Target, get *wire.FileGet, sink C
 	defer stop()
 	stats.Relayed = isCircuit(st.Conn().RemoteMultiaddr().String())
 	if stats.Relayed {
-		stats.Relay = relayOf(st.Conn().RemoteMultiaddr().String())
+		stats.Relay = RelayOf(st.Conn().RemoteMultiaddr().String())
 		// A direct connection usually follows the first session within
 		// moments: the transfer leaves the relay for it at once (what is
 		// stored stays; the next fetch asks for the rest).

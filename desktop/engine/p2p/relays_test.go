@@ -98,7 +98,7 @@ func TestRelaysMoveToTheNextChoiceWhenOneDies(t *testing.T) {
 	held := func() map[peer.ID]bool {
 		out := map[peer.ID]bool{}
 		for _, a := range r.CircuitAddrs() {
-			if id, err := peer.Decode(relayOf(a)); err == nil {
+			if id, err := peer.Decode(RelayOf(a)); err == nil {
 				out[id] = true
 			}
 		}

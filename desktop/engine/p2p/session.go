@@ -384,7 +384,7 @@ func (m *Messenger) keep(s *Session) {
 // sendControl sends a payload of the p2p package's own (candidates,
 // punches) on the session.
 func (s *Session) sendControl(p *wire.Payload) error {
-	p.Id = randomID()
+	p.Id = wire.NewID()
 	p.From = s.m.self.LoginID
 	p.SentUnixNano = time.Now().UnixNano()
 	b, err := proto.Marshal(p)
@@ -413,13 +413,6 @@ func (s *Session) control(p *wire.Payload) bool {
 		d.punched(s.RemotePeer(), pu, send)
 	}
 	return true
-}
-
-// randomID is a fresh payload id.
-func randomID() string {
-	b := make([]byte, 12)
-	rand.Read(b)
-	return fmt.Sprintf("%x", b)
 }
 
 func (m *Messenger) drop(s *Session) {
@@ -474,10 +467,10 @@ func (s *Session) RemotePeer() peer.ID { return s.st.Conn().RemotePeer() }
 func (s *Session) Relayed() bool { return isCircuit(s.st.Conn().RemoteMultiaddr().String()) }
 
 // RelayPeer is the relay this session's connection goes through, if any.
-func (s *Session) RelayPeer() string { return relayOf(s.st.Conn().RemoteMultiaddr().String()) }
+func (s *Session) RelayPeer() string { return RelayOf(s.st.Conn().RemoteMultiaddr().String()) }
 
-// relayOf is the relay's peer id in a circuit address, or "".
-func relayOf(a string) string {
+// RelayOf is the relay's peer id in a circuit address, or "".
+func RelayOf(a string) string {
 	before, _, found := strings.Cut(a, "/p2p-circuit")
 	if !found {
 		return ""

@@ -5,7 +5,9 @@ package wire
 
 import (
 	"bufio"
+	"crypto/rand"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -238,6 +240,13 @@ func validateCandidates(c *Candidates) error {
 // validGroupLabel: empty (not a group message) or a name a group could have.
 func validGroupLabel(g string) bool {
 	return len(g) <= maxGroupName && !strings.ContainsAny(g, "/ \x00") && utf8.ValidString(g)
+}
+
+// NewID is a fresh random id for a payload or a transfer (24 hex digits).
+func NewID() string {
+	b := make([]byte, 12)
+	rand.Read(b)
+	return hex.EncodeToString(b)
 }
 
 func validID(id string) bool {
