@@ -72,7 +72,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.StringVar(&o.trustedProxies, "trusted-proxies", "127.0.0.0/8,::1/128", "comma-separated CIDRs whose PROXY protocol headers are believed (the balancers)")
 	fs.DurationVar(&o.srv.SessionTTL, "session-ttl", o.srv.SessionTTL, "how long a log-in lasts")
 	fs.IntVar(&o.srv.MaxLoginFailures, "max-login-failures", o.srv.MaxLoginFailures, "failed log-ins to one account from one address in 15 minutes; past it the next waits a minute, then 2, 4 …")
-	fs.IntVar(&o.srv.MaxAddrFailures, "max-addr-login-failures", o.srv.MaxAddrFailures, "failed log-ins from one address per minute, whatever the accounts")
+	fs.IntVar(&o.srv.MaxAddrFailures, "max-addr-login-failures", o.srv.MaxAddrFailures, "failed log-ins from one address per minute, whatever the accounts; past it only devices with a device ticket for their account go on")
 	fs.IntVar(&o.srv.HashQueue, "login-queue", o.srv.HashQueue, "sign-ups and log-ins that may wait for a core to hash their password; more are told to try again shortly")
 	fs.IntVar(&o.srv.MaxSignUps, "max-signups-per-addr", o.srv.MaxSignUps, "sign-ups from one address per hour")
 	var mboxCount uint

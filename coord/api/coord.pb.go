@@ -130,9 +130,13 @@ func (x *SignUpResponse) GetLoginId() string {
 }
 
 type LogInRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	LoginId       string                 `protobuf:"bytes,1,opt,name=login_id,json=loginId,proto3" json:"login_id,omitempty"`
-	Password      string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	LoginId  string                 `protobuf:"bytes,1,opt,name=login_id,json=loginId,proto3" json:"login_id,omitempty"`
+	Password string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// The device ticket an earlier log-in of this account on this device
+	// returned, if any: failures then count against this device alone, never
+	// against the address it shares with other people.
+	DeviceTicket  []byte `protobuf:"bytes,3,opt,name=device_ticket,json=deviceTicket,proto3" json:"device_ticket,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -181,13 +185,23 @@ func (x *LogInRequest) GetPassword() string {
 	return ""
 }
 
+func (x *LogInRequest) GetDeviceTicket() []byte {
+	if x != nil {
+		return x.DeviceTicket
+	}
+	return nil
+}
+
 type LogInResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Token       string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
 	LoginId     string                 `protobuf:"bytes,2,opt,name=login_id,json=loginId,proto3" json:"login_id,omitempty"`
 	ExpiresUnix int64                  `protobuf:"varint,3,opt,name=expires_unix,json=expiresUnix,proto3" json:"expires_unix,omitempty"`
 	// The address the coordinator sees this client connect from.
-	ObservedAddr  string `protobuf:"bytes,4,opt,name=observed_addr,json=observedAddr,proto3" json:"observed_addr,omitempty"`
+	ObservedAddr string `protobuf:"bytes,4,opt,name=observed_addr,json=observedAddr,proto3" json:"observed_addr,omitempty"`
+	// Proof that this device logged in to this account: kept by the client
+	// and sent with its next log-ins.
+	DeviceTicket  []byte `protobuf:"bytes,5,opt,name=device_ticket,json=deviceTicket,proto3" json:"device_ticket,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -248,6 +262,13 @@ func (x *LogInResponse) GetObservedAddr() string {
 		return x.ObservedAddr
 	}
 	return ""
+}
+
+func (x *LogInResponse) GetDeviceTicket() []byte {
+	if x != nil {
+		return x.DeviceTicket
+	}
+	return nil
 }
 
 type LogOutRequest struct {
@@ -2360,15 +2381,17 @@ const file_coord_api_coord_proto_rawDesc = "" +
 	"rollNumber\x12\x1a\n" +
 	"\bpassword\x18\x03 \x01(\tR\bpassword\"+\n" +
 	"\x0eSignUpResponse\x12\x19\n" +
-	"\blogin_id\x18\x01 \x01(\tR\aloginId\"E\n" +
+	"\blogin_id\x18\x01 \x01(\tR\aloginId\"j\n" +
 	"\fLogInRequest\x12\x19\n" +
 	"\blogin_id\x18\x01 \x01(\tR\aloginId\x12\x1a\n" +
-	"\bpassword\x18\x02 \x01(\tR\bpassword\"\x88\x01\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\x12#\n" +
+	"\rdevice_ticket\x18\x03 \x01(\fR\fdeviceTicket\"\xad\x01\n" +
 	"\rLogInResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x19\n" +
 	"\blogin_id\x18\x02 \x01(\tR\aloginId\x12!\n" +
 	"\fexpires_unix\x18\x03 \x01(\x03R\vexpiresUnix\x12#\n" +
-	"\robserved_addr\x18\x04 \x01(\tR\fobservedAddr\"\x0f\n" +
+	"\robserved_addr\x18\x04 \x01(\tR\fobservedAddr\x12#\n" +
+	"\rdevice_ticket\x18\x05 \x01(\fR\fdeviceTicket\"\x0f\n" +
 	"\rLogOutRequest\"\x10\n" +
 	"\x0eLogOutResponse\"\xcf\x02\n" +
 	"\x04Keys\x12\x19\n" +

@@ -302,3 +302,54 @@ func watchMAC(key []byte, watcher, watched string, exp []byte) []byte {
 	h.Write(exp)
 	return h.Sum(nil)[:watchMACLen]
 }
+
+// Device tickets let a device that logged in to an account before be told
+// apart from the other people behind its address: failed log-ins from a
+// ticketed device count against that device only, so a campus NAT's
+// neighbours are never shut out by one person's typos (or a guesser's).
+// Only the right password earns one. ticket = device id (16 bytes) ||
+// expiry (8) || HMAC-SHA256(token key, label || login || 0 || device id ||
+// expiry)[:16]. Stateless, like tokens; renewed at each log-in.
+const (
+	deviceLabel     = "e2em device ticket v1"
+	deviceIDLen     = 16
+	deviceTicketLen = deviceIDLen + 8 + 16
+	// DeviceTicketTTL is how long a device stays known without logging in.
+	DeviceTicketTTL = 180 * 24 * time.Hour
+)
+
+// MintDeviceTicket names device (deviceIDLen bytes; a new random one when
+// nil) as having logged in to login, until expires.
+func MintDeviceTicket(key []byte, login string, device []byte, expires time.Time) []byte {
+	if len(device) != deviceIDLen {
+		device = make([]byte, deviceIDLen)
+		rand.Read(device)
+	}
+	t := append(append([]byte(nil), device...), binary.BigEndian.AppendUint64(nil, uint64(expires.Unix()))...)
+	return append(t, deviceMAC(key, login, t)...)
+}
+
+// CheckDeviceTicket returns the device id a ticket names for login, or
+// nil when it is not a valid, unexpired ticket for that account.
+func CheckDeviceTicket(key []byte, login string, ticket []byte, now time.Time) []byte {
+	if len(ticket) != deviceTicketLen {
+		return nil
+	}
+	body := ticket[:deviceIDLen+8]
+	if !now.Before(time.Unix(int64(binary.BigEndian.Uint64(body[deviceIDLen:])), 0)) {
+		return nil
+	}
+	if !hmac.Equal(ticket[deviceIDLen+8:], deviceMAC(key, login, body)) {
+		return nil
+	}
+	return body[:deviceIDLen]
+}
+
+func deviceMAC(key []byte, login string, body []byte) []byte {
+	h := hmac.New(sha256.New, key)
+	h.Write([]byte(deviceLabel))
+	h.Write([]byte(login))
+	h.Write([]byte{0})
+	h.Write(body)
+	return h.Sum(nil)[:16]
+}

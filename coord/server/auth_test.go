@@ -171,3 +171,51 @@ func TestWatchTickets(t *testing.T) {
 		}
 	}
 }
+
+func TestDeviceTickets(t *testing.T) {
+	key := bytes.Repeat([]byte{7}, 32)
+	now := time.Now()
+	ticket := MintDeviceTicket(key, "alice101", nil, now.Add(time.Hour))
+	device := CheckDeviceTicket(key, "alice101", ticket, now)
+	if len(device) != deviceIDLen {
+		t.Fatal("a good ticket was refused")
+	}
+	// Renewing keeps the device; another device gets another id.
+	renewed := MintDeviceTicket(key, "alice101", device, now.Add(2*time.Hour))
+	if got := CheckDeviceTicket(key, "alice101", renewed, now.Add(90*time.Minute)); !bytes.Equal(got, device) {
+		t.Fatalf("renewed ticket names %x, want %x", got, device)
+	}
+	if other := CheckDeviceTicket(key, "alice101", MintDeviceTicket(key, "alice101", nil, now.Add(time.Hour)), now); bytes.Equal(other, device) {
+		t.Fatal("two devices got one id")
+	}
+	tampered := bytes.Clone(ticket)
+	tampered[0] ^= 1
+	for name, got := range map[string][]byte{
+		"another account": CheckDeviceTicket(key, "bob102", ticket, now),
+		"expired":         CheckDeviceTicket(key, "alice101", ticket, now.Add(2*time.Hour)),
+		"another cluster": CheckDeviceTicket(bytes.Repeat([]byte{8}, 32), "alice101", ticket, now),
+		"cut short":       CheckDeviceTicket(key, "alice101", ticket[:10], now),
+		"tampered":        CheckDeviceTicket(key, "alice101", tampered, now),
+	} {
+		if got != nil {
+			t.Errorf("a ticket for %s was accepted", name)
+		}
+	}
+}
+
+// FuzzDeviceTicket: whatever a client sends as its device ticket, only one
+// minted with the key for that account names a device.
+func FuzzDeviceTicket(f *testing.F) {
+	key := bytes.Repeat([]byte{7}, 32)
+	// A fixed device id: each fuzzing process makes its own seed.
+	good := MintDeviceTicket(key, "alice101", bytes.Repeat([]byte{1}, deviceIDLen), time.Unix(1<<40, 0))
+	f.Add(good)
+	f.Add([]byte{})
+	f.Add(make([]byte, deviceTicketLen))
+	f.Fuzz(func(t *testing.T, ticket []byte) {
+		device := CheckDeviceTicket(key, "alice101", ticket, time.Unix(0, 0))
+		if device != nil && !bytes.Equal(ticket, good) {
+			t.Fatalf("accepted %x", ticket)
+		}
+	})
+}

@@ -199,17 +199,24 @@ func (s *Server) LogIn(ctx context.Context, req *api.LogInRequest) (*api.LogInRe
 		return nil, status.Error(codes.Unauthenticated, "wrong login id or password")
 	}
 	addr := observedAddr(ctx)
-	ip := hostOf(addr)
-	// The attempt is counted before the password is hashed, in the log's
-	// order, so parallel guesses cannot all pass a check made before any of
-	// them was counted. Failures count per account *from this address*: a
-	// guesser elsewhere slows only himself, never the owner.
-	pair, fromAddr := store.LimitKey("login", login, ip), store.LimitKey("login-addr", ip)
-	attempt, err := s.reserve(ctx, "log-ins",
-		&statepb.Limit{Key: pair, WindowNano: int64(LoginWindow), Max: uint32(s.cfg.MaxLoginFailures), Backoff: true},
-		&statepb.Limit{Key: fromAddr, WindowNano: int64(time.Minute), Max: uint32(s.cfg.MaxAddrFailures)})
+	info, err := s.clusterInfo()
 	if err != nil {
 		return nil, err
+	}
+	// The attempt is counted before the password is hashed, in the log's
+	// order, so parallel guesses cannot all pass a check made before any of
+	// them was counted. A guesser elsewhere slows only himself, never the
+	// owner; and one who fails slows neither the address's other people
+	// (see loginLimits).
+	device := CheckDeviceTicket(info.TokenKey, login, req.DeviceTicket, time.Now())
+	limits := s.loginLimits(login, hostOf(addr), device)
+	attempt, err := s.reserve(ctx, "log-ins", limits...)
+	if err != nil {
+		return nil, err
+	}
+	keys := make([][]byte, len(limits))
+	for i, l := range limits {
+		keys[i] = l.Key
 	}
 	// See accounts made through any coordinator.
 	if err := s.barrier(ctx); err != nil {
@@ -229,7 +236,7 @@ func (s *Server) LogIn(ctx context.Context, req *api.LogInRequest) (*api.LogInRe
 		}
 		good = CheckPassword(acct.Password, req.Password)
 	}); err != nil {
-		s.unreserve(attempt, nil, pair, fromAddr) // busy is not a guess
+		s.unreserve(attempt, nil, keys...) // busy is not a guess
 		return nil, err
 	}
 	if !good {
@@ -237,15 +244,33 @@ func (s *Server) LogIn(ctx context.Context, req *api.LogInRequest) (*api.LogInRe
 		s.log.Info("failed log-in", "login_id", login, "addr", addr)
 		return nil, status.Error(codes.Unauthenticated, "wrong login id or password")
 	}
-	// The right password: this address's count for the account starts
-	// again, and the attempt does not count against the address.
-	s.unreserve(attempt, [][]byte{pair}, fromAddr)
-	info, err := s.clusterInfo()
-	if err != nil {
-		return nil, err
-	}
+	// The right password: this device's (or address's) count for the
+	// account starts again, and the attempt does not count against the
+	// address.
+	s.unreserve(attempt, keys[:1], keys[1:]...)
 	token, sess := MintToken(info.TokenKey, info.ClusterId, login, now.Add(s.cfg.SessionTTL))
-	return &api.LogInResponse{Token: token, LoginId: login, ExpiresUnix: sess.Expires.Unix(), ObservedAddr: addr}, nil
+	ticket := MintDeviceTicket(info.TokenKey, login, device, now.Add(DeviceTicketTTL))
+	return &api.LogInResponse{Token: token, LoginId: login, ExpiresUnix: sess.Expires.Unix(), ObservedAddr: addr, DeviceTicket: ticket}, nil
+}
+
+// loginLimits are what a log-in attempt is counted against; the first is
+// the one a right password clears. From a device that logged in to the
+// account before (a valid device ticket): its failures count against that
+// device alone, so neither the address's other people nor the account's
+// owner elsewhere are slowed by it. From any other device: failures count
+// against the account from this address (backing off), and against the
+// address for all accounts (a guesser trying one password on many
+// accounts) — which holds back only devices new to their accounts: the
+// address's people who logged in there before go on with their tickets.
+func (s *Server) loginLimits(login, ip string, device []byte) []*statepb.Limit {
+	if device != nil {
+		return []*statepb.Limit{{Key: store.LimitKey("login-device", login, string(device)),
+			WindowNano: int64(LoginWindow), Max: uint32(s.cfg.MaxLoginFailures), Backoff: true}}
+	}
+	return []*statepb.Limit{
+		{Key: store.LimitKey("login", login, ip), WindowNano: int64(LoginWindow), Max: uint32(s.cfg.MaxLoginFailures), Backoff: true},
+		{Key: store.LimitKey("login-addr", ip), WindowNano: int64(time.Minute), Max: uint32(s.cfg.MaxAddrFailures)},
+	}
 }
 
 // clusterInfo is the cluster's id and token key, or Unavailable while the

@@ -224,9 +224,19 @@ func (e *Engine) reconnect(s *online, secret string) {
 // that says when to come back (the coordinators' hash queue is full) is
 // tried again then, with jitter so that a crowd does not come back at
 // once, while ctx allows.
+//
+// The device ticket the profile kept goes with it: this device's failures
+// then count against it alone, and other people's failures from the same
+// address do not hold it back.
 func (e *Engine) logIn(ctx context.Context, loginID, secret string) (*api.LogInResponse, error) {
+	var ticket []byte
+	if p := e.profile(); p != nil {
+		if owner, _ := p.Owner(); owner == loginID {
+			ticket, _ = p.DeviceTicket()
+		}
+	}
 	for {
-		resp, err := e.coord.LogIn(ctx, &api.LogInRequest{LoginId: loginID, Password: secret})
+		resp, err := e.coord.LogIn(ctx, &api.LogInRequest{LoginId: loginID, Password: secret, DeviceTicket: ticket})
 		after, busy := api.RetryAfter(err)
 		if err == nil || status.Code(err) != codes.ResourceExhausted || !busy {
 			return resp, err
@@ -283,6 +293,11 @@ func (e *Engine) keepSession(loginID string, resp *api.LogInResponse) {
 	}
 	if err := p.SaveSession(store.SavedSession{LoginID: loginID, Token: resp.Token, Expires: time.Unix(resp.ExpiresUnix, 0)}); err != nil {
 		e.log.Warn("could not keep the session in the profile", "err", err)
+	}
+	if len(resp.DeviceTicket) > 0 {
+		if err := p.SaveDeviceTicket(resp.DeviceTicket); err != nil {
+			e.log.Warn("could not keep the device ticket in the profile", "err", err)
+		}
 	}
 }
 

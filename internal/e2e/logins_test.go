@@ -72,3 +72,69 @@ func TestLogInBurstIsQueuedAndToldWhenToComeBack(t *testing.T) {
 
 // burster is the i-th username of the burst with prefix.
 func burster(prefix string, i int) string { return fmt.Sprintf("%s%c", prefix, 'a'+i) }
+
+// Issue 14, point 3: everyone behind one campus NAT shares an address, and
+// one person's typos (or a guesser's spray) must not lock the others out.
+// A failing account slows only itself from there; once the address is
+// over its failure budget, people whose devices logged in before (device
+// tickets) still log in at once, and only devices new to their accounts
+// wait.
+func TestOneAddressFailingDoesNotShutOutItsNeighbours(t *testing.T) {
+	c := ct.Start(t, ct.Options{N: 3})
+	campus := api.NewCoordinatorClient(c.ConnFrom(c.Layout.LB, "127.0.0.7"))
+	elsewhere := api.NewCoordinatorClient(c.ConnFrom(c.Layout.LB, "127.0.0.8"))
+	typist := signUp(t, elsewhere, "typist", "1", "password123")
+	known := signUp(t, elsewhere, "known", "1", "password123")
+	newcomer := signUp(t, elsewhere, "newcomer", "1", "password123")
+	late := signUp(t, elsewhere, "late", "1", "password123")
+	logInFrom := func(login, pw string, ticket []byte) (*api.LogInResponse, error) {
+		return campus.LogIn(ctx(t), &api.LogInRequest{LoginId: login, Password: pw, DeviceTicket: ticket})
+	}
+	first, err := logInFrom(known, "password123", nil)
+	if err != nil || len(first.DeviceTicket) == 0 {
+		t.Fatalf("first log-in from campus: %v (ticket %x)", err, first.GetDeviceTicket())
+	}
+
+	// The typist fails ten times: the typist waits, a neighbour new to
+	// this address logs in.
+	for i := range 10 {
+		_, err := logInFrom(typist, fmt.Sprintf("typo%d", i), nil)
+		wantCode(t, err, codes.Unauthenticated, "a typo")
+	}
+	_, err = logInFrom(typist, "password123", nil)
+	wantCode(t, err, codes.ResourceExhausted, "the typist after ten typos")
+	if _, err := logInFrom(newcomer, "password123", nil); err != nil {
+		t.Fatalf("a neighbour after the typist's ten failures: %v", err)
+	}
+
+	// A guesser sprays one password over many accounts from the same
+	// address until its failure budget is spent.
+	for i := range 20 {
+		_, err := logInFrom(fmt.Sprintf("nobody%c", 'a'+i), "password123", nil)
+		wantCode(t, err, codes.Unauthenticated, "a spray guess")
+	}
+	_, err = logInFrom(late, "password123", nil)
+	wantCode(t, err, codes.ResourceExhausted, "a device new to its account, from an address over its failure budget")
+	// A forged or another account's ticket is no ticket.
+	_, err = logInFrom(late, "password123", first.DeviceTicket)
+	wantCode(t, err, codes.ResourceExhausted, "another account's device ticket")
+	// The neighbour whose device logged in before goes on at once, and
+	// keeps the same device.
+	again, err := logInFrom(known, "password123", first.DeviceTicket)
+	if err != nil {
+		t.Fatalf("a known device from an address over its failure budget: %v", err)
+	}
+	// A known device's own failures count against it alone: ten, then it
+	// waits; the address's budget is untouched by them, and a renewed
+	// ticket still names the same device (its wait goes on).
+	for i := range 10 {
+		_, err := logInFrom(known, fmt.Sprintf("typo%d", i), again.DeviceTicket)
+		wantCode(t, err, codes.Unauthenticated, "a known device's typo")
+	}
+	_, err = logInFrom(known, "password123", first.DeviceTicket)
+	wantCode(t, err, codes.ResourceExhausted, "a known device after its own ten failures")
+	// Elsewhere, nobody is held back.
+	if _, err := elsewhere.LogIn(ctx(t), &api.LogInRequest{LoginId: known, Password: "password123"}); err != nil {
+		t.Fatalf("the same account from another address: %v", err)
+	}
+}

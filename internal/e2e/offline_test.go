@@ -5,6 +5,9 @@ import (
 	"strings"
 	"testing"
 
+	"google.golang.org/grpc/codes"
+
+	"github.com/e2em/e2em/coord/api"
 	ct "github.com/e2em/e2em/internal/clustertest"
 )
 
@@ -117,5 +120,19 @@ func TestRestartResumesTheSessionWithoutHashing(t *testing.T) {
 	a.Do("Login rsa981 password123")
 	if after := logInCalls(t, c); after != before+1 {
 		t.Fatalf("a log-in after logging out made %v LogIn calls, want 1", after-before)
+	}
+	// The profile keeps its device ticket through the log-out: when a
+	// guesser on the same address spends the address's failure budget, this
+	// device still logs in (issue 14, point 3).
+	guesser := api.NewCoordinatorClient(c.ConnFrom(c.Layout.LB, "127.0.0.1"))
+	for i := range 30 {
+		_, err := guesser.LogIn(ctx(t), &api.LogInRequest{LoginId: fmt.Sprintf("nobody%c", 'a'+i), Password: "password123"})
+		wantCode(t, err, codes.Unauthenticated, "a spray guess")
+	}
+	_, err := guesser.LogIn(ctx(t), &api.LogInRequest{LoginId: "rsa981", Password: api.AuthSecret("rsa981", "password123")})
+	wantCode(t, err, codes.ResourceExhausted, "a device new to the account once the address is over its budget")
+	a.Do("Logout")
+	if r := a.Do("Login rsa981 password123"); r.S("text") != "Successfully LOGGED IN!" {
+		t.Fatalf("the ticketed device on an address over its failure budget: %v", r)
 	}
 }

@@ -36,3 +36,20 @@ func (s *Store) SavedSession() (SavedSession, error) {
 func (s *Store) ForgetSession() error {
 	return s.update(func(txn *badger.Txn) error { return txn.Delete([]byte(keySession)) })
 }
+
+// keyDeviceTicket holds the cluster's proof that this device logged in to
+// the profile's account; unlike the session it outlives a log-out.
+const keyDeviceTicket = "device-ticket"
+
+// SaveDeviceTicket keeps the cluster's latest device ticket.
+func (s *Store) SaveDeviceTicket(ticket []byte) error { return s.put(keyDeviceTicket, ticket) }
+
+// DeviceTicket is the kept device ticket, or nil.
+func (s *Store) DeviceTicket() ([]byte, error) {
+	var t []byte
+	err := s.get(keyDeviceTicket, &t)
+	if errors.Is(err, ErrNotFound) {
+		return nil, nil
+	}
+	return t, err
+}
