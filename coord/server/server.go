@@ -18,11 +18,13 @@ import (
 	"github.com/libp2p/go-libp2p/core/crypto"
 	p2ppeer "github.com/libp2p/go-libp2p/core/peer"
 	ma "github.com/multiformats/go-multiaddr"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/coord/store"
@@ -295,7 +297,13 @@ func (s *Server) reserve(ctx context.Context, what string, limits ...*statepb.Li
 		return 0, storeErr(err)
 	}
 	if codes.Code(res.Code) == codes.ResourceExhausted {
-		return 0, status.Errorf(codes.ResourceExhausted, "too many %s from your address; try again in %d seconds", what, res.Seq)
+		// The retry time also goes as a RetryInfo, so clients wait it out
+		// rather than ask again at once.
+		st := status.Newf(codes.ResourceExhausted, "too many %s from your address; try again in %d seconds", what, res.Seq)
+		if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Duration(res.Seq) * time.Second)}); err == nil {
+			st = d
+		}
+		return 0, st.Err()
 	}
 	if res.Code != 0 {
 		return 0, status.Error(codes.Code(res.Code), res.Message)

@@ -24,6 +24,11 @@ const (
 	// backoffStep is the first wait past a backing-off limit; each attempt
 	// after it doubles the wait, up to the limit's window.
 	backoffStep = time.Minute
+	// inFlightGrace is how long a counted attempt may still be in its
+	// check (the hash queue's wait and the hash); inFlightRetry is when to
+	// come back while one may be.
+	inFlightGrace = 30 * time.Second
+	inFlightRetry = 2 * time.Second
 )
 
 // LimitKey names what a limit counts: a kind ("login", "signup-addr", …)
@@ -85,7 +90,16 @@ func limitWait(l *statepb.Limit, times []int64, now int64) int64 {
 		if n == 0 {
 			return l.GetWindowNano() // max 0: nothing is allowed
 		}
-		return times[n-max] + l.GetWindowNano() - now
+		wait := times[n-max] + l.GetWindowNano() - now
+		// Attempts still being checked count until they turn out well
+		// (then they are released): when the newest is that recent, the
+		// place may free within moments, so come back soon rather than
+		// when the window has passed. A crowd of neighbours logging in at
+		// once waits its turn; a guesser's failures stay counted.
+		if now-times[n-1] < int64(inFlightGrace) {
+			wait = min(wait, int64(inFlightRetry))
+		}
+		return wait
 	}
 	gap := l.GetWindowNano()
 	if shift := n - max; shift < 40 {

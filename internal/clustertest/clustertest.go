@@ -123,6 +123,7 @@ type Cluster struct {
 	Args    []string
 	Layout  Layout
 	cmd     *exec.Cmd
+	paused  func() // lets a paused bootstrap go on (KeepDown)
 	logFile *os.File
 	exited  chan struct{}
 	conns   sync.Map // addr → *grpc.ClientConn
@@ -411,8 +412,27 @@ func (c *Cluster) Signal(child string, sig syscall.Signal) int {
 	return pid
 }
 
+// KeepDown kills a child and keeps it down (bootstrap, which would start
+// it again within a second, is paused meanwhile; the children write their
+// logs themselves, so nothing waits on it). bringBack lets bootstrap go on,
+// which starts the child again; Stop and the test's end do too.
+func (c *Cluster) KeepDown(child string) (bringBack func()) {
+	if err := c.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		c.t.Fatalf("pause bootstrap: %v", err)
+	}
+	var once sync.Once
+	bringBack = func() { once.Do(func() { c.cmd.Process.Signal(syscall.SIGCONT) }) }
+	c.paused = bringBack
+	c.t.Cleanup(bringBack)
+	c.Signal(child, syscall.SIGKILL)
+	return bringBack
+}
+
 // Stop ends bootstrap with SIGTERM (as Ctrl-C would) and waits.
 func (c *Cluster) Stop() {
+	if c.paused != nil {
+		c.paused()
+	}
 	select {
 	case <-c.exited:
 	default:

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"slices"
 	"strings"
@@ -386,14 +387,29 @@ type Relays struct {
 	mu       sync.Mutex
 	relays   []peer.AddrInfo
 	reserved map[peer.ID]time.Time
-	failed   map[peer.ID]time.Time // when a relay last refused or could not be reached
+	failed   map[peer.ID]relayRest // relays that could not be reached, resting
 	changed  chan struct{}
 	wake     chan struct{} // SetRelays, a relay lost: reserve now
 }
 
-// relayRest is how long a relay that failed is passed over (a dead one
-// would cost a dial timeout before the next choice each time).
-const relayRest = 30 * time.Second
+// relayRest is how long a relay that could not be reached is passed over
+// (a dead one would cost a dial timeout before the next choice each
+// time): 1 s after the first failure, doubling up to maxRelayRest, each
+// with ±25 % jitter so that a crowd whose relays all restarted (a cluster
+// restart) neither waits long nor comes back at one instant.
+type relayRest struct {
+	until time.Time
+	next  time.Duration
+}
+
+const maxRelayRest = 30 * time.Second
+
+// rested is r after one more failure at now.
+func (r relayRest) rested(now time.Time) relayRest {
+	d := max(r.next, time.Second)
+	jittered := d*3/4 + time.Duration(mrand.Int64N(int64(d)/2+1))
+	return relayRest{until: now.Add(jittered), next: min(2*d, maxRelayRest)}
+}
 
 // RelaysPerPeer is how many relays a client holds reservations on: one
 // may die and the client stays reachable while it moves to another.
@@ -405,7 +421,7 @@ func NewRelays(ctx context.Context, h host.Host, relays []peer.AddrInfo, want in
 	if log == nil {
 		log = slog.Default()
 	}
-	r := &Relays{h: h, want: want, log: log, relays: relays, reserved: map[peer.ID]time.Time{}, failed: map[peer.ID]time.Time{}, changed: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
+	r := &Relays{h: h, want: want, log: log, relays: relays, reserved: map[peer.ID]time.Time{}, failed: map[peer.ID]relayRest{}, changed: make(chan struct{}, 1), wake: make(chan struct{}, 1)}
 	// A relay that goes away is replaced within seconds, not at the next
 	// refresh.
 	h.Network().Notify(&network.NotifyBundle{DisconnectedF: func(_ network.Network, c network.Conn) {
@@ -504,10 +520,10 @@ func (r *Relays) reserveAll(ctx context.Context) time.Duration {
 			continue
 		}
 		r.mu.Lock()
-		resting := time.Since(r.failed[ai.ID]) < relayRest
+		rest := time.Until(r.failed[ai.ID].until)
 		r.mu.Unlock()
-		if resting && !ok {
-			wait = min(wait, relayRest)
+		if rest > 0 && !ok {
+			wait = min(wait, rest)
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -523,7 +539,7 @@ func (r *Relays) reserveAll(ctx context.Context) time.Duration {
 			// admitted, full) is asked again soon.
 			var answered client.ReservationError
 			if !errors.As(err, &answered) || answered.Status == pbv2.Status_CONNECTION_FAILED {
-				r.failed[ai.ID] = time.Now()
+				r.failed[ai.ID] = r.failed[ai.ID].rested(time.Now())
 			}
 			r.log.Debug("relay reservation failed", "relay", ai.ID, "err", err)
 			wait = 2 * time.Second

@@ -119,3 +119,17 @@ func TestRelaysMoveToTheNextChoiceWhenOneDies(t *testing.T) {
 		return nil
 	})
 }
+
+// An unreachable relay rests 1 s, then 2, 4 … up to 30 s, each within
+// ±25 %: a crowd whose relays all restarted is back within seconds, not
+// all at one instant.
+func TestUnreachableRelayRestsLongerEachTime(t *testing.T) {
+	now := time.Unix(1_700_000_000, 0)
+	var r relayRest
+	for _, want := range []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second, 30 * time.Second, 30 * time.Second} {
+		r = r.rested(now)
+		if got := r.until.Sub(now); got < want*3/4 || got > want*5/4 {
+			t.Fatalf("rests %v, want %v ± 25 %%", got, want)
+		}
+	}
+}
