@@ -64,9 +64,9 @@ type Running struct {
 }
 
 type options struct {
-	n, lbPort, basePort int
-	dataDir, host, bin  string
-	lbArgs, coordArgs   string
+	n, voters, lbPort, basePort int
+	dataDir, host, bin          string
+	lbArgs, coordArgs           string
 }
 
 func main() {
@@ -80,6 +80,7 @@ func main() {
 	o := &options{}
 	fs := flag.NewFlagSet("bootstrap", flag.ExitOnError)
 	fs.IntVar(&o.n, "n", 3, "number of coordinators (first start; a larger -n later adds coordinators)")
+	fs.IntVar(&o.voters, "voters", 0, "how many of them vote in Raft (0: all); the others join as non-voting members that serve reads and relays, adding relay and client capacity without slowing writes")
 	fs.IntVar(&o.lbPort, "lb-port", 7000, "port the balancer listens on (0: any free port)")
 	fs.IntVar(&o.basePort, "base-port", 7100, "coordinator i gets API base+i, Raft base+100+i, libp2p base+200+i, metrics base+300+i (0: any free ports)")
 	fs.StringVar(&o.dataDir, "data", "data", "data directory: CA, certificates, one folder per coordinator")
@@ -146,6 +147,9 @@ func run(o *options, log *slog.Logger) error {
 			args = append(args, "-bootstrap")
 		} else {
 			args = append(args, "-join", strings.Join(apis[:i], ","))
+		}
+		if o.voters > 0 && i >= o.voters {
+			args = append(args, "-nonvoter")
 		}
 		args = append(args, strings.Fields(o.coordArgs)...)
 		sup.add(c.ID, coordBin, args)

@@ -87,7 +87,7 @@ func parseFlags(args []string) (*options, error) {
 	fs.UintVar(&groupsJoined, "max-groups-joined", uint(o.srv.MaxGroupsJoined), "groups one account may belong to")
 	fs.DurationVar(&o.relay.MaxDuration, "relay-max-duration", o.relay.MaxDuration, "longest relayed connection")
 	fs.Int64Var(&o.relay.MaxBytes, "relay-max-bytes", o.relay.MaxBytes, "most bytes relayed each way per connection")
-	fs.IntVar(&o.relay.MaxReservations, "relay-max-reservations", o.relay.MaxReservations, "clients that may hold a relay reservation (libp2p's connection limits are sized for them)")
+	fs.IntVar(&o.relay.MaxReservations, "relay-max-reservations", o.relay.MaxReservations, "clients that may hold a relay reservation; 0 sizes it from a quarter of the memory and half the descriptors (libp2p's connection limits follow)")
 	fs.IntVar(&o.relay.MaxConnsPerIP, "relay-max-conns-per-ip", o.relay.MaxConnsPerIP, "libp2p connections from one IP address (people behind one NAT share it)")
 	fs.IntVar(&o.relay.MaxReservationsPerIP, "relay-max-reservations-per-ip", o.relay.MaxReservationsPerIP, "relay reservations from one IP address")
 	fs.BoolVar(&o.relayOpen, "relay-open", false, "let any libp2p peer use the relay, not only the devices people published (capacity tests)")
@@ -180,6 +180,11 @@ func run(o *options, log *slog.Logger) error {
 	if !o.relayOpen {
 		acl = &relay.ACL{}
 		o.relay.Admit = acl
+	}
+	if o.relay.MaxReservations <= 0 {
+		o.relay.MaxReservations = relay.ReservationsFor(relay.MemoryLimit(), relay.FileLimit())
+		log.Info("relay reservations sized from memory and descriptors", "reservations", o.relay.MaxReservations,
+			"memory_bytes", relay.MemoryLimit(), "descriptors", relay.FileLimit())
 	}
 	p2p, err := relay.Start(o.relay)
 	if err != nil {

@@ -36,7 +36,9 @@ type Config struct {
 	// library's defaults (2 min, 128 KiB) would cut a file transfer.
 	MaxDuration time.Duration
 	MaxBytes    int64
-	// How many clients may hold a reservation, and circuits per client.
+	// How many clients may hold a reservation (0: as many as a quarter of
+	// the memory and half the descriptors allow, ReservationsFor), and
+	// circuits per client.
 	MaxReservations int
 	MaxCircuits     int
 	// Metrics, when set, receives libp2p's own metrics (libp2p_swarm_*,
@@ -94,7 +96,7 @@ func DefaultConfig() Config {
 	return Config{
 		MaxDuration:     12 * time.Hour,
 		MaxBytes:        16 << 30,
-		MaxReservations: 1024,
+		MaxReservations: 0, // sized from memory and descriptors at Start
 		MaxCircuits:     64,
 		Circuits:        1024,
 		MaxConnsPerIP:   1024,
@@ -109,6 +111,9 @@ func Start(cfg Config) (host.Host, error) {
 	key, err := loadOrCreateKey(filepath.Join(cfg.Dir, "p2p.key"))
 	if err != nil {
 		return nil, err
+	}
+	if cfg.MaxReservations <= 0 {
+		cfg.MaxReservations = ReservationsFor(MemoryLimit(), FileLimit())
 	}
 	res := relayv2.DefaultResources()
 	res.Limit = &relayv2.RelayLimit{Duration: cfg.MaxDuration, Data: cfg.MaxBytes}

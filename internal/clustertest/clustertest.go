@@ -133,6 +133,7 @@ type Cluster struct {
 // Options for Start.
 type Options struct {
 	N         int
+	Voters    int      // how many of the N vote (bootstrap -voters; 0: all)
 	Dir       string   // reuse a data folder (a restart); default a new temp dir
 	CoordArgs []string // extra coordinator flags
 	LBArgs    []string // extra balancer flags
@@ -156,7 +157,7 @@ func Start(t testing.TB, o Options) *Cluster {
 	// limit sets its own (a later flag wins).
 	coordArgs := append([]string{"-max-signups-per-addr", "1000000", "-relay-max-reservations-per-ip", "1024"}, o.CoordArgs...)
 	c.Args = []string{"-n", fmt.Sprint(o.N), "-data", o.Dir, "-base-port", "0", "-lb-port", "0", "-bin", c.Bin,
-		"-coord-args", strings.Join(coordArgs, " "), "-lb-args", strings.Join(o.LBArgs, " ")}
+		"-coord-args", strings.Join(coordArgs, " "), "-lb-args", strings.Join(o.LBArgs, " "), "-voters", fmt.Sprint(o.Voters)}
 	if o.Host != "" {
 		c.Args = append(c.Args, "-host", o.Host)
 	}

@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/desktop/engine/p2p"
 	ct "github.com/e2em/e2em/internal/clustertest"
@@ -134,4 +136,57 @@ func TestHundredsOnlineSurviveARelayLossAndAClusterRestart(t *testing.T) {
 	}
 	reachable("after the cluster restarted", 2*wait)
 	reserved("after the cluster restarted")
+}
+
+// Issue 14, point 1: relay room grows with members that do not vote.
+// Five coordinators of which three vote: Raft's writes still wait on
+// three, and the crowd's reservations spread over all five relays, so
+// the cluster holds 5/3 the people a three-member one does.
+func TestNonVotingMembersAddRelayRoom(t *testing.T) {
+	c := ct.Start(t, ct.Options{N: 5, Voters: 3})
+	st, err := c.Admin(0).Status(ctx(t), &api.StatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	voters := 0
+	for _, m := range st.Members {
+		if m.Voter {
+			voters++
+		}
+	}
+	if len(st.Members) != 5 || voters != 3 {
+		t.Fatalf("%d members, %d voting; want 5 and 3: %v", len(st.Members), voters, st.Members)
+	}
+	bg := context.Background()
+	var relays []peer.AddrInfo
+	ct.Eventually(t, wait, func() error {
+		if relays, err = loadgen.RelayInfos(ctx(t), c.LB()); err == nil && len(relays) != 5 {
+			err = fmt.Errorf("%d relays listed, want 5", len(relays))
+		}
+		return err
+	})
+	const n = 100
+	crowd := &loadgen.Crowd{LB: c.Layout.LB, CAFile: c.CAFile()}
+	people := crowd.Add(0, n)
+	t.Cleanup(func() { loadgen.Each(people, 64, func(p *loadgen.Person) error { p.Close(); return nil }) })
+	if _, err := loadgen.Online(bg, people, relays, 32); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(bg, wait)
+	defer cancel()
+	if missing := loadgen.WaitReserved(wctx, people, p2p.RelaysPerPeer); missing > 0 {
+		t.Fatalf("%d of %d people hold fewer than %d reservations", missing, n, p2p.RelaysPerPeer)
+	}
+	share := loadgen.RelayShare(people)
+	t.Logf("reservations per relay: %v", share)
+	// 200 reservations over 5 relays: 40 each on average; a relay the hash
+	// left nearly empty would mean the non-voters are not used.
+	if len(share) != 5 {
+		t.Fatalf("the crowd reserved on %d relays, want all 5: %v", len(share), share)
+	}
+	for id, k := range share {
+		if k < 15 {
+			t.Fatalf("relay %s holds %d of 200 reservations: %v", id, k, share)
+		}
+	}
 }
