@@ -21,23 +21,27 @@ const MaxStreamsPerLogin = 8
 // event concerns through indexes (by login, by watched login) instead of
 // scanning every stream.
 type Hub struct {
-	mu       sync.Mutex
-	byLogin  map[string]map[*Subscriber]struct{}
-	watchers map[string]map[*Subscriber]struct{}
-	members  func(group string) []string
+	mu        sync.Mutex
+	byLogin   map[string]map[*Subscriber]struct{}
+	watchers  map[string]map[*Subscriber]struct{}
+	bySession map[string]map[*Subscriber]struct{}
+	members   func(group string) []string
 }
 
 // Subscriber is one open Events stream.
 type Subscriber struct {
-	C     chan *api.Event
-	login string
-	watch []string
-	gone  bool
+	C       chan *api.Event
+	login   string
+	session string
+	watch   []string
+	gone    bool
+	revoked bool // its session was logged out (C is closed)
 }
 
 // NewHub makes a hub; members answers who is in a group.
 func NewHub(members func(group string) []string) *Hub {
-	return &Hub{byLogin: map[string]map[*Subscriber]struct{}{}, watchers: map[string]map[*Subscriber]struct{}{}, members: members}
+	return &Hub{byLogin: map[string]map[*Subscriber]struct{}{}, watchers: map[string]map[*Subscriber]struct{}{},
+		bySession: map[string]map[*Subscriber]struct{}{}, members: members}
 }
 
 // SetMembers sets how the hub learns who is in a group (the store opens after
@@ -51,15 +55,18 @@ func (h *Hub) SetMembers(members func(group string) []string) {
 // ErrTooManyStreams refuses a stream past MaxStreamsPerLogin.
 var ErrTooManyStreams = errors.New("too many event streams open for this account")
 
-// Subscribe opens a stream for login, watching the key changes of watch.
-func (h *Hub) Subscribe(login string, watch []string) (*Subscriber, error) {
-	s := &Subscriber{C: make(chan *api.Event, subscriberBuffer), login: login, watch: watch}
+// Subscribe opens a stream for login's session, watching the key changes
+// of watch. The stream ends (C closes, Revoked says why) when the session
+// is logged out.
+func (h *Hub) Subscribe(login, session string, watch []string) (*Subscriber, error) {
+	s := &Subscriber{C: make(chan *api.Event, subscriberBuffer), login: login, session: session, watch: watch}
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if len(h.byLogin[login]) >= MaxStreamsPerLogin {
 		return nil, ErrTooManyStreams
 	}
 	add(h.byLogin, login, s)
+	add(h.bySession, session, s)
 	for _, w := range watch {
 		add(h.watchers, w, s)
 	}
@@ -87,6 +94,7 @@ func (h *Hub) Unsubscribe(s *Subscriber) {
 	defer h.mu.Unlock()
 	if _, ok := h.byLogin[s.login][s]; ok {
 		remove(h.byLogin, s.login, s)
+		remove(h.bySession, s.session, s)
 		for _, w := range s.watch {
 			remove(h.watchers, w, s)
 		}
@@ -100,6 +108,13 @@ func (h *Hub) drop(s *Subscriber) {
 		s.gone = true
 		close(s.C)
 	}
+}
+
+// Revoked says whether s ended because its session was logged out.
+func (h *Hub) Revoked(s *Subscriber) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return s.revoked
 }
 
 // Publish delivers one state machine event to the streams it concerns.
@@ -133,6 +148,12 @@ func (h *Hub) Publish(e store.Event) {
 	case e.Keys != nil:
 		ev = &api.Event{Kind: &api.Event_Keys{Keys: &api.KeysChanged{Keys: e.Keys}}}
 		to = append(to, h.watchers[e.Keys.LoginId])
+	case e.Revoked != nil:
+		for s := range h.bySession[string(e.Revoked)] {
+			s.revoked = true
+			h.drop(s)
+		}
+		return
 	default:
 		return
 	}

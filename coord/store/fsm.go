@@ -53,6 +53,8 @@ type Event struct {
 	Mail  *MailEvent
 	Group *GroupEvent
 	Keys  *api.Keys
+	// Revoked names a session logged out: its streams end at once.
+	Revoked []byte
 }
 
 // MailEvent says new mail is waiting for To.
@@ -307,7 +309,7 @@ func (f *FSM) revokeSession(txn *writeTxn, r *statepb.RevokeSession) (*statepb.R
 	if err := txn.Set([]byte(prefRevoked+string(r.SessionId)), exp); err != nil {
 		return nil, nil, err
 	}
-	return ok(), nil, txn.Set([]byte(prefRevTime+string(exp)+"/"+string(r.SessionId)), nil)
+	return ok(), []Event{{Revoked: r.SessionId}}, txn.Set([]byte(prefRevTime+string(exp)+"/"+string(r.SessionId)), nil)
 }
 
 func (f *FSM) publishKeys(txn *writeTxn, k *api.Keys, now int64) (*statepb.Result, []Event, error) {

@@ -177,6 +177,13 @@ func (p *Person) Client() api.CoordinatorClient {
 	return p.client
 }
 
+// Token is the person's session token.
+func (p *Person) Token() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.token
+}
+
 // Authed is ctx carrying the person's session token.
 func (p *Person) Authed(ctx context.Context) context.Context {
 	p.mu.Lock()
