@@ -18,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libp2p/go-libp2p/core/peer"
+
 	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/desktop/engine/p2p"
 	ct "github.com/e2em/e2em/internal/clustertest"
@@ -55,18 +57,23 @@ func BenchmarkManyOnline(b *testing.B) {
 	largest := slices.Max(steps)
 	// Three descriptors a person here (its gRPC connection, two relay
 	// connections), two on the balancer, one or two on a coordinator:
-	// raise the limit for this process and the cluster it starts.
-	if got := raiseFileLimit(uint64(4*largest + 4096)); got < uint64(3*largest+1024) {
-		b.Logf("descriptors limited to %d here: sizes past %d are skipped", got, (got-1024)/3)
-		steps = slices.DeleteFunc(steps, func(n int) bool { return uint64(3*n+1024) > got })
-		largest = slices.Max(steps)
+	// raise the limit for this process and the cluster it starts. Where
+	// it cannot be raised enough, people past it go to crowd workers.
+	got := raiseFileLimit(uint64(4*largest + 4096))
+	localCap := int(got-1024) / 3
+	// E2EM_MANY_ONLINE_LOCAL caps this process's share (to try workers).
+	if v, err := strconv.Atoi(os.Getenv("E2EM_MANY_ONLINE_LOCAL")); err == nil && v > 0 {
+		localCap = min(localCap, v)
+	}
+	if localCap < largest {
+		report("descriptors limited to %d here: up to %d people in this process, the rest in crowd workers behind balancers of their own", got, localCap)
 	}
 	for i := 0; i < b.N; i++ {
-		manyOnline(b, steps, largest)
+		manyOnline(b, steps, largest, localCap)
 	}
 }
 
-func manyOnline(b *testing.B, steps []int, largest int) {
+func manyOnline(b *testing.B, steps []int, largest, localCap int) {
 	c := ct.Start(b, ct.Options{N: 3, CoordArgs: []string{"-log-level", "warn",
 		// Everyone here is on 127.x: the per-IP limits stand for a huge NAT.
 		"-relay-max-conns-per-ip", fmt.Sprint(2 * largest), "-relay-max-reservations-per-ip", fmt.Sprint(2 * largest)},
@@ -143,9 +150,16 @@ func manyOnline(b *testing.B, steps []int, largest int) {
 		idleCluster, idleCrowd float64
 	}
 	var rows []row
+	// People past what this process's descriptors hold go to crowd
+	// workers (crowdworker_test.go), each behind a balancer of its own.
+	var workers []*worker
+	var lbs []string
+	total := len(people)
+	relayAddrs := relayMultiaddrs(relays)
 	for _, n := range steps {
-		fresh := crowd.Add(len(people), n)
-		r := row{n: n, burstOf: len(fresh)}
+		r := row{n: n, burstOf: n - total}
+		local := min(n-total, max(localCap-len(people), 0))
+		fresh := crowd.Add(total, total+local)
 		// gRPC first (sign-up, the log-in burst, keys, Events), then the
 		// relay reservations, so each part's cost shows.
 		crowd.Relays = -1
@@ -153,38 +167,67 @@ func manyOnline(b *testing.B, steps []int, largest int) {
 			b.Fatal(err)
 		}
 		people = append(people, fresh...)
-		r.grpc = snapshot(b, c)
+		var stepWorker *worker
+		if rest := n - total - local; rest > 0 {
+			w, rep := startWorker(b, c, relayAddrs, total+local, n)
+			stepWorker = w
+			workers = append(workers, w)
+			lbs = append(lbs, w.lbMetrics)
+			r.loginBurst = max(r.loginBurst, time.Duration(rep.LogInsMS)*time.Millisecond)
+		}
+		total = n
+		r.grpc = snapshot(b, c, lbs...)
 		crowd.Relays = 0
+		if stepWorker != nil {
+			stepWorker.tell(b, "hosts")
+		}
 		if err := loadgen.FirstError(loadgen.Each(fresh, 64, func(p *loadgen.Person) error { return p.StartHost(relays) })); err != nil {
 			b.Fatal(err)
 		}
 		wctx, cancel := context.WithTimeout(bg, 2*time.Minute)
 		r.unreserve = loadgen.WaitReserved(wctx, people, p2p.RelaysPerPeer)
 		cancel()
-		r.full = snapshot(b, c)
+		var remote map[string][]string
+		if stepWorker != nil {
+			rep := stepWorker.next(b, "ready")
+			r.unreserve += rep.Missing
+			remote = rep.Circuits
+		}
+		r.full = snapshot(b, c, lbs...)
 		saveProfiles(b, c, fmt.Sprintf("online%d", n))
 		r.share = loadgen.RelayShare(people)
 		start := time.Now()
 		lost, first := loadgen.Reachable(bg, prober, people, 64)
-		r.reach, r.unreached = time.Since(start), len(lost)
+		r.unreached = len(lost)
+		if len(remote) > 0 {
+			k, err := loadgen.ReachableCircuits(bg, prober, remote, 64)
+			r.unreached += k
+			if first == nil {
+				first = err
+			}
+		}
+		r.reach = time.Since(start)
 		if first != nil {
-			report("%d unreachable: %v", len(lost), first)
+			report("%d unreachable: %v", r.unreached, first)
 		}
 		r.p50, r.p99 = latencies.measure(b, people, 200)
 		r.idleCluster, r.idleCrowd = idleCPU(b, c, 5*time.Second)
 		r.lookUps = lookUpRate(fmt.Sprintf("lookup-%d", n))
 		rows = append(rows, r)
-		report("%d online: log-in burst of %d in %v; reachable all but %d in %v; PutMail→Event p50 %v p99 %v; %.0f LookUp/s (%.2f× none online); reservations %v; without reservation %d",
-			n, r.burstOf, r.loginBurst.Round(time.Millisecond), r.unreached, r.reach.Round(time.Millisecond), r.p50, r.p99, r.lookUps, r.lookUps/baseLookUps, r.share, r.unreserve)
+		report("%d online (%d in workers): log-in burst of %d in %v; reachable all but %d in %v; PutMail→Event p50 %v p99 %v; %.0f LookUp/s (%.2f× none online); reservations here %v; without reservation %d",
+			n, n-len(people), r.burstOf, r.loginBurst.Round(time.Millisecond), r.unreached, r.reach.Round(time.Millisecond), r.p50, r.p99, r.lookUps, r.lookUps/baseLookUps, r.share, r.unreserve)
 		report("  idle: the coordinators use %.2f cores, the crowd's process %.2f (%.0f MB resident)", r.idleCluster, r.idleCrowd, selfRSS()/1e6)
-		report("  coordinators: gRPC only %.1f MB live, %d goroutines; with relays %.1f MB, %d goroutines; balancer %d descriptors",
+		report("  coordinators: gRPC only %.1f MB live, %d goroutines; with relays %.1f MB, %d goroutines; balancers %d descriptors",
 			r.grpc.live/1e6, r.grpc.goroutines, r.full.live/1e6, r.full.goroutines, r.full.lbFDs)
 	}
 
-	// The reconnect storm: every connection drops, and everyone comes back
-	// at once on the session it holds.
+	// The reconnect storm: every connection drops, and everyone (here and
+	// in the workers) comes back at once on the session it holds.
 	before := logInCalls(b, c)
 	loadgen.Each(people, 256, func(p *loadgen.Person) error { p.Disconnect(); return nil })
+	for _, w := range workers {
+		w.tell(b, "storm")
+	}
 	start := time.Now()
 	if err := loadgen.FirstError(loadgen.Each(people, len(people), func(p *loadgen.Person) error {
 		if err := p.Connect(); err != nil {
@@ -198,8 +241,15 @@ func manyOnline(b *testing.B, steps []int, largest int) {
 		b.Fatal(err)
 	}
 	storm := time.Since(start)
+	for _, w := range workers {
+		storm = max(storm, time.Duration(w.next(b, "storm").StormMS)*time.Millisecond)
+	}
 	hashes := logInCalls(b, c) - before
-	report("reconnect storm: %d people back on their sessions in %v, %v LogIn calls", len(people), storm.Round(time.Millisecond), hashes)
+	report("reconnect storm: %d people back on their sessions in %v, %v LogIn calls", total, storm.Round(time.Millisecond), hashes)
+	for _, w := range workers {
+		w.tell(b, "quit")
+		w.cmd.Wait()
+	}
 
 	// Nobody online again (the crowd leaves; the few stay): the machine's
 	// speed drifts over a run this long, so the ratio is taken against the
@@ -224,12 +274,12 @@ func manyOnline(b *testing.B, steps []int, largest int) {
 		prev = r.full
 	}
 	hi := rows[len(rows)-1]
-	total := float64(hi.n)
-	b.ReportMetric(grpcKB/total/1e3, "grpc-KB/person")
-	b.ReportMetric(relayKB/total/1e3, "relay-KB/person")
-	b.ReportMetric(grpcG/total, "grpc-goroutines/person")
-	b.ReportMetric(relayG/total, "relay-goroutines/person")
-	b.ReportMetric(float64(hi.full.lbFDs-base.lbFDs)/total, "lb-fds/person")
+	total = hi.n
+	b.ReportMetric(grpcKB/float64(total)/1e3, "grpc-KB/person")
+	b.ReportMetric(relayKB/float64(total)/1e3, "relay-KB/person")
+	b.ReportMetric(grpcG/float64(total), "grpc-goroutines/person")
+	b.ReportMetric(relayG/float64(total), "relay-goroutines/person")
+	b.ReportMetric(float64(hi.full.lbFDs-base.lbFDs)/float64(total), "lb-fds/person")
 	b.ReportMetric(float64(hi.n), "people")
 	b.ReportMetric(float64(hi.unreached+hi.unreserve), "unreachable")
 	b.ReportMetric(storm.Seconds(), "storm-s")
@@ -249,6 +299,17 @@ func manyOnline(b *testing.B, steps []int, largest int) {
 	report("growth table:\n%s", t.String())
 }
 
+// relayMultiaddrs are the relays' addresses, each with /p2p/<id>.
+func relayMultiaddrs(relays []peer.AddrInfo) []string {
+	var out []string
+	for _, ai := range relays {
+		for _, a := range ai.Addrs {
+			out = append(out, a.String()+"/p2p/"+ai.ID.String())
+		}
+	}
+	return out
+}
+
 // report prints a measurement on stdout (benchmark logs are cut short
 // past a few lines).
 func report(format string, args ...any) {
@@ -264,7 +325,7 @@ type cost struct {
 	lbFDs      int
 }
 
-func snapshot(b *testing.B, c *ct.Cluster) cost {
+func snapshot(b *testing.B, c *ct.Cluster, moreLBs ...string) cost {
 	var s cost
 	for _, co := range c.Layout.Coordinators {
 		heap, stack, goroutines, err := liveMemory(co.Metrics)
@@ -274,12 +335,14 @@ func snapshot(b *testing.B, c *ct.Cluster) cost {
 		s.live += heap + stack
 		s.goroutines += goroutines
 	}
-	m, err := ct.Metrics(c.Layout.LBMetrics)
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, mm := range m["process_open_fds"].GetMetric() {
-		s.lbFDs = int(mm.GetGauge().GetValue())
+	for _, lb := range append([]string{c.Layout.LBMetrics}, moreLBs...) {
+		m, err := ct.Metrics(lb)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for _, mm := range m["process_open_fds"].GetMetric() {
+			s.lbFDs += int(mm.GetGauge().GetValue())
+		}
 	}
 	return s
 }

@@ -453,7 +453,7 @@ func WaitReserved(ctx context.Context, ps []*Person, want int) (missing int) {
 func Reachable(ctx context.Context, prober *Person, ps []*Person, par int) (unreached []*Person, first error) {
 	var mu sync.Mutex
 	Each(ps, par, func(p *Person) error {
-		err := pingThroughRelay(ctx, prober.Host, p)
+		err := pingThroughRelay(ctx, prober.Host, p.Host.ID(), p.Circuits())
 		if err != nil {
 			mu.Lock()
 			unreached = append(unreached, p)
@@ -467,9 +467,47 @@ func Reachable(ctx context.Context, prober *Person, ps []*Person, par int) (unre
 	return unreached, first
 }
 
-func pingThroughRelay(ctx context.Context, prober host.Host, p *Person) error {
+// ReachableCircuits is Reachable for people held elsewhere (another
+// process), known by peer id and circuits; it returns how many it could
+// not reach and the first error.
+func ReachableCircuits(ctx context.Context, prober *Person, circuits map[string][]string, par int) (unreached int, first error) {
+	type target struct {
+		id       peer.ID
+		circuits []string
+	}
+	var ts []target
+	for id, cs := range circuits {
+		pid, err := peer.Decode(id)
+		if err != nil {
+			return len(circuits), err
+		}
+		ts = append(ts, target{pid, cs})
+	}
+	errs := make([]error, len(ts))
+	sem := make(chan struct{}, par)
+	var wg sync.WaitGroup
+	for i, t := range ts {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			errs[i] = pingThroughRelay(ctx, prober.Host, t.id, t.circuits)
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			unreached++
+			if first == nil {
+				first = err
+			}
+		}
+	}
+	return unreached, first
+}
+
+func pingThroughRelay(ctx context.Context, prober host.Host, id peer.ID, circuits []string) error {
 	var addrs []ma.Multiaddr
-	for _, c := range p.Circuits() {
+	for _, c := range circuits {
 		m, err := ma.NewMultiaddr(c)
 		if err != nil {
 			return err
@@ -481,12 +519,12 @@ func pingThroughRelay(ctx context.Context, prober host.Host, p *Person) error {
 	}
 	cctx, cancel := context.WithTimeout(network.WithAllowLimitedConn(ctx, "probe"), 20*time.Second)
 	defer cancel()
-	defer prober.Network().ClosePeer(p.Host.ID())
-	if err := prober.Connect(cctx, peer.AddrInfo{ID: p.Host.ID(), Addrs: addrs}); err != nil {
+	defer prober.Network().ClosePeer(id)
+	if err := prober.Connect(cctx, peer.AddrInfo{ID: id, Addrs: addrs}); err != nil {
 		return err
 	}
 	select {
-	case r := <-ping.Ping(cctx, prober, p.Host.ID()):
+	case r := <-ping.Ping(cctx, prober, id):
 		return r.Error
 	case <-cctx.Done():
 		return cctx.Err()
