@@ -294,7 +294,7 @@ type collector struct {
 	pool                                              *balance.Pool
 	srv                                               *proxy.Server
 	active, total, bytes, healthy, failures, accepted *prometheus.Desc
-	rejected, open, limit, used                       *prometheus.Desc
+	rejected, open, limit, used, panics               *prometheus.Desc
 	maxConns                                          int64
 }
 
@@ -314,11 +314,12 @@ func newCollector(pool *balance.Pool, srv *proxy.Server, maxConns int64) *collec
 		open:     d("connections_open", "Open client connections."),
 		limit:    d("connections_limit", "Client connections at which new ones are refused: the lesser of -max-conns and what the descriptors left allow (two per connection)."),
 		used:     d("capacity_used_ratio", "connections_open / connections_limit: add a balancer (or raise the limits) well before 1."),
+		panics:   d("panic_connections_total", "Connections sent on while no backend passed its checks (panic mode: spread over all rather than refused)."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.active, c.total, c.bytes, c.healthy, c.failures, c.accepted, c.rejected, c.open, c.limit, c.used} {
+	for _, d := range []*prometheus.Desc{c.active, c.total, c.bytes, c.healthy, c.failures, c.accepted, c.rejected, c.open, c.limit, c.used, c.panics} {
 		ch <- d
 	}
 }
@@ -344,4 +345,5 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	capa := currentCapacity(c.srv.Active(), c.maxConns)
 	ch <- prometheus.MustNewConstMetric(c.limit, prometheus.GaugeValue, float64(capa.limit()))
 	ch <- prometheus.MustNewConstMetric(c.used, prometheus.GaugeValue, capa.used())
+	ch <- prometheus.MustNewConstMetric(c.panics, prometheus.CounterValue, float64(c.pool.Panics()))
 }

@@ -80,6 +80,7 @@ type Pool struct {
 	mu       sync.RWMutex
 	backends []*Backend
 	next     atomic.Uint64
+	panics   atomic.Uint64
 	onChange func(b *Backend, added bool)
 }
 
@@ -189,6 +190,23 @@ func (p *Pool) Pick(tried []*Backend) (*Backend, error) {
 			cands = append(cands, b)
 		}
 	}
+	if len(cands) == 0 && !p.anyHealthy() {
+		// Panic mode (as Envoy's panic threshold): when every backend
+		// fails its checks at once, the likeliest cause is load — a
+		// reconnect storm slowing the checks past their timeout — not
+		// every server dying together. Refusing everyone would turn that
+		// slowness into an outage, so connections go to any backend not
+		// removed; a dead one fails its dial and the next is tried.
+		for _, b := range p.backends {
+			if !b.Removed() && !slices.Contains(tried, b) &&
+				(p.opts.MaxConnsPerBackend <= 0 || b.Active.Load() < p.opts.MaxConnsPerBackend) {
+				cands = append(cands, b)
+			}
+		}
+		if len(cands) > 0 {
+			p.panics.Add(1)
+		}
+	}
 	if len(cands) == 0 {
 		return nil, ErrNoBackend
 	}
@@ -209,6 +227,20 @@ func (p *Pool) Pick(tried []*Backend) (*Backend, error) {
 		return p.roundRobin(cands, now), nil
 	}
 }
+
+// anyHealthy says whether some backend passes its checks (p.mu held).
+func (p *Pool) anyHealthy() bool {
+	for _, b := range p.backends {
+		if b.Healthy() {
+			return true
+		}
+	}
+	return false
+}
+
+// Panics is how many connections were sent on in panic mode (no backend
+// healthy).
+func (p *Pool) Panics() uint64 { return p.panics.Load() }
 
 // roundRobin walks the candidates in turn; a backend in slow start is
 // skipped with probability 1 - weight, so it gets its weight's share.

@@ -144,3 +144,35 @@ func FuzzParseBackends(f *testing.F) {
 		}
 	})
 }
+
+// Panic mode: with no backend passing its checks (a storm slowing them
+// past their timeout), connections still go out, spread over every
+// backend not removed and not yet tried; a removed one never gets any,
+// and with one healthy backend the unhealthy ones get none.
+func TestNoHealthyBackendSpreadsOverAllInsteadOfRefusing(t *testing.T) {
+	p := healthyPool(t, Options{Fall: 1}, "a:1", "b:1", "c:1")
+	a, b, c := p.Backends()[0], p.Backends()[1], p.Backends()[2]
+	p.ReportFailure(a)
+	p.ReportFailure(b)
+	for range 10 {
+		if got, _ := p.Pick(nil); got != c {
+			t.Fatalf("picked %s with c healthy", got.Addr)
+		}
+	}
+	p.ReportFailure(c)
+	p.Remove("c:1")
+	counts := map[string]int{}
+	for range 100 {
+		got, err := p.Pick(nil)
+		if err != nil {
+			t.Fatalf("no healthy backend refused a connection: %v", err)
+		}
+		counts[got.Addr]++
+	}
+	if counts["a:1"] != 50 || counts["b:1"] != 50 || p.Panics() != 100 {
+		t.Fatalf("panic picks %v (%d counted), want a and b evenly, never the removed c", counts, p.Panics())
+	}
+	if _, err := p.Pick([]*Backend{a, b}); err != ErrNoBackend {
+		t.Fatalf("every backend tried: %v", err)
+	}
+}
