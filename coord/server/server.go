@@ -271,7 +271,7 @@ func (s *Server) loginLimits(login, ip string, device []byte) []*statepb.Limit {
 	}
 	return []*statepb.Limit{
 		{Key: store.LimitKey("login", login, ip), WindowNano: int64(LoginWindow), Max: uint32(s.cfg.MaxLoginFailures), Backoff: true},
-		{Key: store.LimitKey("login-addr", ip), WindowNano: int64(time.Minute), Max: uint32(s.cfg.MaxAddrFailures)},
+		{Key: store.LimitKey("login-addr", ip), WindowNano: int64(time.Minute), Max: uint32(s.cfg.MaxAddrFailures), ReleasedOnSuccess: true},
 	}
 }
 

@@ -96,7 +96,7 @@ func limitWait(l *statepb.Limit, times []int64, now int64) int64 {
 		// place may free within moments, so come back soon rather than
 		// when the window has passed. A crowd of neighbours logging in at
 		// once waits its turn; a guesser's failures stay counted.
-		if now-times[n-1] < int64(inFlightGrace) {
+		if l.GetReleasedOnSuccess() && now-times[n-1] < int64(inFlightGrace) {
 			wait = min(wait, int64(inFlightRetry))
 		}
 		return wait

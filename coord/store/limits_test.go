@@ -20,7 +20,7 @@ func TestReserveCountsAllOrNothing(t *testing.T) {
 	f, _ := openFSM(t)
 	a := &applier{t: t, f: f}
 	base := time.Unix(1_700_000_000, 0)
-	tight := &statepb.Limit{Key: LimitKey("t", "a"), WindowNano: int64(time.Minute), Max: 2}
+	tight := &statepb.Limit{Key: LimitKey("t", "a"), WindowNano: int64(time.Minute), Max: 2, ReleasedOnSuccess: true}
 	loose := &statepb.Limit{Key: LimitKey("t", "b"), WindowNano: int64(time.Minute), Max: 10}
 	for i := range 2 {
 		if r := a.reserveAt(base.Add(time.Duration(i)*time.Second), loose, tight); r.Code != 0 {
@@ -37,6 +37,15 @@ func TestReserveCountsAllOrNothing(t *testing.T) {
 	r = a.reserveAt(base.Add(40*time.Second), loose, tight)
 	if codes.Code(r.Code) != codes.ResourceExhausted || r.Seq != 20 {
 		t.Fatalf("fourth attempt: %v (want refused, 20 s to wait)", r)
+	}
+	// A limit whose attempts are never released (sign-ups) says the
+	// window's wait at once.
+	signups := &statepb.Limit{Key: LimitKey("t", "c"), WindowNano: int64(time.Minute), Max: 1}
+	if r := a.reserveAt(base.Add(41*time.Second), signups); r.Code != 0 {
+		t.Fatalf("first sign-up: %v", r)
+	}
+	if r := a.reserveAt(base.Add(42*time.Second), signups); codes.Code(r.Code) != codes.ResourceExhausted || r.Seq != 59 {
+		t.Fatalf("second sign-up: %v (want refused, 59 s to wait)", r)
 	}
 	// The refused attempt counted against neither limit.
 	if got, _ := f.Attempts(loose.Key, time.Minute, base.Add(10*time.Second).UnixNano()); len(got) != 2 {

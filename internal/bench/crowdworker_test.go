@@ -95,18 +95,8 @@ func crowdWorker(raw string) int {
 			}
 			out.Encode(workerReport{Phase: "ready", Missing: missing, Circuits: circuits})
 		case "storm":
-			loadgen.Each(people, 256, func(p *loadgen.Person) error { p.Disconnect(); return nil })
-			start := time.Now()
-			err := loadgen.FirstError(loadgen.Each(people, len(people), func(p *loadgen.Person) error {
-				if err := p.Connect(); err != nil {
-					return err
-				}
-				if err := p.Resume(bg); err != nil {
-					return err
-				}
-				return p.HoldEvents(bg)
-			}))
-			r := workerReport{Phase: "storm", StormMS: time.Since(start).Milliseconds()}
+			took, err := loadgen.Storm(bg, people)
+			r := workerReport{Phase: "storm", StormMS: took.Milliseconds()}
 			if err != nil {
 				r.Err = err.Error()
 			}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"net/http"
 	"os"
@@ -60,7 +61,11 @@ func BenchmarkManyOnline(b *testing.B) {
 	// raise the limit for this process and the cluster it starts. Where
 	// it cannot be raised enough, people past it go to crowd workers.
 	got := raiseFileLimit(uint64(4*largest + 4096))
-	localCap := int(got-1024) / 3
+	// A balancer here holds (limit - 1,024) / 2 people, and a reconnect
+	// storm briefly needs twice its people's connections (the old ones
+	// are torn down while the new ones arrive), plus the benchmark's own:
+	// each balancer, and so each process's share, is kept to a fifth.
+	localCap := int(got-1024) / 5
 	// E2EM_MANY_ONLINE_LOCAL caps this process's share (to try workers).
 	if v, err := strconv.Atoi(os.Getenv("E2EM_MANY_ONLINE_LOCAL")); err == nil && v > 0 {
 		localCap = min(localCap, v)
@@ -167,10 +172,10 @@ func manyOnline(b *testing.B, steps []int, largest, localCap int) {
 			b.Fatal(err)
 		}
 		people = append(people, fresh...)
-		var stepWorker *worker
-		if rest := n - total - local; rest > 0 {
-			w, rep := startWorker(b, c, relayAddrs, total+local, n)
-			stepWorker = w
+		var stepWorkers []*worker
+		for from := total + local; from < n; from += localCap {
+			w, rep := startWorker(b, c, relayAddrs, from, min(from+localCap, n))
+			stepWorkers = append(stepWorkers, w)
 			workers = append(workers, w)
 			lbs = append(lbs, w.lbMetrics)
 			r.loginBurst = max(r.loginBurst, time.Duration(rep.LogInsMS)*time.Millisecond)
@@ -178,8 +183,8 @@ func manyOnline(b *testing.B, steps []int, largest, localCap int) {
 		total = n
 		r.grpc = snapshot(b, c, lbs...)
 		crowd.Relays = 0
-		if stepWorker != nil {
-			stepWorker.tell(b, "hosts")
+		for _, w := range stepWorkers {
+			w.tell(b, "hosts")
 		}
 		if err := loadgen.FirstError(loadgen.Each(fresh, 64, func(p *loadgen.Person) error { return p.StartHost(relays) })); err != nil {
 			b.Fatal(err)
@@ -187,11 +192,11 @@ func manyOnline(b *testing.B, steps []int, largest, localCap int) {
 		wctx, cancel := context.WithTimeout(bg, 2*time.Minute)
 		r.unreserve = loadgen.WaitReserved(wctx, people, p2p.RelaysPerPeer)
 		cancel()
-		var remote map[string][]string
-		if stepWorker != nil {
-			rep := stepWorker.next(b, "ready")
+		remote := map[string][]string{}
+		for _, w := range stepWorkers {
+			rep := w.next(b, "ready")
 			r.unreserve += rep.Missing
-			remote = rep.Circuits
+			maps.Copy(remote, rep.Circuits)
 		}
 		r.full = snapshot(b, c, lbs...)
 		saveProfiles(b, c, fmt.Sprintf("online%d", n))
@@ -223,28 +228,19 @@ func manyOnline(b *testing.B, steps []int, largest, localCap int) {
 
 	// The reconnect storm: every connection drops, and everyone (here and
 	// in the workers) comes back at once on the session it holds.
-	before := logInCalls(b, c)
+	before := c.LogInCalls()
 	loadgen.Each(people, 256, func(p *loadgen.Person) error { p.Disconnect(); return nil })
 	for _, w := range workers {
 		w.tell(b, "storm")
 	}
-	start := time.Now()
-	if err := loadgen.FirstError(loadgen.Each(people, len(people), func(p *loadgen.Person) error {
-		if err := p.Connect(); err != nil {
-			return err
-		}
-		if err := p.Resume(bg); err != nil {
-			return err
-		}
-		return p.HoldEvents(bg)
-	})); err != nil {
+	storm, err := loadgen.Reconnect(bg, people)
+	if err != nil {
 		b.Fatal(err)
 	}
-	storm := time.Since(start)
 	for _, w := range workers {
 		storm = max(storm, time.Duration(w.next(b, "storm").StormMS)*time.Millisecond)
 	}
-	hashes := logInCalls(b, c) - before
+	hashes := c.LogInCalls() - before
 	report("reconnect storm: %d people back on their sessions in %v, %v LogIn calls", total, storm.Round(time.Millisecond), hashes)
 	for _, w := range workers {
 		w.tell(b, "quit")
@@ -381,25 +377,6 @@ func liveMemory(metricsAddr string) (heap, stack float64, goroutines int, err er
 	return heap, stack, goroutines, nil
 }
 
-// logInCalls counts the LogIn calls the coordinators answered.
-func logInCalls(b *testing.B, c *ct.Cluster) float64 {
-	n := 0.0
-	for _, co := range c.Layout.Coordinators {
-		m, err := ct.Metrics(co.Metrics)
-		if err != nil {
-			b.Fatal(err)
-		}
-		for _, mm := range m["e2em_coord_requests_total"].GetMetric() {
-			for _, l := range mm.GetLabel() {
-				if l.GetName() == "method" && strings.HasSuffix(l.GetValue(), "/LogIn") {
-					n += mm.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return n
-}
-
 // mailClock times PutMail → the recipient's Events notification.
 type mailClock struct {
 	mu      sync.Mutex
@@ -412,28 +389,23 @@ func newMailClock() *mailClock {
 	return &mailClock{sent: map[string]time.Time{}, arrived: map[string]time.Time{}}
 }
 
-func (m *mailClock) seen(to string, seq uint64, at time.Time) {
-	k := fmt.Sprintf("%s/%d", to, seq)
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if t0, ok := m.sent[k]; ok {
-		m.done = append(m.done, at.Sub(t0))
-		delete(m.sent, k)
-		return
-	}
-	m.arrived[k] = at
-}
+func (m *mailClock) seen(to string, seq uint64, at time.Time) { m.pair(to, seq, at, m.arrived, m.sent) }
 
-func (m *mailClock) put(to string, seq uint64, t0 time.Time) {
+func (m *mailClock) put(to string, seq uint64, t0 time.Time) { m.pair(to, seq, t0, m.sent, m.arrived) }
+
+// pair records one end of a mail's trip (its send or its notification,
+// whichever comes first) in mine, or, when the other end is already in
+// other, the trip's time.
+func (m *mailClock) pair(to string, seq uint64, t time.Time, mine, other map[string]time.Time) {
 	k := fmt.Sprintf("%s/%d", to, seq)
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if at, ok := m.arrived[k]; ok {
-		m.done = append(m.done, at.Sub(t0))
-		delete(m.arrived, k)
+	if u, ok := other[k]; ok {
+		m.done = append(m.done, max(t.Sub(u), u.Sub(t)))
+		delete(other, k)
 		return
 	}
-	m.sent[k] = t0
+	mine[k] = t
 }
 
 // measure sends count mails between random people of ps, 8 at a time, and

@@ -429,6 +429,26 @@ func (c *Cluster) KeepDown(child string) (bringBack func()) {
 	return bringBack
 }
 
+// LogInCalls counts the LogIn calls the coordinators answered since they
+// started, whatever the outcome: each is an argon2id hash.
+func (c *Cluster) LogInCalls() float64 {
+	n := 0.0
+	for _, co := range c.Layout.Coordinators {
+		families, err := Metrics(co.Metrics)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		for _, m := range families["e2em_coord_requests_total"].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "method" && strings.HasSuffix(l.GetValue(), "/LogIn") {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return n
+}
+
 // Stop ends bootstrap with SIGTERM (as Ctrl-C would) and waits.
 func (c *Cluster) Stop() {
 	if c.paused != nil {

@@ -48,27 +48,6 @@ func TestOfflineFirstLogIn(t *testing.T) {
 	a.WaitEvent(wait, "delivered", map[string]string{"to": "ofb972"})
 }
 
-// logInCalls counts LogIn calls the coordinators answered, whatever the
-// outcome: each is an argon2id hash.
-func logInCalls(t *testing.T, c *ct.Cluster) float64 {
-	t.Helper()
-	n := 0.0
-	for _, co := range c.Layout.Coordinators {
-		families, err := ct.Metrics(co.Metrics)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range families["e2em_coord_requests_total"].GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "method" && strings.HasSuffix(l.GetValue(), "/LogIn") {
-					n += m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return n
-}
-
 // The app restarts (or crashes) while its session is valid: logging in
 // again resumes the session the encrypted profile kept, without a LogIn
 // call — no password hash on the cluster — and everything works; so does
@@ -80,7 +59,7 @@ func TestRestartResumesTheSessionWithoutHashing(t *testing.T) {
 	a.Deliver(b, "rsb982", "before the restart")
 	profile := a.Profile
 	a.Kill()
-	before := logInCalls(t, c)
+	before := c.LogInCalls()
 	if before < 2 {
 		t.Fatalf("%v LogIn calls counted for two log-ins", before)
 	}
@@ -93,7 +72,7 @@ func TestRestartResumesTheSessionWithoutHashing(t *testing.T) {
 	}
 	a.Deliver(b, "rsb982", "after the restart")
 	b.Deliver(a, "rsa981", "welcome back")
-	if after := logInCalls(t, c); after != before {
+	if after := c.LogInCalls(); after != before {
 		t.Fatalf("the restarted client's log-in made %v LogIn calls, want none", after-before)
 	}
 	// The whole cluster restarts under the two running clients: they go
@@ -112,13 +91,13 @@ func TestRestartResumesTheSessionWithoutHashing(t *testing.T) {
 		}
 		return nil
 	})
-	if n := logInCalls(t, c); n != 0 {
+	if n := c.LogInCalls(); n != 0 {
 		t.Fatalf("after a cluster restart the clients made %v LogIn calls, want none", n)
 	}
 	before = 0
 	a.Do("Logout")
 	a.Do("Login rsa981 password123")
-	if after := logInCalls(t, c); after != before+1 {
+	if after := c.LogInCalls(); after != before+1 {
 		t.Fatalf("a log-in after logging out made %v LogIn calls, want 1", after-before)
 	}
 	// The profile keeps its device ticket through the log-out: when a

@@ -376,6 +376,30 @@ func (p *Person) Disconnect() {
 	}
 }
 
+// Reconnect brings every person in ps back at once on the session each
+// holds, as apps do after a network change or a cluster restart: a new
+// connection, one cheap call to check the session (no password hash), the
+// Events stream again. It returns the wall time until all are back.
+func Reconnect(ctx context.Context, ps []*Person) (time.Duration, error) {
+	start := time.Now()
+	err := FirstError(Each(ps, max(len(ps), 1), func(p *Person) error {
+		if err := p.Connect(); err != nil {
+			return err
+		}
+		if err := p.Resume(ctx); err != nil {
+			return err
+		}
+		return p.HoldEvents(ctx)
+	}))
+	return time.Since(start), err
+}
+
+// Storm drops every connection in ps, then reconnects everyone at once.
+func Storm(ctx context.Context, ps []*Person) (time.Duration, error) {
+	Each(ps, 256, func(p *Person) error { p.Disconnect(); return nil })
+	return Reconnect(ctx, ps)
+}
+
 // Close ends everything the person holds.
 func (p *Person) Close() {
 	p.Disconnect()

@@ -896,9 +896,13 @@ type Limit struct {
 	Max uint32 `protobuf:"varint,3,opt,name=max,proto3" json:"max,omitempty"`
 	// Past max, one more attempt is allowed 1, 2, 4 … minutes (at most the
 	// window) after the last, instead of none until the window moves.
-	Backoff       bool `protobuf:"varint,4,opt,name=backoff,proto3" json:"backoff,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Backoff bool `protobuf:"varint,4,opt,name=backoff,proto3" json:"backoff,omitempty"`
+	// The attempts a right answer releases (Release.forget): while the
+	// newest is young enough to still be in its check, a refusal says to come
+	// back in moments rather than when the window has passed.
+	ReleasedOnSuccess bool `protobuf:"varint,5,opt,name=released_on_success,json=releasedOnSuccess,proto3" json:"released_on_success,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *Limit) Reset() {
@@ -955,6 +959,13 @@ func (x *Limit) GetMax() uint32 {
 func (x *Limit) GetBackoff() bool {
 	if x != nil {
 		return x.Backoff
+	}
+	return false
+}
+
+func (x *Limit) GetReleasedOnSuccess() bool {
+	if x != nil {
+		return x.ReleasedOnSuccess
 	}
 	return false
 }
@@ -1608,13 +1619,14 @@ const file_coord_store_statepb_state_proto_rawDesc = "" +
 	"\vwindow_nano\x18\x02 \x01(\x03R\n" +
 	"windowNano\"=\n" +
 	"\aReserve\x122\n" +
-	"\x06limits\x18\x01 \x03(\v2\x1a.e2em.coord.state.v1.LimitR\x06limits\"f\n" +
+	"\x06limits\x18\x01 \x03(\v2\x1a.e2em.coord.state.v1.LimitR\x06limits\"\x96\x01\n" +
 	"\x05Limit\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\fR\x03key\x12\x1f\n" +
 	"\vwindow_nano\x18\x02 \x01(\x03R\n" +
 	"windowNano\x12\x10\n" +
 	"\x03max\x18\x03 \x01(\rR\x03max\x12\x18\n" +
-	"\abackoff\x18\x04 \x01(\bR\abackoff\"c\n" +
+	"\abackoff\x18\x04 \x01(\bR\abackoff\x12.\n" +
+	"\x13released_on_success\x18\x05 \x01(\bR\x11releasedOnSuccess\"c\n" +
 	"\aRelease\x12\x16\n" +
 	"\x06forget\x18\x01 \x03(\fR\x06forget\x12*\n" +
 	"\x11attempt_unix_nano\x18\x02 \x01(\x03R\x0fattemptUnixNano\x12\x14\n" +
