@@ -115,9 +115,9 @@ func (c *Crowd) Add(from, to int) []*Person {
 // OnMail sets what hears each mail notification (before any stream opens).
 func (c *Crowd) OnMail(f func(to string, seq uint64, at time.Time)) { c.mailSeen = f }
 
-// Each runs f for every person in ps, par at a time, and returns the
+// Each runs f for every item of ps (people, or anything), par at a time, and returns the
 // errors (nil for those that worked) in ps's order.
-func Each(ps []*Person, par int, f func(*Person) error) []error {
+func Each[T any](ps []T, par int, f func(T) error) []error {
 	errs := make([]error, len(ps))
 	sem := make(chan struct{}, par)
 	var wg sync.WaitGroup
@@ -507,17 +507,7 @@ func ReachableCircuits(ctx context.Context, prober *Person, circuits map[string]
 		}
 		ts = append(ts, target{pid, cs})
 	}
-	errs := make([]error, len(ts))
-	sem := make(chan struct{}, par)
-	var wg sync.WaitGroup
-	for i, t := range ts {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			errs[i] = pingThroughRelay(ctx, prober.Host, t.id, t.circuits)
-		})
-	}
-	wg.Wait()
+	errs := Each(ts, par, func(t target) error { return pingThroughRelay(ctx, prober.Host, t.id, t.circuits) })
 	for _, err := range errs {
 		if err != nil {
 			unreached++
