@@ -1,8 +1,16 @@
 // Package api owns the coordinator cluster's one face: the protobuf schema
 // (coord.proto) and its generated gRPC code, plus the few helpers every
-// client of the schema needs (dialing with the cluster CA, the identity-key
-// signing payload, token metadata).
+// client of the schema needs (dialing with the cluster CA, the signed
+// directory entry, token metadata, the retry schedule) and the server's
+// transport (TLS with admitted handshakes, flow-control windows).
 package api
+
+import (
+	"fmt"
+
+	"github.com/libp2p/go-libp2p/core/crypto"
+	"github.com/libp2p/go-libp2p/core/peer"
+)
 
 //go:generate protoc -I ../.. --go_out=../.. --go_opt=paths=source_relative --go-grpc_out=../.. --go-grpc_opt=paths=source_relative coord/api/coord.proto
 
@@ -34,4 +42,28 @@ func IdentitySigningPayload(loginID string, identityKey []byte) []byte {
 	b = append(b, loginID...)
 	b = append(b, 0)
 	return append(b, identityKey...)
+}
+
+// SignedKeys is the directory entry a device publishes for loginID: its
+// libp2p public key and peer id, its X25519 identity key signed by the
+// libp2p key (see IdentitySigningPayload), and the relay circuits it is
+// reachable through (direct addresses go end to end, never here).
+func SignedKeys(loginID string, key crypto.PrivKey, identityKey []byte, circuits []string) (*Keys, error) {
+	pub, err := crypto.MarshalPublicKey(key.GetPublic())
+	if err != nil {
+		return nil, fmt.Errorf("keys of %s: %w", loginID, err)
+	}
+	id, err := peer.IDFromPrivateKey(key)
+	if err != nil {
+		return nil, fmt.Errorf("keys of %s: %w", loginID, err)
+	}
+	sig, err := key.Sign(IdentitySigningPayload(loginID, identityKey))
+	if err != nil {
+		return nil, fmt.Errorf("sign the identity key of %s: %w", loginID, err)
+	}
+	if len(circuits) > MaxAddrsPerKind {
+		circuits = circuits[:MaxAddrsPerKind]
+	}
+	return &Keys{LoginId: loginID, PeerId: id.String(), Libp2PPublicKey: pub,
+		IdentityKey: identityKey, IdentitySignature: sig, RelayAddrs: circuits}, nil
 }

@@ -6,7 +6,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	mrand "math/rand/v2"
 	"net"
 	"runtime/debug"
 	"time"
@@ -180,14 +179,13 @@ func (e *Engine) Login(ctx context.Context, loginID, password string) error {
 // until it works: then the keys are published, the relays reserved, and
 // the event stream (waiting on relogged) opens.
 func (e *Engine) reconnect(s *online, secret string) {
-	backoff := time.Second
+	backoff := api.Backoff{Min: time.Second, Max: 30 * time.Second}
 	for s.ctx.Err() == nil {
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(backoff.Next()):
 		}
-		backoff = min(2*backoff, 30*time.Second)
 		cctx, cancel := context.WithTimeout(s.ctx, 15*time.Second)
 		resp, err := e.logIn(cctx, s.login, secret)
 		cancel()
@@ -241,7 +239,7 @@ func (e *Engine) logIn(ctx context.Context, loginID, secret string) (*api.LogInR
 		if err == nil || status.Code(err) != codes.ResourceExhausted || !busy {
 			return resp, err
 		}
-		wait := after/2 + mrand.N(after+1)
+		wait := api.Jitter(after)
 		if deadline, ok := ctx.Deadline(); ok && time.Until(deadline) < wait {
 			return nil, err
 		}
@@ -369,20 +367,10 @@ func (e *Engine) relays(ctx context.Context) ([]peer.AddrInfo, error) {
 // publishKeys puts this client's keys and current addresses in the
 // directory: the identity key, signed by the libp2p key the peer id names.
 func (e *Engine) publishKeys(ctx context.Context, s *online) error {
-	pub, err := crypto.MarshalPublicKey(s.key.GetPublic())
+	// Only circuits: direct addresses go end to end (p2p.Direct).
+	keys, err := api.SignedKeys(s.login, s.key, s.static.PublicKey().Bytes(), s.relays.CircuitAddrs())
 	if err != nil {
 		return err
-	}
-	identity := s.static.PublicKey().Bytes()
-	sig, err := s.key.Sign(api.IdentitySigningPayload(s.login, identity))
-	if err != nil {
-		return err
-	}
-	keys := &api.Keys{
-		LoginId: s.login, PeerId: s.host.ID().String(), Libp2PPublicKey: pub,
-		IdentityKey: identity, IdentitySignature: sig,
-		// Only circuits: direct addresses go end to end (p2p.Direct).
-		RelayAddrs: firstN(s.relays.CircuitAddrs(), api.MaxAddrsPerKind),
 	}
 	cctx, cancel := e.callCtx(ctx, s)
 	defer cancel()
@@ -404,7 +392,7 @@ func (e *Engine) republish(s *online) {
 		addrCh = sub.Out()
 	}
 	var retry <-chan time.Time
-	backoff := time.Second
+	backoff := api.Backoff{Min: time.Second, Max: 30 * time.Second}
 	for {
 		select {
 		case <-s.ctx.Done():
@@ -418,11 +406,11 @@ func (e *Engine) republish(s *online) {
 			// A coordinator lost (its relay with it) can mean an
 			// election under way: the entry must not keep naming a dead
 			// relay, so try again.
-			e.log.Warn("could not update the directory; trying again", "err", err, "in", backoff)
-			retry = time.After(backoff)
-			backoff = min(2*backoff, 30*time.Second)
+			wait := backoff.Next()
+			e.log.Warn("could not update the directory; trying again", "err", err, "in", wait.Round(time.Millisecond))
+			retry = time.After(wait)
 		} else {
-			backoff = time.Second
+			backoff.Reset()
 		}
 	}
 }
@@ -487,6 +475,3 @@ func (s *online) observedIP() net.IP {
 }
 
 var errNoSession = errors.New("no session")
-
-// firstN is at most the first n of list (the directory takes no more).
-func firstN(list []string, n int) []string { return list[:min(len(list), n)] }

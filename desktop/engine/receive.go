@@ -160,7 +160,7 @@ func (e *Engine) bothInGroup(s *online, group, login string) (ok, asked bool, er
 // key changes of contacts are checked, group changes are reported. It
 // reconnects with backoff.
 func (e *Engine) watchEvents(s *online) {
-	backoff := 500 * time.Millisecond
+	backoff := api.Backoff{Min: 500 * time.Millisecond, Max: 15 * time.Second}
 	for s.ctx.Err() == nil {
 		// The stream watches the contacts known when it opens; a new
 		// contact reopens it (see contactsChanged).
@@ -195,7 +195,7 @@ func (e *Engine) watchEvents(s *online) {
 				if err != nil {
 					break
 				}
-				backoff = 500 * time.Millisecond
+				backoff.Reset()
 				switch k := ev.Kind.(type) {
 				case *api.Event_Mail:
 					e.fetchMail(s)
@@ -224,15 +224,14 @@ func (e *Engine) watchEvents(s *online) {
 			e.setConnected(s, false, why)
 		}
 		if reopened {
-			backoff = 500 * time.Millisecond
+			backoff.Reset()
 			continue
 		}
 		select {
 		case <-s.ctx.Done():
 			return
-		case <-time.After(backoff):
+		case <-time.After(backoff.Next()):
 		}
-		backoff = min(2*backoff, 15*time.Second)
 	}
 }
 

@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/e2em/e2em/coord/api"
 	"github.com/e2em/e2em/desktop/engine/downloads"
 	"github.com/e2em/e2em/desktop/engine/e2e"
 	"github.com/e2em/e2em/desktop/engine/p2p"
@@ -178,7 +179,7 @@ func (e *Engine) startFetch(s *online, x *inXfer) {
 // relay that went away, from the last chunk stored. Chunks may also arrive
 // meanwhile through the mailbox.
 func (e *Engine) fetchLoop(ctx context.Context, s *online, x *inXfer) {
-	backoff := time.Second
+	backoff := api.Backoff{Min: time.Second, Max: 30 * time.Second}
 	for ctx.Err() == nil {
 		x.mu.Lock()
 		rec := x.rec
@@ -202,7 +203,7 @@ func (e *Engine) fetchLoop(ctx context.Context, s *online, x *inXfer) {
 				"relay", stats.Relay, "took", time.Since(start).Round(time.Millisecond), "err", err)
 		}
 		if stats.Chunks > 0 {
-			backoff = time.Second
+			backoff.Reset()
 		}
 		var refused *p2p.RefusedError
 		switch {
@@ -228,11 +229,10 @@ func (e *Engine) fetchLoop(ctx context.Context, s *online, x *inXfer) {
 		case <-ctx.Done():
 			return
 		case <-x.wake:
-			backoff = time.Second // the sender is back: try at once
+			backoff.Reset() // the sender is back: try at once
 			continue
-		case <-time.After(backoff):
+		case <-time.After(backoff.Next()):
 		}
-		backoff = min(2*backoff, 30*time.Second)
 	}
 }
 

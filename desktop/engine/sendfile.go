@@ -459,7 +459,7 @@ func (e *Engine) startMailPush(s *online, x *outXfer, to string) {
 // sealed for to. It stops when the recipient fetches for itself (it came
 // online), when the mailbox is full (the rest waits), or at the end.
 func (e *Engine) pushMail(s *online, x *outXfer, to string) {
-	backoff := time.Second
+	backoff := api.Backoff{Min: time.Second, Max: 30 * time.Second}
 	for s.ctx.Err() == nil {
 		x.mu.Lock()
 		r := x.recipient(to)
@@ -498,12 +498,11 @@ func (e *Engine) pushMail(s *online, x *outXfer, to string) {
 			e.log.Warn("put a file chunk in the mailbox; will retry", "to", to, "err", err)
 			select {
 			case <-s.ctx.Done():
-			case <-time.After(backoff):
+			case <-time.After(backoff.Next()):
 			}
-			backoff = min(2*backoff, 30*time.Second)
 			continue
 		}
-		backoff = time.Second
+		backoff.Reset()
 		x.mu.Lock()
 		if r.Mailed == i {
 			r.Mailed = i + 1

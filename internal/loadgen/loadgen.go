@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	mrand "math/rand/v2"
 	"net"
 	"sync"
 	"time"
@@ -231,7 +230,7 @@ func busyRetry[T any](ctx context.Context, f func() (T, error)) (T, error) {
 			return v, err
 		}
 		select {
-		case <-time.After(after/2 + mrand.N(after+1)):
+		case <-time.After(api.Jitter(after)):
 		case <-ctx.Done():
 			return v, err
 		}
@@ -297,17 +296,10 @@ func (p *Person) Circuits() []string {
 
 // Publish puts the person's keys and relay circuits in the directory.
 func (p *Person) Publish(ctx context.Context) error {
-	pub, err := crypto.MarshalPublicKey(p.key.GetPublic())
+	keys, err := api.SignedKeys(p.Login, p.key, p.static.PublicKey().Bytes(), p.Circuits())
 	if err != nil {
 		return err
 	}
-	identity := p.static.PublicKey().Bytes()
-	sig, err := p.key.Sign(api.IdentitySigningPayload(p.Login, identity))
-	if err != nil {
-		return err
-	}
-	keys := &api.Keys{LoginId: p.Login, PeerId: p.Host.ID().String(), Libp2PPublicKey: pub,
-		IdentityKey: identity, IdentitySignature: sig, RelayAddrs: p.Circuits()}
 	if _, err := p.Client().PublishKeys(p.Authed(ctx), &api.PublishKeysRequest{Keys: keys}); err != nil {
 		return fmt.Errorf("publish %s: %w", p.Login, err)
 	}
@@ -379,19 +371,44 @@ func (p *Person) Disconnect() {
 // Reconnect brings every person in ps back at once on the session each
 // holds, as apps do after a network change or a cluster restart: a new
 // connection, one cheap call to check the session (no password hash), the
-// Events stream again. It returns the wall time until all are back.
+// Events stream again. Like the app's event watch, a person who fails
+// tries again after a jittered, doubling wait (api.Backoff, the engine's
+// schedule) until ctx ends (a minute here when ctx has no deadline). It
+// returns the wall time until all are back, and the last failure of each
+// who did not come back.
 func Reconnect(ctx context.Context, ps []*Person) (time.Duration, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+	}
 	start := time.Now()
 	err := FirstError(Each(ps, max(len(ps), 1), func(p *Person) error {
-		if err := p.Connect(); err != nil {
-			return err
+		backoff := api.Backoff{Min: 500 * time.Millisecond, Max: 15 * time.Second}
+		for {
+			err := p.comeBack(ctx)
+			if err == nil {
+				return nil
+			}
+			select {
+			case <-ctx.Done():
+				return err
+			case <-time.After(backoff.Next()):
+			}
 		}
-		if err := p.Resume(ctx); err != nil {
-			return err
-		}
-		return p.HoldEvents(ctx)
 	}))
 	return time.Since(start), err
+}
+
+// comeBack is one attempt of Reconnect's.
+func (p *Person) comeBack(ctx context.Context) error {
+	if err := p.Connect(); err != nil {
+		return err
+	}
+	if err := p.Resume(ctx); err != nil {
+		return err
+	}
+	return p.HoldEvents(ctx)
 }
 
 // Storm drops every connection in ps, then reconnects everyone at once.
