@@ -17,6 +17,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/debug"
 	"strings"
 	"syscall"
@@ -28,7 +29,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -225,8 +225,11 @@ func run(o *options, log *slog.Logger) error {
 	o.srv.Logger = log
 	srv := server.New(o.srv, st, hub, fwd)
 
+	// At most two handshakes a core compute at once: a reconnect storm
+	// must not starve Raft (see api.AdmittedTLS).
+	creds := api.AdmittedTLS(serverTLS, 2*runtime.GOMAXPROCS(0), handshakeWait)
 	gs := grpc.NewServer(append(api.ServerWindowOptions(),
-		grpc.Creds(credentials.NewTLS(serverTLS)),
+		grpc.Creds(creds),
 		grpc.UnaryInterceptor(srv.UnaryInterceptor),
 		grpc.StreamInterceptor(srv.StreamInterceptor),
 		grpc.MaxRecvMsgSize(api.MaxMessageBytes),
@@ -259,6 +262,7 @@ func run(o *options, log *slog.Logger) error {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	server.RegisterMetrics(reg)
 	registerStoreMetrics(reg, st)
+	registerHandshakeMetrics(reg, api.Handshakes(creds))
 	if o.metricsAddr != "" {
 		mln, err := net.Listen("tcp", o.metricsAddr)
 		if err != nil {
@@ -451,6 +455,22 @@ func registerStoreMetrics(reg prometheus.Registerer, st *store.Store) {
 	gauge("commit_index", "Raft commit index.", func(s store.Status) float64 { return float64(s.CommitIndex) })
 	gauge("applied_index", "Last index applied to badger.", func(s store.Status) float64 { return float64(s.Applied) })
 	gauge("members", "Servers in the Raft configuration.", func(s store.Status) float64 { return float64(len(s.Members)) })
+}
+
+// handshakeWait is how long a TLS handshake waits for a slot before the
+// connection is refused (the client tries again after its backoff): well
+// inside the 10 s a connection has for its handshake.
+const handshakeWait = 5 * time.Second
+
+func registerHandshakeMetrics(reg prometheus.Registerer, hs *api.HandshakeStats) {
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "e2em", Subsystem: "api", Name: "handshakes_total",
+			Help: "TLS handshakes of API connections admitted to compute."}, func() float64 { return float64(hs.Admitted.Load()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "e2em", Subsystem: "api", Name: "handshakes_refused_total",
+			Help: "TLS handshakes refused after waiting for a slot (a reconnect storm past what this coordinator computes)."}, func() float64 { return float64(hs.Refused.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "e2em", Subsystem: "api", Name: "handshakes_waiting",
+			Help: "TLS handshakes waiting for a slot now."}, func() float64 { return float64(hs.Waiting.Load()) }),
+	)
 }
 
 func b2f(b bool) float64 {
