@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -131,7 +132,9 @@ func manyOnline(b *testing.B, steps []int, largest, localCap int) {
 		}
 		return median(rates)
 	}
+	baseDone := measureCPU()
 	baseLookUps := lookUpRate("lookup-none")
+	report("  cores during LookUp, nobody online: %v", baseDone())
 	baseP50, baseP99 := latencies.measure(b, few, 200)
 	base := snapshot(b, c)
 	report("nobody online: %.0f LookUp/s; PutMail→Event p50 %v p99 %v; coordinators %.1f MB live, %d goroutines; balancer %d descriptors",
@@ -150,9 +153,9 @@ func manyOnline(b *testing.B, steps []int, largest, localCap int) {
 		lookUps              float64
 		share                map[string]int
 		unreached, unreserve int
-		// CPU (cores) the cluster and this process (the crowd) use while
-		// everyone just stays online.
-		idleCluster, idleCrowd float64
+		// Where the cores go while everyone just stays online, and
+		// while LookUp is measured.
+		idle, lookUpCPU cpuSplit
 	}
 	var rows []row
 	// People past what this process's descriptors hold go to crowd
@@ -216,12 +219,15 @@ func manyOnline(b *testing.B, steps []int, largest, localCap int) {
 			report("%d unreachable: %v", r.unreached, first)
 		}
 		r.p50, r.p99 = latencies.measure(b, people, 200)
-		r.idleCluster, r.idleCrowd = idleCPU(b, c, 5*time.Second)
+		r.idle = idleCPU(c, 5*time.Second)
+		done := measureCPU()
 		r.lookUps = lookUpRate(fmt.Sprintf("lookup-%d", n))
+		r.lookUpCPU = done()
 		rows = append(rows, r)
 		report("%d online (%d in workers): log-in burst of %d in %v; reachable all but %d in %v; PutMail→Event p50 %v p99 %v; %.0f LookUp/s (%.2f× none online); reservations here %v; without reservation %d",
 			n, n-len(people), r.burstOf, r.loginBurst.Round(time.Millisecond), r.unreached, r.reach.Round(time.Millisecond), r.p50, r.p99, r.lookUps, r.lookUps/baseLookUps, r.share, r.unreserve)
-		report("  idle: the coordinators use %.2f cores, the crowd's process %.2f (%.0f MB resident)", r.idleCluster, r.idleCrowd, selfRSS()/1e6)
+		report("  cores idle online: %v (this process %.0f MB resident)", r.idle, selfRSS()/1e6)
+		report("  cores during LookUp: %v", r.lookUpCPU)
 		report("  coordinators: gRPC only %.1f MB live, %d goroutines; with relays %.1f MB, %d goroutines; balancers %d descriptors",
 			r.grpc.live/1e6, r.grpc.goroutines, r.full.live/1e6, r.full.goroutines, r.full.lbFDs)
 	}
@@ -233,7 +239,9 @@ func manyOnline(b *testing.B, steps []int, largest, localCap int) {
 	for _, w := range workers {
 		w.tell(b, "storm")
 	}
+	stopProfile := profile(b, c, "storm")
 	storm, err := loadgen.Reconnect(bg, people)
+	stopProfile()
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -464,36 +472,101 @@ func selfRSS() float64 {
 	return 0
 }
 
-// idleCPU is the cores the coordinators and this process use over d.
-func idleCPU(b *testing.B, c *ct.Cluster, d time.Duration) (cluster, crowd float64) {
-	clusterCPU := func() float64 {
-		sum := 0.0
-		for _, co := range c.Layout.Coordinators {
-			m, err := ct.Metrics(co.Metrics)
-			if err != nil {
-				b.Fatal(err)
+// cpuSplit is the cores each kind of process on this machine used over a
+// span, and the cores left idle: where two cores went while the crowd
+// was online (the coordinators, the balancers, h2load, the crowd here and
+// in its workers, anything else).
+type cpuSplit map[string]float64
+
+func (s cpuSplit) String() string {
+	keys := slices.Sorted(maps.Keys(s))
+	var parts []string
+	for _, k := range keys {
+		parts = append(parts, fmt.Sprintf("%s %.2f", k, s[k]))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// cpuTicks are the clock ticks (1/100 s) every process has used, by kind,
+// and the machine's idle ticks.
+func cpuTicks() map[string]float64 {
+	out := map[string]float64{}
+	self := os.Getpid()
+	pids, _ := filepath.Glob("/proc/[0-9]*/stat")
+	for _, f := range pids {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue // the process ended meanwhile
+		}
+		// pid (comm) state ppid ... utime(14) stime(15): comm may hold
+		// spaces, so fields count from its closing parenthesis.
+		lp, rp := bytes.IndexByte(b, '('), bytes.LastIndexByte(b, ')')
+		if lp < 0 || rp < lp {
+			continue
+		}
+		fields := strings.Fields(string(b[rp+1:]))
+		if len(fields) < 13 {
+			continue
+		}
+		ut, _ := strconv.ParseFloat(fields[11], 64)
+		st, _ := strconv.ParseFloat(fields[12], 64)
+		pid, _ := strconv.Atoi(strings.TrimSpace(string(b[:lp])))
+		kind := string(b[lp+1 : rp])
+		switch {
+		case pid == self:
+			kind = "crowd here"
+			// Children that ended and were waited for (each h2load run).
+			if len(fields) >= 15 {
+				cut, _ := strconv.ParseFloat(fields[13], 64)
+				cst, _ := strconv.ParseFloat(fields[14], 64)
+				out["h2load"] += cut + cst
 			}
-			for _, mm := range m["process_cpu_seconds_total"].GetMetric() {
-				sum += mm.GetCounter().GetValue()
+		case kind == "bench.test":
+			kind = "crowd workers"
+		case kind != "coord" && kind != "lb" && kind != "h2load":
+			kind = "other"
+		}
+		out[kind] += ut + st
+	}
+	if b, err := os.ReadFile("/proc/stat"); err == nil {
+		// cpu user nice system idle iowait ...
+		if f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0]); len(f) > 5 {
+			idle, _ := strconv.ParseFloat(f[4], 64)
+			iowait, _ := strconv.ParseFloat(f[5], 64)
+			out["idle"] = idle + iowait
+		}
+	}
+	return out
+}
+
+// measureCPU starts measuring; the function it returns ends the span and
+// gives the split in cores.
+func measureCPU() func() cpuSplit {
+	t0, before := time.Now(), cpuTicks()
+	return func() cpuSplit {
+		after, el := cpuTicks(), time.Since(t0).Seconds()
+		out := cpuSplit{}
+		for k, v := range after {
+			if d := (v - before[k]) / 100 / el; d >= 0.005 {
+				out[k] = d
 			}
 		}
-		return sum
+		return out
 	}
-	selfCPU := func() float64 {
-		var ru syscall.Rusage
-		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
-	}
-	c0, s0, t0 := clusterCPU(), selfCPU(), time.Now()
+}
+
+// idleCPU is where the machine's cores go over d while everyone just
+// stays online (E2EM_PROFILE: with a CPU profile of one coordinator).
+func idleCPU(c *ct.Cluster, d time.Duration) cpuSplit {
+	done := measureCPU()
 	if dir := os.Getenv("E2EM_PROFILE"); dir != "" {
 		co := c.Layout.Coordinators[0]
-		out := filepath.Join(dir, fmt.Sprintf("idle-%s-%d.prof", co.ID, t0.Unix()))
+		out := filepath.Join(dir, fmt.Sprintf("idle-%s-%d.prof", co.ID, time.Now().Unix()))
 		exec.Command("curl", "-s", "-o", out, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", co.Metrics, int(d.Seconds()))).Run()
 	} else {
 		time.Sleep(d) // measuring a rate over a fixed span, not waiting for an event
 	}
-	el := time.Since(t0).Seconds()
-	return (clusterCPU() - c0) / el, (selfCPU() - s0) / el
+	return done()
 }
 
 // saveProfiles keeps the first coordinator's heap and goroutine profiles
