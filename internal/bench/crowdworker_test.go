@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -115,6 +116,22 @@ type worker struct {
 	lines     *bufio.Scanner
 	lb        *exec.Cmd
 	lbMetrics string
+}
+
+// pauseWorkers stops the workers' processes (SIGSTOP: their connections
+// stay open, nothing they hold is lost) until the returned function
+// resumes them.
+func pauseWorkers(b *testing.B, ws []*worker) (resume func()) {
+	for _, w := range ws {
+		if err := w.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+			b.Fatalf("pause a crowd worker: %v", err)
+		}
+	}
+	return func() {
+		for _, w := range ws {
+			w.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}
 }
 
 // startWorker starts a balancer of its own in front of c's coordinators
