@@ -231,7 +231,7 @@ func manyOnline(b *testing.B, steps []int, largest, localCap, workerCap int) {
 			report("%d unreachable: %v", r.unreached, first)
 		}
 		r.p50, r.p99 = latencies.measure(b, people, 200)
-		r.idle = idleCPU(c, 5*time.Second)
+		r.idle = idleCPU(b, c, 10*time.Second)
 		done := measureCPU()
 		r.lookUps = lookUpRate(fmt.Sprintf("lookup-%d", n), nil)
 		r.lookUpCPU = done()
@@ -583,8 +583,42 @@ func measureCPU() func() cpuSplit {
 }
 
 // idleCPU is where the machine's cores go over d while everyone just
-// stays online (E2EM_PROFILE: with a CPU profile of one coordinator).
-func idleCPU(c *ct.Cluster, d time.Duration) cpuSplit {
+// stays online (E2EM_PROFILE: with a CPU profile of one coordinator),
+// with each coordinator's own share and the Raft snapshots it took
+// meanwhile (a snapshot writes the whole state: it can be most of a
+// coordinator's "idle" CPU after a burst of sign-ups).
+func idleCPU(b *testing.B, c *ct.Cluster, d time.Duration) cpuSplit {
+	coordCPU := func() []float64 {
+		var out []float64
+		for _, co := range c.Layout.Coordinators {
+			m, err := ct.Metrics(co.Metrics)
+			if err != nil {
+				b.Fatal(err)
+			}
+			sum := 0.0
+			for _, mm := range m["process_cpu_seconds_total"].GetMetric() {
+				sum += mm.GetCounter().GetValue()
+			}
+			out = append(out, sum)
+		}
+		return out
+	}
+	before, t0 := coordCPU(), time.Now()
+	defer func() {
+		after, el := coordCPU(), time.Since(t0).Seconds()
+		var parts []string
+		for i, co := range c.Layout.Coordinators {
+			snaps := 0
+			metas, _ := filepath.Glob(filepath.Join(c.Dir, co.ID, "snapshots", "*", "meta.json"))
+			for _, m := range metas {
+				if fi, err := os.Stat(m); err == nil && !fi.ModTime().Before(t0) {
+					snaps++
+				}
+			}
+			parts = append(parts, fmt.Sprintf("%s %.2f cores, %d snapshots", co.ID, (after[i]-before[i])/el, snaps))
+		}
+		report("  idle, each coordinator: %s", strings.Join(parts, "; "))
+	}()
 	done := measureCPU()
 	if dir := os.Getenv("E2EM_PROFILE"); dir != "" {
 		co := c.Layout.Coordinators[0]
