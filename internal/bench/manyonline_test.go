@@ -603,19 +603,37 @@ func idleCPU(b *testing.B, c *ct.Cluster, d time.Duration) cpuSplit {
 		}
 		return out
 	}
+	// A snapshot is written into a directory "….tmp", renamed when done:
+	// one new, or in the making at either end, was taken in the span.
+	snapshots := func(id string) map[string]bool {
+		names := map[string]bool{}
+		dirs, _ := filepath.Glob(filepath.Join(c.Dir, id, "snapshots", "*"))
+		for _, d := range dirs {
+			names[filepath.Base(d)] = true
+		}
+		return names
+	}
+	var snapsBefore []map[string]bool
+	for _, co := range c.Layout.Coordinators {
+		snapsBefore = append(snapsBefore, snapshots(co.ID))
+	}
 	before, t0 := coordCPU(), time.Now()
 	defer func() {
 		after, el := coordCPU(), time.Since(t0).Seconds()
 		var parts []string
 		for i, co := range c.Layout.Coordinators {
-			snaps := 0
-			metas, _ := filepath.Glob(filepath.Join(c.Dir, co.ID, "snapshots", "*", "meta.json"))
-			for _, m := range metas {
-				if fi, err := os.Stat(m); err == nil && !fi.ModTime().Before(t0) {
-					snaps++
+			taken := map[string]bool{}
+			for name := range snapshots(co.ID) {
+				if !snapsBefore[i][name] || strings.HasSuffix(name, ".tmp") {
+					taken[strings.TrimSuffix(name, ".tmp")] = true
 				}
 			}
-			parts = append(parts, fmt.Sprintf("%s %.2f cores, %d snapshots", co.ID, (after[i]-before[i])/el, snaps))
+			for name := range snapsBefore[i] {
+				if strings.HasSuffix(name, ".tmp") {
+					taken[strings.TrimSuffix(name, ".tmp")] = true
+				}
+			}
+			parts = append(parts, fmt.Sprintf("%s %.2f cores, %d snapshots", co.ID, (after[i]-before[i])/el, len(taken)))
 		}
 		report("  idle, each coordinator: %s", strings.Join(parts, "; "))
 	}()
