@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -86,6 +87,9 @@ type FSM struct {
 	publish func(Event)
 	// onApplied, if set, hears the applied index after each commit.
 	onApplied func(uint64)
+	// sinceSnapshot counts the bytes of log entries applied since the
+	// last snapshot began (see Store.snapshotBySize).
+	sinceSnapshot atomic.Int64
 	// batchTime is the latest command time in the batch being applied
 	// (only the Raft FSM goroutine touches it).
 	batchTime int64
@@ -111,6 +115,11 @@ func (f *FSM) Apply(l *raft.Log) interface{} {
 // batch of committed entries, which is what lets writes scale with load. A
 // batch too big for one transaction is applied an entry at a time.
 func (f *FSM) ApplyBatch(logs []*raft.Log) []interface{} {
+	var size int64
+	for _, l := range logs {
+		size += int64(len(l.Data))
+	}
+	f.sinceSnapshot.Add(size)
 	out, events, written, err := f.applyInTxn(logs)
 	if errors.Is(err, badger.ErrTxnTooBig) && len(logs) > 1 {
 		out, events, written = make([]interface{}, 0, len(logs)), nil, nil
@@ -607,6 +616,7 @@ func keysUnder(txn *writeTxn, prefix string, most int) [][]byte {
 // when Persist runs; it may include entries applied after this call, which is
 // safe because the applied index travels inside it and replays skip them.
 func (f *FSM) Snapshot() (raft.FSMSnapshot, error) {
+	f.sinceSnapshot.Store(0)
 	return &snapshot{db: f.db}, nil
 }
 

@@ -63,6 +63,9 @@ type Config struct {
 	// no newer leader (Consul's "default" read mode). Off, every read round
 	// costs a VerifyLeader (Consul's "consistent" mode).
 	LeaseReads bool
+	// SnapshotBytes takes a snapshot once this many bytes of log entries
+	// were applied since the last, whatever their count (0: 256 MiB).
+	SnapshotBytes int64
 }
 
 // Store is one coordinator's replica of the cluster state.
@@ -210,13 +213,48 @@ func Open(cfg Config) (*Store, error) {
 			return nil, fmt.Errorf("bootstrap cluster: %w", err)
 		}
 	}
-	s.wg.Add(1)
+	s.wg.Add(2)
 	go s.watchLeadership()
+	go s.snapshotBySize(orDefaultSize(cfg.SnapshotBytes, snapshotBytes), time.Second)
 	return s, nil
 }
 
-// snapshotThreshold is how many log entries pass between snapshots.
-const snapshotThreshold = 65536
+// Snapshots are taken every snapshotThreshold log entries, or sooner
+// once the entries since the last add up to snapshotBytes: the log a
+// restart replays, and the disk it holds, stay bounded when entries are
+// large (mailbox envelopes of file chunks run to a MiB each).
+const (
+	snapshotThreshold = 65536
+	snapshotBytes     = 256 << 20
+)
+
+// snapshotBySize takes a snapshot whenever the entries applied since the
+// last one reach limit bytes, looking every period.
+func (s *Store) snapshotBySize(limit int64, period time.Duration) {
+	defer s.wg.Done()
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case <-t.C:
+		}
+		if s.fsm.sinceSnapshot.Load() < limit {
+			continue
+		}
+		if err := s.raft.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+			s.log.Warn("snapshot by size failed", "err", err)
+		}
+	}
+}
+
+func orDefaultSize(n, def int64) int64 {
+	if n > 0 {
+		return n
+	}
+	return def
+}
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d > 0 {

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -187,5 +188,40 @@ func TestLeaderLossKeepsWrites(t *testing.T) {
 				t.Fatalf("%s missing: %v", login, err)
 			}
 		}
+	}
+}
+
+// Large entries bring a snapshot long before their count would: the log a
+// restart replays stays bounded in bytes.
+func TestSnapshotOnceTheLogGrowsBigEnough(t *testing.T) {
+	dir := t.TempDir()
+	srv, cli := tlsConfigs(t, dir)
+	s, err := Open(Config{
+		ID: "n0", Dir: filepath.Join(dir, "n0"), RaftBind: freeAddr(t), APIAddr: "api-0",
+		ServerTLS: srv, ClientTLS: cli, Bootstrap: true, Forwarder: &inProcess{byAddr: map[string]*Store{}},
+		Logger:           slog.New(slog.NewTextHandler(io.Discard, nil)),
+		HeartbeatTimeout: 300 * time.Millisecond, ElectionTimeout: 300 * time.Millisecond,
+		SnapshotBytes: 8 << 10,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	waitFor(t, 10*time.Second, s.IsLeader)
+	snapshotIndex := func() string { return s.raft.Stats()["last_snapshot_index"] }
+	if got := snapshotIndex(); got != "0" {
+		t.Fatalf("a snapshot before any write: index %s", got)
+	}
+	ctx := context.Background()
+	long := strings.Repeat("x", 200)
+	for i := range 64 { // ~16 KiB of entries, far fewer than snapshotThreshold
+		login := fmt.Sprintf("user%d", i)
+		if res, err := s.Apply(ctx, &statepb.Command{Op: account(login, login+long, "1")}); err != nil || res.Code != 0 {
+			t.Fatalf("sign-up %d: %v %v", i, res, err)
+		}
+	}
+	waitFor(t, 10*time.Second, func() bool { return snapshotIndex() != "0" })
+	if n := s.fsm.sinceSnapshot.Load(); n >= 8<<10 {
+		t.Fatalf("after the snapshot %d bytes still count as unsnapshotted", n)
 	}
 }
