@@ -95,24 +95,29 @@ type admittingConn struct {
 
 func (c *admittingConn) admit(wait time.Duration, stats *HandshakeStats) error {
 	select {
-	case c.slots <- struct{}{}:
-		c.held.Store(true)
-		stats.Admitted.Add(1)
-		return nil
+	case c.slots <- struct{}{}: // a free slot: no timer, no wait counted
 	default:
+		if !waitForSlot(c.slots, wait, stats) {
+			stats.Refused.Add(1)
+			return ErrHandshakesBusy
+		}
 	}
+	c.held.Store(true)
+	stats.Admitted.Add(1)
+	return nil
+}
+
+// waitForSlot takes a slot within wait, counted as waiting meanwhile.
+func waitForSlot(slots chan struct{}, wait time.Duration, stats *HandshakeStats) bool {
 	stats.Waiting.Add(1)
 	defer stats.Waiting.Add(-1)
 	t := time.NewTimer(wait)
 	defer t.Stop()
 	select {
-	case c.slots <- struct{}{}:
-		c.held.Store(true)
-		stats.Admitted.Add(1)
-		return nil
+	case slots <- struct{}{}:
+		return true
 	case <-t.C:
-		stats.Refused.Add(1)
-		return ErrHandshakesBusy
+		return false
 	}
 }
 

@@ -215,7 +215,7 @@ func Open(cfg Config) (*Store, error) {
 	}
 	s.wg.Add(2)
 	go s.watchLeadership()
-	go s.snapshotBySize(orDefaultSize(cfg.SnapshotBytes, snapshotBytes), time.Second)
+	go s.snapshotBySize(orDefault(cfg.SnapshotBytes, snapshotBytes), time.Second)
 	return s, nil
 }
 
@@ -249,16 +249,10 @@ func (s *Store) snapshotBySize(limit int64, period time.Duration) {
 	}
 }
 
-func orDefaultSize(n, def int64) int64 {
-	if n > 0 {
-		return n
-	}
-	return def
-}
-
-func orDefault(d, def time.Duration) time.Duration {
-	if d > 0 {
-		return d
+// orDefault is v when set (positive), else def.
+func orDefault[T int64 | time.Duration](v, def T) T {
+	if v > 0 {
+		return v
 	}
 	return def
 }

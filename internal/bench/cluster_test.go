@@ -175,7 +175,7 @@ func h2loadCalls(b *testing.B, c *ct.Cluster, token string, conns int, d time.Du
 	if err := os.WriteFile(bodyFile, body, 0o600); err != nil {
 		b.Fatal(err)
 	}
-	okBefore, badBefore := callCounts(b, c, path)
+	okBefore, badBefore := callCounts(c, path)
 	cmd := exec.Command(h2load, "-t", "1", "-c", fmt.Sprint(conns), "-m", "1",
 		"-D", fmt.Sprint(int(d.Seconds())), "--warm-up-time", "1",
 		"-d", bodyFile,
@@ -186,7 +186,7 @@ func h2loadCalls(b *testing.B, c *ct.Cluster, token string, conns int, d time.Du
 	if err != nil {
 		b.Fatalf("h2load: %v\n%s", err, out)
 	}
-	okAfter, badAfter := callCounts(b, c, path)
+	okAfter, badAfter := callCounts(c, path)
 	// h2load's summary (for the main duration, after the warm-up):
 	//   finished in 5.00s, 12345.60 req/s, 1.23MB/s
 	//   requests: 61728 total, 61792 started, 61728 done, 61728 succeeded, 0 failed, ...
@@ -219,31 +219,14 @@ func h2loadCalls(b *testing.B, c *ct.Cluster, token string, conns int, d time.Du
 // full gRPC path) answered OK and those that failed; calls the client
 // cancelled (h2load resets the ones in flight when its time is up) are
 // neither.
-func callCounts(b *testing.B, c *ct.Cluster, path string) (ok, bad float64) {
-	for _, co := range c.Layout.Coordinators {
-		families, err := ct.Metrics(co.Metrics)
-		if err != nil {
-			b.Fatal(err)
-		}
-		fam := families["e2em_coord_requests_total"]
-		if fam == nil {
-			continue
-		}
-		for _, m := range fam.Metric {
-			labels := map[string]string{}
-			for _, l := range m.Label {
-				labels[l.GetName()] = l.GetValue()
-			}
-			if labels["method"] != path {
-				continue
-			}
-			switch labels["code"] {
-			case "OK":
-				ok += m.GetCounter().GetValue()
-			case "Canceled": // in flight when h2load stopped
-			default:
-				bad += m.GetCounter().GetValue()
-			}
+func callCounts(c *ct.Cluster, path string) (ok, bad float64) {
+	for code, n := range c.Calls(path) {
+		switch code {
+		case "OK":
+			ok += n
+		case "Canceled": // in flight when h2load stopped
+		default:
+			bad += n
 		}
 	}
 	return ok, bad

@@ -143,7 +143,7 @@ func manyOnline(b *testing.B, steps []int, largest, localCap, workerCap int) {
 		}
 		return median(rates)
 	}
-	baseDone := measureCPU()
+	baseDone := measureCPU(c)
 	baseLookUps := lookUpRate("lookup-none", nil)
 	report("  cores during LookUp, nobody online: %v", baseDone())
 	baseP50, baseP99 := latencies.measure(b, few, 200)
@@ -231,12 +231,12 @@ func manyOnline(b *testing.B, steps []int, largest, localCap, workerCap int) {
 			report("%d unreachable: %v", r.unreached, first)
 		}
 		r.p50, r.p99 = latencies.measure(b, people, 200)
-		r.idle = idleCPU(b, c, 10*time.Second)
-		done := measureCPU()
+		r.idle = idleCPU(c, 10*time.Second)
+		done := measureCPU(c)
 		r.lookUps = lookUpRate(fmt.Sprintf("lookup-%d", n), nil)
 		r.lookUpCPU = done()
 		if len(workers) > 0 {
-			done := measureCPU()
+			done := measureCPU(c)
 			r.lookUpsPaused = lookUpRate(fmt.Sprintf("lookup-%d-paused", n), workers)
 			report("  cores during LookUp with the workers paused: %v", done())
 		}
@@ -515,8 +515,9 @@ func (s cpuSplit) String() string {
 }
 
 // cpuTicks are the clock ticks (1/100 s) every process has used, by kind,
-// and the machine's idle ticks.
-func cpuTicks() map[string]float64 {
+// each coordinator's also under "coord <id>" (coords: pid → id), and the
+// machine's idle ticks.
+func cpuTicks(coords map[int]string) map[string]float64 {
 	out := map[string]float64{}
 	self := os.Getpid()
 	pids, _ := filepath.Glob("/proc/[0-9]*/stat")
@@ -554,6 +555,9 @@ func cpuTicks() map[string]float64 {
 			kind = "other"
 		}
 		out[kind] += ut + st
+		if id, ok := coords[pid]; ok {
+			out["coord "+id] += ut + st
+		}
 	}
 	if b, err := os.ReadFile("/proc/stat"); err == nil {
 		// cpu user nice system idle iowait ...
@@ -568,10 +572,17 @@ func cpuTicks() map[string]float64 {
 
 // measureCPU starts measuring; the function it returns ends the span and
 // gives the split in cores.
-func measureCPU() func() cpuSplit {
-	t0, before := time.Now(), cpuTicks()
+func measureCPU(c *ct.Cluster) func() cpuSplit {
+	c.Refresh()
+	coords := map[int]string{}
+	for _, co := range c.Layout.Coordinators {
+		if pid, ok := c.Layout.PIDs[co.ID]; ok {
+			coords[pid] = co.ID
+		}
+	}
+	t0, before := time.Now(), cpuTicks(coords)
 	return func() cpuSplit {
-		after, el := cpuTicks(), time.Since(t0).Seconds()
+		after, el := cpuTicks(coords), time.Since(t0).Seconds()
 		out := cpuSplit{}
 		for k, v := range after {
 			if d := (v - before[k]) / 100 / el; d >= 0.005 {
@@ -587,22 +598,7 @@ func measureCPU() func() cpuSplit {
 // with each coordinator's own share and the Raft snapshots it took
 // meanwhile (a snapshot writes the whole state: it can be most of a
 // coordinator's "idle" CPU after a burst of sign-ups).
-func idleCPU(b *testing.B, c *ct.Cluster, d time.Duration) cpuSplit {
-	coordCPU := func() []float64 {
-		var out []float64
-		for _, co := range c.Layout.Coordinators {
-			m, err := ct.Metrics(co.Metrics)
-			if err != nil {
-				b.Fatal(err)
-			}
-			sum := 0.0
-			for _, mm := range m["process_cpu_seconds_total"].GetMetric() {
-				sum += mm.GetCounter().GetValue()
-			}
-			out = append(out, sum)
-		}
-		return out
-	}
+func idleCPU(c *ct.Cluster, d time.Duration) cpuSplit {
 	// A snapshot is written into a directory "….tmp", renamed when done:
 	// one new, or in the making at either end, was taken in the span.
 	snapshots := func(id string) map[string]bool {
@@ -617,27 +613,7 @@ func idleCPU(b *testing.B, c *ct.Cluster, d time.Duration) cpuSplit {
 	for _, co := range c.Layout.Coordinators {
 		snapsBefore = append(snapsBefore, snapshots(co.ID))
 	}
-	before, t0 := coordCPU(), time.Now()
-	defer func() {
-		after, el := coordCPU(), time.Since(t0).Seconds()
-		var parts []string
-		for i, co := range c.Layout.Coordinators {
-			taken := map[string]bool{}
-			for name := range snapshots(co.ID) {
-				if !snapsBefore[i][name] || strings.HasSuffix(name, ".tmp") {
-					taken[strings.TrimSuffix(name, ".tmp")] = true
-				}
-			}
-			for name := range snapsBefore[i] {
-				if strings.HasSuffix(name, ".tmp") {
-					taken[strings.TrimSuffix(name, ".tmp")] = true
-				}
-			}
-			parts = append(parts, fmt.Sprintf("%s %.2f cores, %d snapshots", co.ID, (after[i]-before[i])/el, len(taken)))
-		}
-		report("  idle, each coordinator: %s", strings.Join(parts, "; "))
-	}()
-	done := measureCPU()
+	done := measureCPU(c)
 	if dir := os.Getenv("E2EM_PROFILE"); dir != "" {
 		co := c.Layout.Coordinators[0]
 		out := filepath.Join(dir, fmt.Sprintf("idle-%s-%d.prof", co.ID, time.Now().Unix()))
@@ -645,7 +621,24 @@ func idleCPU(b *testing.B, c *ct.Cluster, d time.Duration) cpuSplit {
 	} else {
 		time.Sleep(d) // measuring a rate over a fixed span, not waiting for an event
 	}
-	return done()
+	split := done()
+	var parts []string
+	for i, co := range c.Layout.Coordinators {
+		taken := map[string]bool{}
+		for name := range snapshots(co.ID) {
+			if !snapsBefore[i][name] || strings.HasSuffix(name, ".tmp") {
+				taken[strings.TrimSuffix(name, ".tmp")] = true
+			}
+		}
+		for name := range snapsBefore[i] {
+			if strings.HasSuffix(name, ".tmp") {
+				taken[strings.TrimSuffix(name, ".tmp")] = true
+			}
+		}
+		parts = append(parts, fmt.Sprintf("%s %.2f cores, %d snapshots", co.ID, split["coord "+co.ID], len(taken)))
+	}
+	report("  idle, each coordinator: %s", strings.Join(parts, "; "))
+	return split
 }
 
 // saveProfiles keeps the first coordinator's heap and goroutine profiles

@@ -429,22 +429,40 @@ func (c *Cluster) KeepDown(child string) (bringBack func()) {
 	return bringBack
 }
 
-// LogInCalls counts the LogIn calls the coordinators answered since they
-// started, whatever the outcome: each is an argon2id hash.
-func (c *Cluster) LogInCalls() float64 {
-	n := 0.0
+// Calls are the calls of one method (its full gRPC path) the
+// coordinators answered since they started, summed over them, by status
+// code ("OK", "Unavailable", …).
+func (c *Cluster) Calls(method string) map[string]float64 {
+	byCode := map[string]float64{}
 	for _, co := range c.Layout.Coordinators {
 		families, err := Metrics(co.Metrics)
 		if err != nil {
 			c.t.Fatal(err)
 		}
 		for _, m := range families["e2em_coord_requests_total"].GetMetric() {
+			var name, code string
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "method" && strings.HasSuffix(l.GetValue(), "/LogIn") {
-					n += m.GetCounter().GetValue()
+				switch l.GetName() {
+				case "method":
+					name = l.GetValue()
+				case "code":
+					code = l.GetValue()
 				}
 			}
+			if name == method {
+				byCode[code] += m.GetCounter().GetValue()
+			}
 		}
+	}
+	return byCode
+}
+
+// LogInCalls counts the LogIn calls the coordinators answered since they
+// started, whatever the outcome: each is an argon2id hash.
+func (c *Cluster) LogInCalls() float64 {
+	n := 0.0
+	for _, v := range c.Calls(api.Coordinator_LogIn_FullMethodName) {
+		n += v
 	}
 	return n
 }

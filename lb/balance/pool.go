@@ -183,13 +183,19 @@ func (p *Pool) Pick(tried []*Backend) (*Backend, error) {
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	now := p.opts.Now()
-	cands := make([]*Backend, 0, len(p.backends))
-	for _, b := range p.backends {
-		if b.Healthy() && !slices.Contains(tried, b) &&
-			(p.opts.MaxConnsPerBackend <= 0 || b.Active.Load() < p.opts.MaxConnsPerBackend) {
-			cands = append(cands, b)
+	// A backend takes the connection if it was not tried yet, has room,
+	// and (unless in panic mode) passes its checks.
+	pick := func(needHealthy bool) []*Backend {
+		cands := make([]*Backend, 0, len(p.backends))
+		for _, b := range p.backends {
+			if !b.Removed() && (b.Healthy() || !needHealthy) && !slices.Contains(tried, b) &&
+				(p.opts.MaxConnsPerBackend <= 0 || b.Active.Load() < p.opts.MaxConnsPerBackend) {
+				cands = append(cands, b)
+			}
 		}
+		return cands
 	}
+	cands := pick(true)
 	if len(cands) == 0 && !p.anyHealthy() {
 		// Panic mode (as Envoy's panic threshold): when every backend
 		// fails its checks at once, the likeliest cause is load — a
@@ -197,13 +203,7 @@ func (p *Pool) Pick(tried []*Backend) (*Backend, error) {
 		// every server dying together. Refusing everyone would turn that
 		// slowness into an outage, so connections go to any backend not
 		// removed; a dead one fails its dial and the next is tried.
-		for _, b := range p.backends {
-			if !b.Removed() && !slices.Contains(tried, b) &&
-				(p.opts.MaxConnsPerBackend <= 0 || b.Active.Load() < p.opts.MaxConnsPerBackend) {
-				cands = append(cands, b)
-			}
-		}
-		if len(cands) > 0 {
+		if cands = pick(false); len(cands) > 0 {
 			p.panics.Add(1)
 		}
 	}
